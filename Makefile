@@ -1,0 +1,28 @@
+# The README quickstart: `make study` and `make test`. Both build .venv first
+# when it is missing or older than pyproject.toml.
+PY := .venv/bin/python
+STUDY ?= gan_stability
+ARGS ?=
+
+.PHONY: study test lint venv clean
+
+venv: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3.11 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+study: venv
+	$(PY) -m study.run $(STUDY) $(ARGS)
+
+test: venv lint
+	$(PY) -m pytest -q
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf runs mlruns mlartifacts mlflow.db reports

@@ -1,0 +1,117 @@
+"""Driver-side Tune callbacks: one readable progress line instead of Tune's
+tables, and closing the MLflow runs of trials that ended without closing their
+own (stopped early by a scheduler, or killed)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray import tune
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+class Progress(tune.Callback):
+    """Prints a line when a trial ends, and a heartbeat every `interval` seconds:
+    trials done (by outcome) / running / left, the best score so far, elapsed."""
+
+    def __init__(
+        self, total: int, metric: str, mode: str, searched: tuple[str, ...], interval: float = 30.0
+    ) -> None:
+        self.total, self.metric, self.mode, self.searched = total, metric, mode, searched
+        self.interval = interval
+        self.start = time.monotonic()
+        self.last = self.start
+        self.outcomes: Counter[str] = Counter()
+        self.best: tuple[float, str] | None = None
+
+    def _line(self, trials: list, event: str = "", ended: Any = None) -> None:
+        done = sum(self.outcomes.values())
+        running = sum(t.status == "RUNNING" and t is not ended for t in trials)
+        elapsed = int(time.monotonic() - self.start)
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
+        best = f" | best {self.metric} {self.best[0]:.4g} ({self.best[1]})" if self.best else ""
+        line = (
+            f"[{elapsed // 60:3d}m{elapsed % 60:02d}s] {done}/{self.total} done"
+            f"{f' ({counts})' if counts else ''} | {running} running | "
+            f"{max(self.total - done - running, 0)} left{best}"
+        )
+        print(line + (f"\n           {event}" if event else ""), flush=True)
+        self.last = time.monotonic()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        r = trial.last_result or {}
+        outcome = r.get("outcome", "failed")
+        outcome = "stopped" if outcome == "running" else outcome
+        self.outcomes[outcome] += 1
+        score = r.get(self.metric)
+        what = " ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.searched)
+        what += f" seed={r.get('seed', '?')}"
+        if (
+            outcome in ("ok", "collapsed", "stopped")
+            and isinstance(score, float)
+            and math.isfinite(score)
+        ):
+            better = self.best is None or (
+                score < self.best[0] if self.mode == "min" else score > self.best[0]
+            )
+            if better:
+                self.best = (score, f"config {r.get('config_id')}, seed {r.get('seed')}")
+        detail = f"{self.metric}={_fmt(score)}" if score is not None else ""
+        self._line(trials, f"{outcome:9s} {detail:14s} {what}", ended=trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.outcomes["failed"] += 1
+        self._line(
+            trials,
+            f"failed    trial {trial.trial_id} (see its error file under the storage folder)",
+            ended=trial,
+        )
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self.last >= self.interval:
+            self._line(trials)
+
+
+class CloseRuns(tune.Callback):
+    """A trial closes its own MLflow run. One stopped by the scheduler, or whose
+    process died, cannot: the driver closes it so no run stays RUNNING."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+
+    def _close(self, trial: Any, outcome: str, reason: str, status: str) -> None:
+        client = MlflowClient(self.tracking_uri)
+        found = client.search_runs(
+            [self.experiment_id],
+            f"tags.trial_id = '{trial.trial_id}' and "
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        if found and found[0].info.status == "RUNNING":
+            run_id = found[0].info.run_id
+            client.set_tag(run_id, "outcome", outcome)
+            client.set_tag(run_id, "outcome_reason", reason)
+            client.set_terminated(run_id, status)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        r = trial.last_result or {}
+        if r.get("outcome") == "running":
+            self._close(
+                trial,
+                "stopped",
+                f"stopped early by the scheduler at epoch {r.get('epoch')}",
+                "FINISHED",
+            )
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "failed", "trial process failed (see the Tune error file)", "FAILED")

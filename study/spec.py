@@ -1,0 +1,156 @@
+"""What a study is: a family, a dataset, fixed settings and searched axes.
+
+A study is code (as in disentanglement_lib): a sweep over a product of axes and
+seeds. `resolve` turns a study plus the user's `--set` overrides into the
+validated fixed settings and the axes still searched; a key set by the user is
+fixed, so `--set loss=hinge` takes loss out of the search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+
+from models import FAMILIES
+from models.config import ConfigError, build, coerce, keys, param
+
+# --- axes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    low: float
+    high: float
+
+    def optuna(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=True)
+
+    def grid(self) -> list[Any]:
+        return [float(v) for v in np.geomspace(self.low, self.high, 3)]
+
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def __str__(self) -> str:
+        return f"log-uniform {self.low:g}..{self.high:g}"
+
+
+@dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+
+    def optuna(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.FloatDistribution(self.low, self.high)
+
+    def grid(self) -> list[Any]:
+        return [float(v) for v in np.linspace(self.low, self.high, 3)]
+
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def __str__(self) -> str:
+        return f"uniform {self.low:g}..{self.high:g}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple[Any, ...]
+
+    def optuna(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.CategoricalDistribution(self.values)
+
+    def grid(self) -> list[Any]:
+        return list(self.values)
+
+    def extremes(self) -> list[Any]:
+        return list(self.values)
+
+    def __str__(self) -> str:
+        return "{" + ", ".join(map(str, self.values)) + "}"
+
+
+Axis = LogUniform | Uniform | Choice
+
+
+# --- harness settings of one trial ------------------------------------------
+
+
+@dataclass
+class TrialConfig:
+    epochs: int = param(20, low=1, high=100_000, help="training epochs")
+    eval_every: int = param(5, low=1, high=100_000, help="epochs between evaluations")
+    eval_samples: int = param(1000, low=10, high=1_000_000, help="samples scored per evaluation")
+    train_size: int = param(0, low=0, high=10**9, help="use the first N training samples (0: all)")
+    max_loss: float = param(1e5, low=1.0, high=1e30, help="|loss| above this counts as diverged")
+    seed: int = param(0, low=0, high=2**31 - 1, help="base seed; repeat i uses seed + i")
+
+
+# --- studies ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    description: str
+    family: str
+    dataset: str
+    metric: str  # the searcher's objective and the table's sort key
+    mode: str  # "min" or "max"
+    axes: dict[str, Axis]
+    fixed: dict[str, Any] = field(default_factory=dict)  # trial and family settings
+    num_samples: int = 8  # configurations
+    seeds: int = 3
+    smoke: dict[str, Any] = field(default_factory=dict)  # settings under --smoke
+    table_metrics: tuple[str, ...] = ()  # reported with mean and std per configuration
+
+    @property
+    def family_config(self) -> type:
+        return FAMILIES[self.family].Config
+
+
+@dataclass(frozen=True)
+class Resolved:
+    study: Study
+    fixed: dict[str, Any]  # every setting not searched, validated and typed
+    axes: dict[str, Axis]  # the axes still searched
+
+
+def settings_owner(study: Study, key: str) -> type:
+    """The config class a key belongs to (trial settings or the family config)."""
+    if key in keys(TrialConfig):
+        return TrialConfig
+    if key in keys(study.family_config):
+        return study.family_config
+    accepted = sorted(keys(TrialConfig) | keys(study.family_config))
+    raise ConfigError(
+        f"unknown key '{key}' for study {study.name}; accepted: {', '.join(accepted)}"
+    )
+
+
+def resolve(study: Study, overrides: dict[str, str], smoke: bool = False) -> Resolved:
+    values = {**study.fixed, **(study.smoke if smoke else {}), **overrides}
+    fixed = {k: coerce(settings_owner(study, k), k, v) for k, v in values.items()}
+    axes = {k: a for k, a in study.axes.items() if k not in overrides}
+    for key, axis in axes.items():  # a study's own axes must fit its config's ranges
+        for v in axis.extremes():
+            coerce(settings_owner(study, key), key, v)
+    return Resolved(study, fixed, axes)
+
+
+def split_settings(study: Study, values: dict[str, Any]) -> tuple[TrialConfig, Any]:
+    """Typed (TrialConfig, family config) from one flat dict of settings."""
+    trial = {k: v for k, v in values.items() if k in keys(TrialConfig)}
+    family = {k: v for k, v in values.items() if k not in trial}
+    return build(TrialConfig, trial), build(study.family_config, family)
+
+
+def config_id(values: dict[str, Any]) -> str:
+    """Stable id shared by the seeds of one configuration."""
+    rest = {k: v for k, v in sorted(values.items()) if k != "seed"}
+    return hashlib.sha1(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -1,0 +1,85 @@
+"""End-of-study tables: one row per trial, then per configuration the mean and
+standard deviation over seeds and how the seeds ended."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+OUTCOME_ORDER = ("ok", "collapsed", "diverged", "stopped", "failed")
+
+
+def trial_rows(results: Any, searched: tuple[str, ...], metrics: tuple[str, ...]) -> pd.DataFrame:
+    """One row per trial of a Tune ResultGrid: searched values, seed, outcome, metrics."""
+    rows = []
+    for r in results:
+        last = r.metrics or {}
+        outcome = last.get("outcome", "failed") if r.error is None else "failed"
+        row = {k: (r.config or {}).get(k) for k in searched}
+        row |= {
+            "config_id": last.get("config_id"),
+            "seed": last.get("seed"),
+            "outcome": "stopped" if outcome == "running" else outcome,
+            "epoch": last.get("epoch"),
+        }
+        for m in metrics:
+            v = last.get(m)
+            row[m] = v if outcome != "diverged" and isinstance(v, float) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def config_table(
+    trials: pd.DataFrame,
+    searched: tuple[str, ...],
+    metrics: tuple[str, ...],
+    sort_by: str,
+    mode: str,
+) -> pd.DataFrame:
+    """Per configuration: searched values, mean and std of each metric over the
+    seeds that produced it, seed count and outcome counts; best first."""
+    keyed = trials.dropna(subset=["config_id"])
+    if keyed.empty:
+        return pd.DataFrame()
+    groups = keyed.groupby("config_id", sort=False)
+    table = groups[list(searched)].first() if searched else pd.DataFrame(index=groups.size().index)
+    for m in metrics:
+        table[f"{m}_mean"] = groups[m].mean()
+        table[f"{m}_std"] = groups[m].std(ddof=1)
+    table["seeds"] = groups.size()
+    for o in OUTCOME_ORDER:
+        table[o] = groups["outcome"].apply(lambda s, o=o: int((s == o).sum()))
+    table = table.sort_values(f"{sort_by}_mean", ascending=(mode == "min"), na_position="last")
+    return table.reset_index()
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.3g}"
+    return str(v)
+
+
+def format_table(
+    table: pd.DataFrame, searched: tuple[str, ...], metrics: tuple[str, ...], limit: int = 10
+) -> str:
+    shown = pd.DataFrame({"#": range(1, len(table) + 1)})
+    for k in searched:
+        shown[k] = table[k].map(_num)
+    for m in metrics:
+        shown[m] = [
+            f"{_num(a)} ± {_num(b)}"
+            for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)
+        ]
+    shown["outcomes"] = [
+        ", ".join(f"{o} {int(row[o])}" for o in OUTCOME_ORDER if row[o])
+        for _, row in table.iterrows()
+    ]
+    return shown.head(limit).to_string(index=False)
+
+
+def outcome_line(trials: pd.DataFrame) -> str:
+    counts = trials["outcome"].value_counts()
+    parts = [f"{o} {int(counts.get(o, 0))}" for o in OUTCOME_ORDER if counts.get(o, 0)]
+    return f"{len(trials)} trials: " + ", ".join(parts)

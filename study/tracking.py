@@ -1,0 +1,162 @@
+"""MLflow layout (DESIGN.md): experiment = study, one parent run per invocation,
+one child run per trial with its full config, per-epoch metrics (step=epoch),
+outcome tags, sample grids and the final metrics as JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
+
+OUTCOMES = ("ok", "diverged", "collapsed", "failed")
+_BATCH = 900  # MLflow accepts at most 1000 metrics and 100 params per log_batch
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message is one line for the user."""
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else MLflow's default; local
+    paths made absolute, because Ray runs trials in other working directories."""
+    import mlflow
+
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    if "://" not in uri:  # a bare folder means MLflow's file store
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any trial starts, when the store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                r.read()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"tracking server {uri} does not answer ({reason})") from None
+        return
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"cannot write the MLflow database in {folder}")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:  # any store error is a tracking problem for the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(f"cannot use tracking URI {uri}: {first}") from None
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def start_parent(
+    client: MlflowClient, exp_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
+) -> str:
+    run = client.create_run(exp_id, run_name=name, tags=tags)
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+class TrialRun:
+    """One trial's child run. Metrics are buffered and written together at each
+    checkpoint, so MLflow never holds epochs that a restored trial will redo."""
+
+    def __init__(self, client: MlflowClient, run_id: str, reopened: bool = False) -> None:
+        self.client = client
+        self.run_id = run_id
+        self._pending: list[Metric] = []
+        # A reopened run may hold epochs logged after its last checkpoint (the
+        # trial died between the two); those steps are kept, not written twice.
+        self._logged: dict[str, set[int]] | None = {} if reopened else None
+
+    @classmethod
+    def open(
+        cls,
+        client: MlflowClient,
+        exp_id: str,
+        parent_run_id: str,
+        trial_id: str,
+        name: str,
+        params: dict[str, Any],
+    ) -> TrialRun:
+        """The trial's run: the existing one when the trial is retried or
+        resumed (found by its trial id), so no trial is ever logged twice."""
+        found = client.search_runs(
+            [exp_id],
+            f"tags.trial_id = '{trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+            max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            return cls(client, run_id, reopened=True)
+        tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, "trial_id": trial_id, MLFLOW_RUN_NAME: name}
+        run = client.create_run(exp_id, run_name=name, tags=tags)
+        log_params(client, run.info.run_id, params)
+        return cls(client, run.info.run_id)
+
+    def add(self, step: int, metrics: dict[str, float]) -> None:
+        ts = int(time.time() * 1000)
+        self._pending += [
+            Metric(k, float(v), ts, step)
+            for k, v in metrics.items()
+            if not self._already_logged(k, step)
+        ]
+
+    def _already_logged(self, key: str, step: int) -> bool:
+        if self._logged is None:
+            return False
+        if key not in self._logged:
+            history = self.client.get_metric_history(self.run_id, key)
+            self._logged[key] = {m.step for m in history}
+        return step in self._logged[key]
+
+    def flush(self) -> None:
+        for i in range(0, len(self._pending), _BATCH):
+            self.client.log_batch(self.run_id, metrics=self._pending[i : i + _BATCH])
+        self._pending = []
+
+    def log_file(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_json(self, obj: Any, name: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / name
+            path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+            self.log_file(path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def finish(self, outcome: str, reason: str, status: str = "FINISHED") -> None:
+        self.flush()
+        self.set_tags({"outcome": outcome, "outcome_reason": reason})
+        self.client.set_terminated(self.run_id, status)

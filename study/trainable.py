@@ -1,0 +1,221 @@
+"""The one Ray Tune trainable: runs any family through the trial contract.
+
+Seeds everything, loads the data once onto the trial's device, trains epoch by
+epoch, evaluates every `eval_every` epochs and at the end, and at each
+evaluation writes the buffered MLflow metrics, then reports to Tune with a
+checkpoint. A non-finite or exploding loss ends the trial as `diverged`; final
+samples covering under half the classes end it as `collapsed`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from ray import tune
+from ray.tune.search.repeater import TRIAL_INDEX
+
+from analysis.metrics import evaluate_samples, is_collapsed, provenance
+from models import FAMILIES, Family
+from study.data import Dataset, load_dataset
+from study.sample_grid import save_samples_png
+from study.spec import TrialConfig, config_id, split_settings
+from study.studies import STUDIES
+from study.tracking import TrialRun
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one invocation shares (passed with tune.with_parameters)."""
+
+    study: str
+    dataset: str
+    data_dir: str
+    fixed: dict[str, Any]
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    threads: int
+    searched: tuple[str, ...]  # the axes, to name runs by what varies
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def trial_device() -> torch.device:
+    # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU share, if it has one
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def read_scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """Device tensors to floats with one host sync for the whole dict."""
+    tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
+    out = {k: float(v) for k, v in metrics.items() if k not in tensors}
+    if tensors:
+        values = torch.stack([t.detach().float().reshape(()) for t in tensors.values()])
+        out |= dict(zip(tensors, values.tolist(), strict=True))
+    return out
+
+
+def divergence(metrics: dict[str, float], max_loss: float) -> str | None:
+    for k, v in metrics.items():
+        if not math.isfinite(v):
+            return f"non-finite {k}"
+        if "loss" in k and abs(v) > max_loss:
+            return f"|{k}| = {abs(v):.3g} exceeds max_loss {max_loss:g}"
+    return None
+
+
+def run_name(values: dict[str, Any], searched: tuple[str, ...], seed: int) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.2g}" if isinstance(v, float) else str(v)
+
+    return " ".join([*(f"{k}={fmt(values[k])}" for k in searched), f"seed={seed}"])
+
+
+def _evaluate(family: Family, data: Dataset, n: int, seed: int) -> tuple[dict, torch.Tensor | None]:
+    metrics = dict(family.evaluate())
+    if not family.generates:
+        return metrics, None
+    # the same latent noise at every evaluation: grids are comparable over epochs
+    gen = torch.Generator(device=data.train_x.device).manual_seed(seed + 1)
+    t0 = time.perf_counter()
+    samples = family.sample(n, generator=gen)
+    if samples.is_cuda:
+        torch.cuda.synchronize()
+    metrics["sample_seconds"] = (time.perf_counter() - t0) * 1000 / n
+    metrics |= evaluate_samples(samples, data.name)
+    return metrics, samples
+
+
+def train(config: dict[str, Any], ctx: TrialContext) -> None:
+    study = STUDIES[ctx.study]
+    sampled = {k: v for k, v in config.items() if k != TRIAL_INDEX}
+    values = {**ctx.fixed, **sampled}
+    trial_cfg, family_cfg = split_settings(study, values)
+    seed = trial_cfg.seed + int(config.get(TRIAL_INDEX, 0))
+    cid = config_id({**values, "dataset": ctx.dataset})
+    torch.set_num_threads(ctx.threads)
+    seed_everything(seed)
+    device = trial_device()
+
+    data = load_dataset(ctx.dataset, ctx.data_dir)
+    if trial_cfg.train_size:
+        data = data.subset(trial_cfg.train_size)
+    data = data.to(device)
+
+    params = {
+        **values,
+        "seed": seed,
+        "config_id": cid,
+        "dataset": ctx.dataset,
+        "family": study.family,
+        "device": str(device),
+        "threads": ctx.threads,
+        **(provenance(ctx.dataset, str(device)) if FAMILIES[study.family].generates else {}),
+    }
+    client = MlflowClient(ctx.tracking_uri)
+    trial_id = tune.get_context().get_trial_id()
+    run = TrialRun.open(
+        client,
+        ctx.experiment_id,
+        ctx.parent_run_id,
+        trial_id,
+        run_name(values, ctx.searched, seed),
+        params,
+    )
+    try:
+        _train_loop(study, trial_cfg, family_cfg, data, seed, cid, run)
+    except Exception as e:
+        run.finish("failed", f"{type(e).__name__}: {e}"[:5000], status="FAILED")
+        run.log_json({"traceback": traceback.format_exc()}, "failure.json")
+        raise
+
+
+def _train_loop(
+    study, trial_cfg: TrialConfig, family_cfg, data: Dataset, seed: int, cid: str, run: TrialRun
+) -> None:
+    family = FAMILIES[study.family](family_cfg, data.train_x, data.test_x)
+    start, last_eval = 1, {}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(
+                Path(d) / STATE_FILE, map_location=data.train_x.device, weights_only=True
+            )
+        family.load_state_dict(state["family"])
+        torch.set_rng_state(state["rng"])
+        start, last_eval = state["epoch"] + 1, state["last_eval"]
+
+    penalty = 1e6 if study.mode == "min" else -1e6
+    for epoch in range(start, trial_cfg.epochs + 1):
+        train_metrics = read_scalars(family.train_epoch())
+        run.add(epoch, train_metrics)
+        reason = divergence(train_metrics, trial_cfg.max_loss)
+        final = reason is not None or epoch == trial_cfg.epochs
+        if not (final or epoch % trial_cfg.eval_every == 0):
+            continue
+        if reason is None:
+            last_eval, samples = _evaluate(family, data, trial_cfg.eval_samples, seed)
+            run.add(epoch, last_eval)
+            if samples is not None:
+                with tempfile.TemporaryDirectory() as d:
+                    png = Path(d) / f"samples_epoch{epoch:04d}.png"
+                    save_samples_png(samples, png, data.modes)
+                    run.log_file(png, "samples")
+        outcome = "running"
+        if final:
+            if reason is not None:
+                outcome = "diverged"
+            elif is_collapsed(last_eval, data.n_classes):
+                covered = last_eval.get("modes_covered", last_eval.get("modes_captured"))
+                outcome = "collapsed"
+                reason = f"final samples cover {covered:g} of {data.n_classes} modes"
+            else:
+                outcome, reason = "ok", ""
+        score = last_eval.get(study.metric, penalty)
+        objective = score if outcome != "diverged" and math.isfinite(score) else penalty
+        result = {
+            **train_metrics,
+            **last_eval,
+            "epoch": epoch,
+            "objective": objective,
+            "outcome": outcome,
+            "config_id": cid,
+            "seed": seed,
+        }
+        if final:
+            run.log_json(result, "final_metrics.json")
+            run.finish(outcome, reason or "")
+        else:
+            run.flush()
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(
+                {
+                    "family": family.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "epoch": epoch,
+                    "last_eval": last_eval,
+                },
+                Path(d) / STATE_FILE,
+            )
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+        if final:
+            return
+
+
+__all__ = ["TrialContext", "train"]

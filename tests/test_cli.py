@@ -1,0 +1,167 @@
+"""The CLI as a user runs it: a real local Ray, a real sqlite MLflow store."""
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import run_cli
+
+
+def _children(uri):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("gan_stability")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_list_shows_every_study_with_a_description(tmp_path):
+    out = run_cli(["--list"], tmp_path)
+    assert out.returncode == 0
+    assert out.stdout.startswith("gan_stability") and "GAN learning rates" in out.stdout
+
+
+def test_smoke_study_end_to_end(tmp_path):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    out = run_cli(["gan_stability", "--smoke", "--tracking-uri", uri, "--name", "smoke"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # progress lines, the table and how to browse the results
+    assert "4/4 done" in out.stdout
+    assert "Best configurations by fid" in out.stdout and "Outcomes: 4 trials" in out.stdout
+    assert f"mlflow ui --backend-store-uri {uri}" in out.stdout
+
+    client, parents, children = _children(uri)
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["study"] == "gan_stability"
+    assert "--smoke" in parent.data.tags["command"]
+    assert len(parent.data.tags["mlflow.source.git.commit"]) in (40, 7)  # or "unknown"
+    assert parent.data.params["space.lr_g"] == "log-uniform 1e-05..0.01"
+    assert parent.data.params["seeds"] == "2"
+    summary = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert summary == {"summary/configurations.csv", "summary/trials.csv"}
+
+    by_config = {}
+    for run in children:
+        tags, params, rid = run.data.tags, run.data.params, run.info.run_id
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert tags["outcome"] in {"ok", "collapsed", "diverged"} and "outcome_reason" in tags
+        # the full resolved config, seed and config_id
+        for key in (
+            "lr_g",
+            "lr_d",
+            "beta1",
+            "loss",
+            "n_disc",
+            "replay",
+            "mbstd",
+            "arch",
+            "epochs",
+            "batch_size",
+            "z_dim",
+            "seed",
+            "config_id",
+            "dataset",
+        ):
+            assert key in params, key
+        assert params["fid_extractor"].startswith("mnist5k-classifier")
+        assert len(params["fid_weights_sha256"]) == 64
+        by_config.setdefault(params["config_id"], set()).add(params["seed"])
+        if tags["outcome"] != "diverged":
+            for key in ("fid", "modes_covered", "mode_kl", "d_loss", "g_loss"):
+                steps = [m.step for m in client.get_metric_history(rid, key)]
+                assert steps == [1, 2], (key, steps)  # step=epoch, no duplicates
+            pngs = [a.path for a in client.list_artifacts(rid, "samples")]
+            assert pngs == ["samples/samples_epoch0001.png", "samples/samples_epoch0002.png"]
+        path = client.download_artifacts(rid, "final_metrics.json", str(tmp_path))
+        final = json.loads(Path(path).read_text())
+        assert final["outcome"] == tags["outcome"] and final["config_id"] == params["config_id"]
+    # 2 configurations x 2 seeds, the seeds sharing their configuration's id
+    assert sorted(map(sorted, by_config.values())) == [["0", "1"], ["0", "1"]]
+    assert (tmp_path / "runs" / "smoke" / "summary" / "configurations.csv").exists()
+
+
+def test_exploding_loss_ends_the_trial_as_diverged(tmp_path):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    out = run_cli(
+        [
+            "gan_stability",
+            "--smoke",
+            "--num-samples",
+            "1",
+            "--seeds",
+            "1",
+            "--search",
+            "random",
+            "--tracking-uri",
+            uri,
+            "--set",
+            "loss=lsgan",
+            "--set",
+            "max_loss=1e-6",
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, _, children = _children(uri)
+    (run,) = children
+    assert run.data.tags["outcome"] == "diverged"
+    assert "exceeds max_loss" in run.data.tags["outcome_reason"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")] == [1]
+    assert "fid" not in run.data.metrics  # a diverged model is not scored
+    assert "diverged 1" in out.stdout
+
+
+def test_grid_search_runs_every_grid_point(tmp_path):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    fixed = [
+        "lr_g=2e-4",
+        "lr_d=2e-4",
+        "beta1=0.5",
+        "loss=ns",
+        "replay=false",
+        "mbstd=false",
+        "arch=mlp",
+    ]
+    args = ["gan_stability", "--smoke", "--search", "grid", "--seeds", "1", "--tracking-uri", uri]
+    for item in fixed:
+        args += ["--set", item]
+    out = run_cli(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, _, children = _children(uri)
+    assert sorted(r.data.params["n_disc"] for r in children) == ["1", "2"]
+
+
+BAD_INPUTS = [
+    (["no_such_study"], "unknown study 'no_such_study'; choose from: gan_stability"),
+    ([], "no study given"),
+    (["gan_stability", "--set", "learning_rate=1"], "unknown key 'learning_rate'"),
+    (["gan_stability", "--set", "n_disc=two"], "n_disc='two' is not a valid int"),
+    (["gan_stability", "--set", "beta1=3"], "beta1='3' is out of range"),
+    (["gan_stability", "--set", "lr_g"], "--set expects KEY=VALUE"),
+    (["gan_stability", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["gan_stability", "--dataset", "cifar10", "--data-dir", "DATA"], "could not be downloaded"),
+    (["gan_stability", "--dataset", "ring", "--set", "arch=dcgan"], "divisible by 4"),
+    (["gan_stability", "--seeds", "0"], "--seeds must be > 0"),
+    (["gan_stability", "--num-samples", "x"], "invalid int value"),
+    (["gan_stability", "--search", "bayes"], "invalid choice"),
+    (["gan_stability", "--tracking-uri", "http://127.0.0.1:9"], "does not answer"),
+    (["gan_stability", "--resume"], "nothing to resume"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, args, message):
+    args = [a.replace("DATA", str(tmp_path / "data")) for a in args]
+    out = run_cli(args, tmp_path, timeout=120)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert message in lines[0]
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    # nothing started, nothing written
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()

@@ -1,0 +1,57 @@
+import pytest
+
+from models.config import ConfigError, build, coerce
+from models.gan import GANConfig
+from study.spec import Choice, LogUniform, resolve, split_settings
+from study.studies import STUDIES
+
+
+def test_strings_are_converted_to_field_types():
+    assert coerce(GANConfig, "lr_g", "1e-3") == pytest.approx(1e-3)
+    assert coerce(GANConfig, "n_disc", "5") == 5
+    assert coerce(GANConfig, "replay", "true") is True
+    assert coerce(GANConfig, "mbstd", "off") is False
+    assert coerce(GANConfig, "loss", "hinge") == "hinge"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("n_disc", "2.5", "not a valid int"),
+        ("lr_g", "fast", "not a valid float"),
+        ("lr_g", "nan", "not a valid float"),
+        ("replay", "maybe", "not a valid bool"),
+        ("n_disc", "0", "out of range"),
+        ("beta1", "1.5", "out of range"),
+        ("loss", "wasserstein", "choose from"),
+        ("learning_rate", "1", "unknown key"),
+    ],
+)
+def test_bad_values_are_rejected_with_what_is_accepted(key, value, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        coerce(GANConfig, key, value)
+
+
+def test_build_validates_every_value():
+    cfg = build(GANConfig, {"lr_d": "0.01", "arch": "dcgan"})
+    assert cfg.lr_d == 0.01 and cfg.arch == "dcgan" and cfg.lr_g == GANConfig().lr_g
+
+
+def test_set_fixes_a_searched_axis_and_splits_settings():
+    study = STUDIES["gan_stability"]
+    resolved = resolve(study, {"loss": "hinge", "epochs": "3"})
+    assert "loss" not in resolved.axes and "lr_g" in resolved.axes
+    trial, family = split_settings(study, {**resolved.fixed, "lr_g": 1e-3})
+    assert trial.epochs == 3 and family.loss == "hinge" and family.lr_g == 1e-3
+
+
+def test_unknown_set_key_names_accepted_keys():
+    with pytest.raises(ConfigError, match="accepted: .*lr_g"):
+        resolve(STUDIES["gan_stability"], {"lr": "1"})
+
+
+def test_axes_give_optuna_distributions_and_grids():
+    axis = LogUniform(1e-5, 1e-2)
+    assert axis.grid() == pytest.approx([1e-5, 10**-3.5, 1e-2])
+    assert axis.optuna().log
+    assert Choice((1, 2)).grid() == [1, 2]
