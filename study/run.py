@@ -132,6 +132,8 @@ def _check_builds(study: Study, resolved: Resolved, data) -> None:
 
 
 def prepare(args: argparse.Namespace) -> Plan:
+    if args.resume:
+        args = _resumed_args(args)
     if args.study not in STUDIES:
         given = f"unknown study '{args.study}'" if args.study else "no study given"
         raise UsageError(f"{given}; choose from: {', '.join(STUDIES)}")
@@ -156,12 +158,9 @@ def prepare(args: argparse.Namespace) -> Plan:
     check_tracking_uri(tracking_uri)
 
     storage = Path(args.storage).expanduser().resolve()
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create --storage {storage}: {e.strerror}") from None
-    if not os.access(storage, os.W_OK):
-        raise UsageError(f"--storage {storage} is not writable")
+    existing = next(p for p in (storage, *storage.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UsageError(f"--storage {storage} cannot be created or written ({existing})")
 
     plan = Plan(
         study,
@@ -176,7 +175,8 @@ def prepare(args: argparse.Namespace) -> Plan:
         args,
     )
     if args.resume:
-        _prepare_resume(plan, storage)
+        info = json.loads((plan.run_dir / INVOCATION_FILE).read_text())
+        plan.parent_run_id = info["parent_run_id"]
     else:
         name = args.name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         plan.run_dir = storage / name
@@ -191,26 +191,35 @@ def prepare(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def _prepare_resume(plan: Plan, storage: Path) -> None:
-    if plan.args.name:
-        run_dir = storage / plan.args.name
+def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The original command's arguments, for the run --name (or the study's
+    latest) under --storage: a resumed study keeps its settings and searcher."""
+    storage = Path(args.storage).expanduser().resolve()
+    if args.name:
+        run_dir = storage / args.name
     else:
-        candidates = sorted(
-            storage.glob(f"{plan.study.name}-*/{INVOCATION_FILE}"), key=lambda p: p.stat().st_mtime
+        found = sorted(
+            (
+                p
+                for p in storage.glob(f"*/{INVOCATION_FILE}")
+                if json.loads(p.read_text()).get("study") == args.study
+            ),
+            key=lambda p: p.stat().st_mtime,
         )
-        if not candidates:
-            raise UsageError(f"nothing to resume: no {plan.study.name} run under {storage}")
-        run_dir = candidates[-1].parent
+        if not found:
+            raise UsageError(f"nothing to resume: no {args.study} run under {storage}")
+        run_dir = found[-1].parent
     saved = run_dir / INVOCATION_FILE
     if not saved.exists():
         raise UsageError(f"nothing to resume at {run_dir}")
     info = json.loads(saved.read_text())
-    if info["study"] != plan.study.name:
-        raise UsageError(f"{run_dir} holds study {info['study']}, not {plan.study.name}")
-    plan.run_dir = run_dir
-    plan.parent_run_id = info["parent_run_id"]
-    plan.tracking_uri = info["tracking_uri"]
-    plan.experiment = info["experiment"]
+    if args.study and info["study"] != args.study:
+        raise UsageError(f"{run_dir} holds study {info['study']}, not {args.study}")
+    resumed = build_parser().parse_args(info["argv"])
+    resumed.resume, resumed.name, resumed.storage = True, run_dir.name, str(storage)
+    resumed.tracking_uri, resumed.argv = info["tracking_uri"], info["argv"]
+    resumed.experiment = info["experiment"]
+    return resumed
 
 
 def _git_commit() -> str:
@@ -329,7 +338,7 @@ def execute(plan: Plan) -> int:
             **{f"fixed.{k}": v for k, v in plan.resolved.fixed.items()},
         }
         plan.parent_run_id = start_parent(client, exp_id, plan.run_dir.name, tags, params)
-        plan.run_dir.mkdir(parents=True)
+        plan.run_dir.mkdir(parents=True)  # created now, after every check passed
         (plan.run_dir / INVOCATION_FILE).write_text(
             json.dumps(
                 {
@@ -337,7 +346,7 @@ def execute(plan: Plan) -> int:
                     "parent_run_id": plan.parent_run_id,
                     "tracking_uri": plan.tracking_uri,
                     "experiment": plan.experiment,
-                    "argv": sys.argv[1:],
+                    "argv": args.argv,
                 },
                 indent=2,
             )
@@ -444,6 +453,7 @@ def execute(plan: Plan) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # saved for --resume
     if args.list:
         width = max(map(len, STUDIES))
         for s in STUDIES.values():

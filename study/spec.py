@@ -87,7 +87,7 @@ class TrialConfig:
     eval_every: int = param(5, low=1, high=100_000, help="epochs between evaluations")
     eval_samples: int = param(1000, low=10, high=1_000_000, help="samples scored per evaluation")
     train_size: int = param(0, low=0, high=10**9, help="use the first N training samples (0: all)")
-    max_loss: float = param(1e5, low=1.0, high=1e30, help="|loss| above this counts as diverged")
+    max_loss: float = param(1e5, low=1e-12, high=1e30, help="|loss| above this counts as diverged")
     seed: int = param(0, low=0, high=2**31 - 1, help="base seed; repeat i uses seed + i")
 
 

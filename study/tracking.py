@@ -52,9 +52,11 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"tracking server {uri} does not answer ({reason})") from None
         return
     if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///") :]).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingError(f"cannot write the MLflow database in {folder}")
+        path = Path(uri[len("sqlite:///") :])
+        if not path.exists():  # checked without creating it: a failed command writes nothing
+            if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+                raise TrackingError(f"cannot create the MLflow database in {path.parent}")
+            return
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:  # any store error is a tracking problem for the user

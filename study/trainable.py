@@ -14,7 +14,7 @@ import random
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,10 @@ def train(config: dict[str, Any], ctx: TrialContext) -> None:
     values = {**ctx.fixed, **sampled}
     trial_cfg, family_cfg = split_settings(study, values)
     seed = trial_cfg.seed + int(config.get(TRIAL_INDEX, 0))
-    cid = config_id({**values, "dataset": ctx.dataset})
+    # the full resolved config, defaults included: what the params record and
+    # what the configuration id is a hash of
+    resolved = {**asdict(trial_cfg), **asdict(family_cfg), "dataset": ctx.dataset}
+    cid = config_id(resolved)
     torch.set_num_threads(ctx.threads)
     seed_everything(seed)
     device = trial_device()
@@ -119,7 +122,7 @@ def train(config: dict[str, Any], ctx: TrialContext) -> None:
     data = data.to(device)
 
     params = {
-        **values,
+        **resolved,
         "seed": seed,
         "config_id": cid,
         "dataset": ctx.dataset,
