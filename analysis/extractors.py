@@ -149,3 +149,45 @@ EXTRACTORS: dict[str, Callable[[str, torch.device], Extractor]] = {
 def extractor_for(dataset: str, device: str = "cpu") -> Extractor:
     """The dataset's feature extractor (its own classifier unless registered)."""
     return EXTRACTORS.get(dataset, _own_classifier)(dataset, torch.device(device))
+
+
+INCEPTION_SIZE = 299  # the input side Inception v3 was trained at
+
+
+class InceptionError(ValueError):
+    """The Inception weights file is missing or not an Inception v3 state dict."""
+
+
+@cache
+def inception_extractor(weights: str, device: str = "cpu") -> Extractor:
+    """Inception v3 pool features (2048-d) from a local torchvision weights file
+    (e.g. inception_v3_google-0cc3c7bd.pth). Never downloads: weights=None
+    builds the bare network and the file fills it. Grey images are repeated to
+    three channels; inputs go in as [-1, 1] at 299x299, what the network saw."""
+    from torchvision.models import inception_v3
+
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise InceptionError(f"Inception weights file {path} does not exist")
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, KeyError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InceptionError(f"{path} is not an Inception v3 state dict ({first})") from None
+    net.fc = nn.Identity()
+    net = net.to(device).eval()
+
+    def features(x: Tensor) -> Tensor:
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        x = F.interpolate(
+            x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False
+        )
+        return net(x * 2 - 1)
+
+    def no_logits(x: Tensor) -> Tensor:
+        raise NotImplementedError("the Inception extractor scores fid only")
+
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Extractor(f"inception_v3:{path.name}", sha, float("nan"), features, no_logits)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analysis.extractors import extractor_for
+from analysis.extractors import extractor_for, inception_extractor
 from study.data import Dataset, load_dataset
 
 HQ_THRESHOLD = 3.0  # a 2-D sample is high quality within 3 standard deviations of a mode
@@ -43,15 +43,95 @@ def frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> fl
     return float(diff @ diff + cov1.trace() + cov2.trace() - 2 * tr_root)
 
 
-def class_coverage(pred: Tensor, n_classes: int) -> dict[str, float]:
-    """modes_covered: classes receiving at least 1/(4K) of the samples, so the
-    classifier's stray errors do not count as coverage; mode_kl: KL of the
-    predicted-class histogram to uniform (0 for a perfectly balanced sampler)."""
+def kid(
+    real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> float:
+    """Kernel inception distance: unbiased MMD^2 with the kernel (x.y/d + 1)^3,
+    averaged over random subsets (fewer samples than subset_size: one subset
+    size of the smaller set). Subsets are drawn from a fixed seed, so the
+    value is a deterministic function of the two feature sets."""
+    m = min(subset_size, len(real), len(fake))
+    if m == len(real) == len(fake):
+        subsets = 1  # every subset would be the whole of both sets: the same value
+    gen = torch.Generator().manual_seed(seed)
+    r, f = real.double(), fake.double()
+    d = r.shape[1]
+    total = 0.0
+    for _ in range(subsets):
+        x = r[torch.randperm(len(r), generator=gen)[:m].to(r.device)]
+        y = f[torch.randperm(len(f), generator=gen)[:m].to(f.device)]
+        total += _poly_mmd2(x, y, d)
+    return total / subsets
+
+
+def _poly_mmd2(x: Tensor, y: Tensor, d: int) -> float:
+    m = len(x)
+    kxx = (x @ x.T / d + 1) ** 3
+    kyy = (y @ y.T / d + 1) ** 3
+    kxy = (x @ y.T / d + 1) ** 3
+    off = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return float(off - 2 * kxy.mean())
+
+
+def _kth_neighbour_radius(x: Tensor, k: int, chunk: int = 2048) -> Tensor:
+    """Distance from each point to its k-th nearest other point."""
+    out = []
+    for c in x.split(chunk):
+        dist = torch.cdist(c, x)
+        out.append(dist.topk(k + 1, dim=1, largest=False).values[:, k])  # [:, 0] is itself
+    return torch.cat(out)
+
+
+def _inside(points: Tensor, centres: Tensor, radii: Tensor, chunk: int = 2048) -> Tensor:
+    """For each point, how many balls B(centre_i, radius_i) hold it (strict <)."""
+    counts = []
+    for c in points.split(chunk):
+        counts.append((torch.cdist(c, centres) < radii[None, :]).sum(dim=1))
+    return torch.cat(counts)
+
+
+def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019): the share of
+    fake samples inside the real manifold (the union of balls reaching each
+    real point's k-th neighbour), and of real samples inside the fake one."""
+    r, f = real.double(), fake.double()  # exact ball boundaries; features are small
+    precision = (_inside(f, r, _kth_neighbour_radius(r, k)) > 0).double().mean()
+    recall = (_inside(r, f, _kth_neighbour_radius(f, k)) > 0).double().mean()
+    return {"precision": float(precision), "recall": float(recall)}
+
+
+def density_coverage(real: Tensor, fake: Tensor, k: int = 5, chunk: int = 2048) -> dict[str, float]:
+    """Density and coverage (Naeem et al. 2020), strict '<':
+    density = 1/(kM) sum_j sum_i 1[y_j in B(x_i, NND_k(x_i))];
+    coverage = 1/N sum_i 1[exists j: y_j in B(x_i, NND_k(x_i))]."""
+    r, f = real.double(), fake.double()
+    radii = _kth_neighbour_radius(r, k)
+    density = _inside(f, r, radii).double().sum() / (k * len(f))
+    nearest_fake = torch.full((len(r),), float("inf"), device=r.device, dtype=r.dtype)
+    for c in f.split(chunk):
+        nearest_fake = torch.minimum(nearest_fake, torch.cdist(c, r).min(dim=0).values)
+    coverage = (nearest_fake < radii).double().mean()
+    return {"density": float(density), "coverage": float(coverage)}
+
+
+# Stacked MNIST's protocol (VEEGAN, PacGAN) counts a mode with a single sample
+# among ~26,000: its 1000 classes are too many for a share threshold.
+MIN_COUNT = {"stacked_mnist": 1.0}
+
+
+def class_coverage(
+    pred: Tensor, n_classes: int, min_count: float | None = None
+) -> dict[str, float]:
+    """modes_covered: classes receiving at least min_count samples, by default
+    1/(4K) of them, so the classifier's stray errors do not count as coverage;
+    mode_kl: KL of the predicted-class histogram to uniform (0 when balanced)."""
     counts = torch.bincount(pred.flatten().long(), minlength=n_classes).double()
+    if min_count is None:
+        min_count = len(pred) / (4 * n_classes)
     p = counts / counts.sum()
     nz = p > 0
     return {
-        "modes_covered": float((counts >= len(pred) / (4 * n_classes)).sum()),
+        "modes_covered": float((counts >= min_count).sum()),
         "mode_kl": float((p[nz] * (p[nz] * n_classes).log()).sum()),
     }
 
@@ -80,13 +160,23 @@ def mixture_quality(points: Tensor, modes: Tensor, std: float) -> dict[str, floa
 
 
 @cache
-def _reference(dataset: str, device: str) -> tuple[Dataset, Tensor | None, Tensor | None]:
-    """The held-out split on `device`, with its feature statistics (images)."""
+def _reference(
+    dataset: str, device: str
+) -> tuple[Dataset, Tensor | None, Tensor | None, Tensor | None]:
+    """The held-out split on `device`, with its features and their statistics
+    (images), computed once per process and shared by every evaluation."""
     data = load_dataset(dataset).to(device)
     if not data.is_image:
-        return data, None, None
-    mu, cov = feature_stats(extractor_for(dataset, device).features(data.test_x))
-    return data, mu, cov
+        return data, None, None, None
+    feats = extractor_for(dataset, device).features(data.test_x)
+    mu, cov = feature_stats(feats)
+    return data, feats, mu, cov
+
+
+@cache
+def _inception_reference(dataset: str, weights: str, device: str) -> tuple[Tensor, Tensor]:
+    data = load_dataset(dataset).to(device)
+    return feature_stats(inception_extractor(weights, device).features(data.test_x))
 
 
 def _as_tensor(samples: Tensor | np.ndarray, device: str | None) -> Tensor:
@@ -95,16 +185,21 @@ def _as_tensor(samples: Tensor | np.ndarray, device: str | None) -> Tensor:
 
 
 def evaluate_samples(
-    samples: Tensor | np.ndarray, dataset: str = "mnist5k", device: str | None = None
+    samples: Tensor | np.ndarray,
+    dataset: str = "mnist5k",
+    device: str | None = None,
+    inception_weights: str | None = None,
 ) -> dict[str, float]:
     """Score generated samples against `dataset`'s held-out split.
 
-    Images: (N, C, H, W) in [0, 1] -> fid, modes_covered, mode_kl.
+    Images: (N, C, H, W) in [0, 1] -> fid, kid, precision, recall, density,
+    coverage, modes_covered, mode_kl; with `inception_weights` (a local Inception
+    v3 weights file) also fid_inception.
     2-D mixtures: (N, 2) -> modes_captured, hq_fraction, reverse_kl.
     """
     x = _as_tensor(samples, device)
     dev = str(x.device)
-    data, mu, cov = _reference(dataset, dev)
+    data, ref, mu, cov = _reference(dataset, dev)
     expected = tuple(data.test_x.shape[1:])
     if tuple(x.shape[1:]) != expected:
         raise ValueError(
@@ -114,17 +209,26 @@ def evaluate_samples(
     if not data.is_image:
         return mixture_quality(x, data.modes, data.mode_std)
     ext = extractor_for(dataset, dev)
-    mu_g, cov_g = feature_stats(ext.features(x))
-    return {
+    feats = ext.features(x)  # one pass through the extractor serves every metric
+    mu_g, cov_g = feature_stats(feats)
+    out = {}
+    if inception_weights:
+        mu_i, cov_i = _inception_reference(dataset, inception_weights, dev)
+        inc = inception_extractor(inception_weights, dev).features(x)
+        out["fid_inception"] = frechet_distance(mu_i, cov_i, *feature_stats(inc))
+    return out | {
         "fid": frechet_distance(mu, cov, mu_g, cov_g),
-        **class_coverage(ext.predict(x), data.n_classes),
+        "kid": kid(ref, feats),
+        **precision_recall(ref, feats, k=3),
+        **density_coverage(ref, feats, k=5),
+        **class_coverage(ext.predict(x), data.n_classes, MIN_COUNT.get(dataset)),
     }
 
 
 def provenance(dataset: str, device: str = "cpu") -> dict[str, str]:
     """What a run records beside its scores: which extractor, which weights,
     which reference set, so numbers from different runs are known comparable."""
-    data, _, _ = _reference(dataset, device)
+    data = _reference(dataset, device)[0]
     out = {"fid_reference": f"{dataset}:test", "fid_n_real": str(len(data.test_x))}
     if data.is_image:
         ext = extractor_for(dataset, device)

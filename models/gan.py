@@ -33,6 +33,7 @@ class GANConfig:
     replay_fraction: float = param(0.5, low=0.0, high=1.0, help="share of a fake batch replayed")
     replay_capacity: int = param(4096, low=1, high=10**7, help="past fakes kept for replay")
     mbstd: bool = param(False, help="minibatch standard deviation feature in D")
+    pac: int = param(1, low=1, high=16, help="PacGAN packing: D judges pac samples at once")
     dropout: float = param(0.3, low=0.0, high=0.9, help="dropout in the DCGAN discriminator")
     batch_size: int = param(64, low=2, high=65536, help="real samples per discriminator step")
 
@@ -52,7 +53,7 @@ def _mlp_generator(cfg: GANConfig, shape: tuple[int, ...]) -> nn.Module:
 
 
 def _mlp_discriminator(cfg: GANConfig, shape: tuple[int, ...]) -> nn.Module:
-    inp = int(torch.Size(shape).numel())
+    inp = int(torch.Size(shape).numel()) * cfg.pac
     head = (
         [MinibatchStdDev(), nn.Linear(cfg.width + 1, 1)] if cfg.mbstd else [nn.Linear(cfg.width, 1)]
     )
@@ -100,7 +101,7 @@ def _dcgan_discriminator(cfg: GANConfig, shape: tuple[int, ...]) -> nn.Module:
     w1, w2 = cfg.channels, 2 * cfg.channels
     extra = 1 if cfg.mbstd else 0
     return nn.Sequential(
-        nn.Conv2d(c, w1, 4, 2, 1),
+        nn.Conv2d(c * cfg.pac, w1, 4, 2, 1),
         nn.LeakyReLU(0.2),
         nn.Dropout(cfg.dropout),
         nn.Conv2d(w1, w2, 4, 2, 1),
@@ -110,6 +111,19 @@ def _dcgan_discriminator(cfg: GANConfig, shape: tuple[int, ...]) -> nn.Module:
         nn.Flatten(),
         nn.Linear((w2 + extra) * (h // 4) * (w // 4), 1),
     )
+
+
+class Pack(nn.Module):
+    """PacGAN (Lin et al. 2018): consecutive groups of `pac` samples become one
+    discriminator input (features, or channels for images), so D judges sets
+    of samples and sees a lack of variety."""
+
+    def __init__(self, pac: int) -> None:
+        super().__init__()
+        self.pac = pac
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0] // self.pac, self.pac * x.shape[1], *x.shape[2:])
 
 
 ARCHS = {
@@ -128,6 +142,8 @@ class GAN:
     generates = True
 
     def __init__(self, cfg: GANConfig, train_x: Tensor, test_x: Tensor) -> None:
+        if cfg.batch_size % cfg.pac:
+            raise ConfigError(f"batch_size={cfg.batch_size} is not a multiple of pac={cfg.pac}")
         if len(train_x) < cfg.batch_size * cfg.n_disc:
             raise ConfigError(
                 f"batch_size={cfg.batch_size} x n_disc={cfg.n_disc} exceeds the "
@@ -139,7 +155,7 @@ class GAN:
         shape = tuple(train_x.shape[1:])
         make_g, make_d = ARCHS[cfg.arch]
         self.G = make_g(cfg, shape).to(self.device)
-        self.D = make_d(cfg, shape).to(self.device)
+        self.D = nn.Sequential(Pack(cfg.pac), make_d(cfg, shape)).to(self.device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)

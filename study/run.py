@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="fix a setting (repeatable); a searched key leaves the search",
     )
-    p.add_argument("--search", choices=("optuna", "random", "grid"), default="optuna")
+    p.add_argument(
+        "--search",
+        choices=("optuna", "random", "grid"),
+        help="search algorithm (default: the study's, mostly optuna)",
+    )
     p.add_argument("--scheduler", choices=("none", "asha"), default="none")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0)
@@ -138,6 +142,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         given = f"unknown study '{args.study}'" if args.study else "no study given"
         raise UsageError(f"{given}; choose from: {', '.join(STUDIES)}")
     study = STUDIES[args.study]
+    args.search = args.search or study.search
     for name in ("num_samples", "seeds", "epochs", "cpus_per_trial", "max_concurrent"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     _positive("--gpus-per-trial", args.gpus_per_trial, allow_zero=True)
@@ -183,6 +188,14 @@ def prepare(args: argparse.Namespace) -> Plan:
         if plan.run_dir.exists():
             raise UsageError(f"{plan.run_dir} exists; pick another --name or add --resume")
 
+    inception = resolved.fixed.get("inception_weights")
+    if inception:
+        from analysis.extractors import InceptionError, inception_extractor
+
+        try:
+            inception_extractor(inception)
+        except InceptionError as e:
+            raise UsageError(str(e)) from None
     data = load_dataset(dataset, args.data_dir)  # DataError if missing; cached after
     try:
         _check_builds(study, resolved, data.subset(4096))

@@ -89,6 +89,7 @@ class TrialConfig:
     train_size: int = param(0, low=0, high=10**9, help="use the first N training samples (0: all)")
     max_loss: float = param(1e5, low=1e-12, high=1e30, help="|loss| above this counts as diverged")
     seed: int = param(0, low=0, high=2**31 - 1, help="base seed; repeat i uses seed + i")
+    inception_weights: str = param("", help="local Inception v3 weights file: adds fid_inception")
 
 
 # --- studies ----------------------------------------------------------------
@@ -106,6 +107,7 @@ class Study:
     fixed: dict[str, Any] = field(default_factory=dict)  # trial and family settings
     num_samples: int = 8  # configurations
     seeds: int = 3
+    search: str = "optuna"  # default --search: "grid" where the axes are few and discrete
     smoke: dict[str, Any] = field(default_factory=dict)  # settings under --smoke
     table_metrics: tuple[str, ...] = ()  # reported with mean and std per configuration
 

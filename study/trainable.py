@@ -87,18 +87,21 @@ def run_name(values: dict[str, Any], searched: tuple[str, ...], seed: int) -> st
     return " ".join([*(f"{k}={fmt(values[k])}" for k in searched), f"seed={seed}"])
 
 
-def _evaluate(family: Family, data: Dataset, n: int, seed: int) -> tuple[dict, torch.Tensor | None]:
+def _evaluate(
+    family: Family, data: Dataset, cfg: TrialConfig, seed: int
+) -> tuple[dict, torch.Tensor | None]:
     metrics = dict(family.evaluate())
     if not family.generates:
         return metrics, None
     # the same latent noise at every evaluation: grids are comparable over epochs
     gen = torch.Generator(device=data.train_x.device).manual_seed(seed + 1)
     t0 = time.perf_counter()
+    n = cfg.eval_samples
     samples = family.sample(n, generator=gen)
     if samples.is_cuda:
         torch.cuda.synchronize()
     metrics["sample_seconds"] = (time.perf_counter() - t0) * 1000 / n
-    metrics |= evaluate_samples(samples, data.name)
+    metrics |= evaluate_samples(samples, data.name, inception_weights=cfg.inception_weights)
     return metrics, samples
 
 
@@ -173,7 +176,7 @@ def _train_loop(
         if not (final or epoch % trial_cfg.eval_every == 0):
             continue
         if reason is None:
-            last_eval, samples = _evaluate(family, data, trial_cfg.eval_samples, seed)
+            last_eval, samples = _evaluate(family, data, trial_cfg, seed)
             run.add(epoch, last_eval)
             if samples is not None:
                 with tempfile.TemporaryDirectory() as d:

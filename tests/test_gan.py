@@ -148,3 +148,19 @@ def test_checkpoint_covers_models_optimisers_and_replay():
     g = torch.Generator().manual_seed(1)
     g2 = torch.Generator().manual_seed(1)
     assert torch.allclose(a.sample(5, g), b.sample(5, g2))
+
+
+def test_pacgan_packs_consecutive_samples_into_one_discriminator_input():
+    from models.gan import Pack
+
+    x = torch.arange(24.0).reshape(4, 3, 1, 2)
+    packed = Pack(2)(x)
+    assert packed.shape == (2, 6, 1, 2)
+    assert torch.equal(packed[0, :3], x[0]) and torch.equal(packed[0, 3:], x[1])
+    for arch, data in (("mlp", torch.randn(256, 2)), ("dcgan", _images(128, 8))):
+        cfg = GANConfig(arch=arch, pac=4, batch_size=32, width=16, channels=4)
+        gan = GAN(cfg, data, data[:8])
+        assert gan.D(data[:32]).shape == (8, 1)  # one verdict per pack of 4
+        assert all(math.isfinite(float(v)) for v in gan.train_epoch().values())
+    with pytest.raises(ConfigError, match="multiple of pac"):
+        GAN(GANConfig(pac=3, batch_size=32), torch.randn(256, 2), torch.randn(8, 2))

@@ -101,3 +101,47 @@ def test_evaluate_samples_accepts_numpy_points_and_checks_shapes():
     assert set(out) == {"modes_captured", "hq_fraction", "reverse_kl"}
     with pytest.raises(ValueError, match="do not match"):
         evaluate_samples(torch.rand(10, 3), "ring")
+
+
+def test_stacked_mnist_counts_a_mode_with_one_sample_per_the_protocol():
+    data = load_dataset("stacked_mnist")
+    out = evaluate_samples(data.test_x[:500], "stacked_mnist")
+    # 500 real triples hit about 390 distinct modes; a share threshold would count 0
+    ext = extractor_for("stacked_mnist")
+    distinct = len(torch.unique(ext.predict(data.test_x[:500])))
+    assert out["modes_covered"] == distinct > 300
+    assert set(out) >= {"fid", "kid", "precision", "recall", "density", "coverage", "mode_kl"}
+
+
+def test_real_images_score_near_perfect_and_noise_scores_zero_on_every_metric():
+    data = load_dataset("mnist5k")
+    real = evaluate_samples(data.train_x[:1000], "mnist5k")
+    noise = evaluate_samples(torch.rand(1000, 1, 28, 28), "mnist5k")
+    assert abs(real["kid"]) < 1 < noise["kid"]
+    for key in ("precision", "recall", "coverage"):
+        assert real[key] > 0.8 and noise[key] == 0.0, key
+    assert 0.8 < real["density"] < 1.2 and noise["density"] == 0.0
+
+
+def test_inception_fid_reads_a_local_weights_file_and_never_downloads(tmp_path, monkeypatch):
+    import torchvision
+
+    import analysis.extractors as ex
+    from analysis.extractors import InceptionError, inception_extractor
+
+    with pytest.raises(InceptionError, match="does not exist"):
+        inception_extractor(str(tmp_path / "missing.pth"))
+    bad = tmp_path / "bad.pth"
+    torch.save({"weight": torch.zeros(1)}, bad)
+    with pytest.raises(InceptionError, match="not an Inception v3 state dict"):
+        inception_extractor(str(bad))
+    weights = tmp_path / "inception.pth"
+    torch.manual_seed(0)
+    net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True)
+    torch.save(net.state_dict(), weights)
+    monkeypatch.setattr(ex, "INCEPTION_SIZE", 75)  # the smallest input it takes: fast on CPU
+    data = load_dataset("digits")
+    out = evaluate_samples(data.train_x[:50], "digits", inception_weights=str(weights))
+    noise = evaluate_samples(torch.rand(50, 1, 8, 8), "digits", inception_weights=str(weights))
+    assert 0 <= out["fid_inception"] < noise["fid_inception"]
+    assert inception_extractor(str(weights)).features(data.test_x[:4]).shape == (4, 2048)
