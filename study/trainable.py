@@ -165,9 +165,13 @@ def _train_loop(
             )
         family.load_state_dict(state["family"])
         torch.set_rng_state(state["rng"])
-        start, last_eval = state["epoch"] + 1, state["last_eval"]
+        start, last_eval, clock = state["epoch"] + 1, state["last_eval"], state["clock"]
+    else:
+        clock = {"train_seconds": 0.0, "eval_seconds": 0.0}
 
     penalty = 1e6 if study.mode == "min" else -1e6
+    clock["started_at"] = time.time()  # when training (re)starts: after every set-up cost
+    base, loop_start = dict(clock), time.perf_counter()
     for epoch in range(start, trial_cfg.epochs + 1):
         train_metrics = read_scalars(family.train_epoch())
         run.add(epoch, train_metrics)
@@ -175,6 +179,7 @@ def _train_loop(
         final = reason is not None or epoch == trial_cfg.epochs
         if not (final or epoch % trial_cfg.eval_every == 0):
             continue
+        t_eval = time.perf_counter()
         if reason is None:
             last_eval, samples = _evaluate(family, data, trial_cfg, seed)
             run.add(epoch, last_eval)
@@ -183,6 +188,7 @@ def _train_loop(
                     png = Path(d) / f"samples_epoch{epoch:04d}.png"
                     save_samples_png(samples, png, data.modes)
                     run.log_file(png, "samples")
+        clock["eval_seconds"] += time.perf_counter() - t_eval
         outcome = "running"
         if final:
             if reason is not None:
@@ -195,9 +201,14 @@ def _train_loop(
                 outcome, reason = "ok", ""
         score = last_eval.get(study.metric, penalty)
         objective = score if outcome != "diverged" and math.isfinite(score) else penalty
+        # training time is all loop time but evaluation: it includes the harness's
+        # own work (metric reads, logging, flushes, the earlier checkpoints)
+        spent = time.perf_counter() - loop_start - (clock["eval_seconds"] - base["eval_seconds"])
+        clock["train_seconds"] = base["train_seconds"] + spent
         result = {
             **train_metrics,
             **last_eval,
+            **clock,
             "epoch": epoch,
             "objective": objective,
             "outcome": outcome,
@@ -216,6 +227,7 @@ def _train_loop(
                     "rng": torch.get_rng_state(),
                     "epoch": epoch,
                     "last_eval": last_eval,
+                    "clock": clock,
                 },
                 Path(d) / STATE_FILE,
             )

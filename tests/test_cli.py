@@ -22,6 +22,7 @@ def test_list_shows_every_study_with_a_description(tmp_path):
     out = run_cli(["--list"], tmp_path)
     assert out.returncode == 0
     assert out.stdout.startswith("gan_stability") and "GAN learning rates" in out.stdout
+    assert "\ngan_modes " in out.stdout and "PacGAN" in out.stdout
 
 
 def test_smoke_study_end_to_end(tmp_path):
@@ -72,7 +73,19 @@ def test_smoke_study_end_to_end(tmp_path):
         assert len(params["fid_weights_sha256"]) == 64
         by_config.setdefault(params["config_id"], set()).add(params["seed"])
         if tags["outcome"] != "diverged":
-            for key in ("fid", "modes_covered", "mode_kl", "d_loss", "g_loss"):
+            for key in (
+                "fid",
+                "kid",
+                "precision",
+                "recall",
+                "density",
+                "coverage",
+                "modes_covered",
+                "mode_kl",
+                "d_loss",
+                "g_loss",
+                "sample_seconds",
+            ):
                 steps = [m.step for m in client.get_metric_history(rid, key)]
                 assert steps == [1, 2], (key, steps)  # step=epoch, no duplicates
             pngs = [a.path for a in client.list_artifacts(rid, "samples")]
@@ -196,3 +209,24 @@ def test_resume_continues_the_same_parent_and_reruns_nothing(tmp_path):
     assert parents[0].info.status == "FINISHED"
     assert all(r.info.status == "FINISHED" for r in children)
     assert all(r.data.params["arch"] == "mlp" for r in children)
+
+
+def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    out = run_cli(["gan_modes", "--smoke", "--seeds", "1", "--tracking-uri", uri], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "grid search" in out.stdout and "modes_captured" in out.stdout
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("gan_modes")
+    children = [
+        r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
+    ]
+    assert sorted(r.data.params["pac"] for r in children) == ["1", "2", "4"]
+    for run in children:
+        assert run.data.params["dataset"] == "ring" and run.data.params["z_dim"] == "2"
+        for key in ("modes_captured", "hq_fraction", "reverse_kl"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == [1, 2], key
+        assert 0 <= run.data.metrics["modes_captured"] <= 8
+        pngs = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+        assert len(pngs) == 2

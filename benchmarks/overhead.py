@@ -1,0 +1,146 @@
+"""Harness overhead: the default GAN trial as a bare PyTorch loop and as a trial.
+
+    python benchmarks/overhead.py [--repeats 3] [--epochs 12] [--threads 1]
+
+(a) a bare loop written here: the same networks, optimisers, loss, data and
+batch size, one thread, no logging; (b) the same configuration as a Ray Tune
+trial through study.trainable with MLflow logging on (a sqlite store in a
+temporary folder), evaluated only at the end, as the default study's last
+epoch is. The trial reports its training time apart from evaluation, so both
+sides time the same steps. Runs alternate, and the ratio is of the medians:
+the machine is shared and noisy, so only a ratio from one run means anything.
+Per-trial start-up (from Tuner.fit to the first training step) is printed
+separately. The last line is `ratio=<harness steps/s / bare steps/s>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from models.gan import GANConfig, _mlp_discriminator, _mlp_generator
+from study.data import load_dataset
+from study.spec import resolve
+from study.studies import STUDIES
+
+STUDY = STUDIES["gan_stability"]
+# the default trial: the study's fixed settings, every searched axis at its
+# GANConfig default (mlp, ns loss, lr 2e-4, beta1 0.5, n_disc 1, no stabilisers)
+DEFAULTS = {k: str(getattr(GANConfig(), k)) for k in STUDY.axes}
+
+
+def bare_steps_per_second(epochs: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = GANConfig(width=STUDY.fixed["width"])
+    x = load_dataset(STUDY.dataset).train_x
+    shape = tuple(x.shape[1:])
+    g, d = _mlp_generator(cfg, shape), _mlp_discriminator(cfg, shape)
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    b = cfg.batch_size
+    steps = len(x) // b
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(steps):
+            real = x[perm[i * b : (i + 1) * b]]
+            with torch.no_grad():
+                fake = g(torch.randn(b, cfg.z_dim))
+            loss_d = F.softplus(-d(real)).mean() + F.softplus(d(fake)).mean()
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            d.requires_grad_(False)
+            loss_g = F.softplus(-d(g(torch.randn(b, cfg.z_dim)))).mean()
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            d.requires_grad_(True)
+    return epochs * steps / (time.perf_counter() - t0)
+
+
+def harness_steps_per_second(epochs: int, threads: int, workdir: Path) -> tuple[float, float]:
+    from mlflow import MlflowClient
+    from ray import tune
+
+    from study.tracking import experiment_id, start_parent
+    from study.trainable import TrialContext, train
+
+    overrides = {**DEFAULTS, "epochs": str(epochs), "eval_every": str(epochs)}
+    fixed = resolve(STUDY, overrides).fixed
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = experiment_id(client, "overhead")
+    parent = start_parent(client, exp, "overhead", {}, {})
+    ctx = TrialContext(
+        study=STUDY.name,
+        dataset=STUDY.dataset,
+        data_dir="data",
+        fixed=fixed,
+        tracking_uri=uri,
+        experiment_id=exp,
+        parent_run_id=parent,
+        threads=threads,
+        searched=(),
+    )
+    trainable = tune.with_resources(tune.with_parameters(train, ctx=ctx), {"cpu": threads})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={},
+        run_config=tune.RunConfig(storage_path=str(workdir / "runs"), verbose=0),
+    )
+    t_fit = time.time()
+    result = tuner.fit()[0].metrics
+    steps = epochs * (4000 // GANConfig().batch_size)
+    return steps / result["train_seconds"], result["started_at"] - t_fit
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=STUDY.fixed["epochs"])
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+
+    import logging
+
+    import ray
+
+    from study.run import _quiet
+
+    _quiet()
+    ray.init(
+        num_cpus=args.threads,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+    )
+    bare, harness, startup = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            bare.append(bare_steps_per_second(args.epochs, args.threads))
+            h, s = harness_steps_per_second(args.epochs, args.threads, Path(tmp) / str(i))
+            harness.append(h)
+            startup.append(s)
+            print(
+                f"repeat {i + 1}: bare {bare[-1]:.1f} steps/s, harness {harness[-1]:.1f} "
+                f"steps/s, trial start-up {s:.2f} s",
+                flush=True,
+            )
+    b, h = statistics.median(bare), statistics.median(harness)
+    print(
+        f"median: bare {b:.1f} steps/s, harness {h:.1f} steps/s; "
+        f"trial start-up {statistics.median(startup):.2f} s (Tuner.fit to first step)"
+    )
+    print(f"ratio={h / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()
