@@ -1,6 +1,6 @@
 """Harness overhead: the default GAN trial as a bare PyTorch loop and as a trial.
 
-    python benchmarks/overhead.py [--repeats 3] [--epochs 12] [--threads 1]
+    python benchmarks/overhead.py [--repeats 3] [--epochs 12] [--threads 1] [--gpu]
 
 (a) a bare loop written here: the same networks, optimisers, loss, data and
 batch size, one thread, no logging; (b) the same configuration as a Ray Tune
@@ -35,38 +35,44 @@ STUDY = STUDIES["gan_stability"]
 DEFAULTS = {k: str(getattr(GANConfig(), k)) for k in STUDY.axes}
 
 
-def bare_steps_per_second(epochs: int, threads: int) -> float:
+def bare_steps_per_second(epochs: int, threads: int, device: str) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = GANConfig(width=STUDY.fixed["width"])
-    x = load_dataset(STUDY.dataset).train_x
+    x = load_dataset(STUDY.dataset).train_x.to(device)
     shape = tuple(x.shape[1:])
-    g, d = _mlp_generator(cfg, shape), _mlp_discriminator(cfg, shape)
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    g = _mlp_generator(cfg, shape).to(device)
+    d = _mlp_discriminator(cfg, shape).to(device)
+    adam = {"betas": (cfg.beta1, cfg.beta2), "fused": True}
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, **adam)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, **adam)
     b = cfg.batch_size
     steps = len(x) // b
     t0 = time.perf_counter()
     for _ in range(epochs):
-        perm = torch.randperm(len(x))
+        perm = torch.randperm(len(x), device=device)
         for i in range(steps):
             real = x[perm[i * b : (i + 1) * b]]
             with torch.no_grad():
-                fake = g(torch.randn(b, cfg.z_dim))
+                fake = g(torch.randn(b, cfg.z_dim, device=device))
             loss_d = F.softplus(-d(real)).mean() + F.softplus(d(fake)).mean()
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
             d.requires_grad_(False)
-            loss_g = F.softplus(-d(g(torch.randn(b, cfg.z_dim)))).mean()
+            loss_g = F.softplus(-d(g(torch.randn(b, cfg.z_dim, device=device)))).mean()
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
             d.requires_grad_(True)
+    if device == "cuda":
+        torch.cuda.synchronize()
     return epochs * steps / (time.perf_counter() - t0)
 
 
-def harness_steps_per_second(epochs: int, threads: int, workdir: Path) -> tuple[float, float]:
+def harness_steps_per_second(
+    epochs: int, threads: int, gpus: int, workdir: Path
+) -> tuple[float, float]:
     from mlflow import MlflowClient
     from ray import tune
 
@@ -90,7 +96,9 @@ def harness_steps_per_second(epochs: int, threads: int, workdir: Path) -> tuple[
         threads=threads,
         searched=(),
     )
-    trainable = tune.with_resources(tune.with_parameters(train, ctx=ctx), {"cpu": threads})
+    trainable = tune.with_resources(
+        tune.with_parameters(train, ctx=ctx), {"cpu": threads, "gpu": gpus}
+    )
     tuner = tune.Tuner(
         trainable,
         param_space={},
@@ -107,7 +115,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=STUDY.fixed["epochs"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--gpu", action="store_true", help="both sides on one GPU")
     args = p.parse_args()
+    device, gpus = ("cuda", 1) if args.gpu else ("cpu", 0)
 
     import logging
 
@@ -125,8 +135,8 @@ def main() -> None:
     bare, harness, startup = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
-            bare.append(bare_steps_per_second(args.epochs, args.threads))
-            h, s = harness_steps_per_second(args.epochs, args.threads, Path(tmp) / str(i))
+            bare.append(bare_steps_per_second(args.epochs, args.threads, device))
+            h, s = harness_steps_per_second(args.epochs, args.threads, gpus, Path(tmp) / str(i))
             harness.append(h)
             startup.append(s)
             print(

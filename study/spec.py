@@ -90,6 +90,8 @@ class TrialConfig:
     max_loss: float = param(1e5, low=1e-12, high=1e30, help="|loss| above this counts as diverged")
     seed: int = param(0, low=0, high=2**31 - 1, help="base seed; repeat i uses seed + i")
     inception_weights: str = param("", help="local Inception v3 weights file: adds fid_inception")
+    bf16: bool = param(False, help="bfloat16 autocast in training steps (for GPUs that have it)")
+    compile: bool = param(False, help="torch.compile the family's networks (pays off on GPUs)")
 
 
 # --- studies ----------------------------------------------------------------

@@ -22,3 +22,37 @@ def test_divergence_catches_non_finite_values_and_exploding_losses():
 def test_run_names_show_what_varies_and_the_seed():
     name = run_name({"lr_g": 0.000123, "loss": "ns", "epochs": 5}, ("lr_g", "loss"), 2)
     assert name == "lr_g=0.00012 loss=ns seed=2"
+
+
+def _tiny_gan():
+    from models.gan import GAN, GANConfig
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 8, 8)
+    return GAN(GANConfig(width=8, batch_size=32), x, x[:4])
+
+
+def test_bf16_autocast_runs_the_step_in_bfloat16():
+    from study.spec import TrialConfig
+    from study.trainable import speed_ups
+
+    gan = _tiny_gan()
+    with speed_ups(gan, TrialConfig(bf16=True), torch.device("cpu")):
+        logits = gan.D(gan.G(torch.randn(4, gan.cfg.z_dim)))
+        metrics = read_scalars(gan.train_epoch())
+    assert logits.dtype == torch.bfloat16
+    assert all(math.isfinite(v) for v in metrics.values())
+    with speed_ups(gan, TrialConfig(), torch.device("cpu")):
+        assert gan.D(gan.G(torch.randn(4, gan.cfg.z_dim))).dtype == torch.float32
+
+
+def test_compile_keeps_checkpoint_keys_and_trains():
+    from study.spec import TrialConfig
+    from study.trainable import speed_ups
+
+    gan = _tiny_gan()
+    keys = set(gan.state_dict()["G"])
+    speed_ups(gan, TrialConfig(compile=True), torch.device("cpu"))
+    assert set(gan.state_dict()["G"]) == keys  # checkpoints stay loadable either way
+    assert gan.G._compiled_call_impl is not None and gan.D._compiled_call_impl is not None
+    assert all(math.isfinite(v) for v in read_scalars(gan.train_epoch()).values())
