@@ -179,6 +179,7 @@ def _train_loop(
         family.load_state_dict(state["family"])
         torch.set_rng_state(state["rng"])
         start, last_eval, clock = state["epoch"] + 1, state["last_eval"], state["clock"]
+        run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible in MLflow
     else:
         clock = {"train_seconds": 0.0, "eval_seconds": 0.0}
 
