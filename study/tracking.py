@@ -20,7 +20,6 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
 
-OUTCOMES = ("ok", "diverged", "collapsed", "failed")
 _BATCH = 900  # MLflow accepts at most 1000 metrics and 100 params per log_batch
 
 

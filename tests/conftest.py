@@ -19,14 +19,19 @@ def _threads() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m study.run ...` as a user runs it, in its own working directory."""
+def cli_env() -> dict[str, str]:
+    """The environment a CLI test runs in: this checkout, no inherited store."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m study.run ...` as a user runs it, in its own working directory."""
     return subprocess.run(
         [sys.executable, "-m", "study.run", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

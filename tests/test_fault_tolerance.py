@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import cli_env
 
 
 def _descendants(pid: int) -> list[tuple[int, str]]:
@@ -58,12 +58,10 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
         "--set",
         "eval_samples=100",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
     cli = subprocess.Popen(
         [sys.executable, "-m", "study.run", *args],
         cwd=tmp_path,
-        env=env,
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
