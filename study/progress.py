@@ -27,10 +27,15 @@ class Progress(tune.Callback):
     ) -> None:
         self.total, self.metric, self.mode, self.searched = total, metric, mode, searched
         self.interval = interval
-        self.start = time.monotonic()
-        self.last = self.start
+        self.setup()
+
+    def setup(self, **info: Any) -> None:
+        """Called by Tune at every start, a --resume included (this object is
+        then unpickled from the first run): counts start afresh."""
+        self.start = self.last = time.monotonic()
         self.outcomes: Counter[str] = Counter()
         self.best: tuple[float, str] | None = None
+        self.resumed = False
 
     def _line(self, trials: list, event: str = "", ended: Any = None) -> None:
         done = sum(self.outcomes.values())
@@ -46,14 +51,12 @@ class Progress(tune.Callback):
         print(line + (f"\n           {event}" if event else ""), flush=True)
         self.last = time.monotonic()
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def _count(self, trial: Any) -> tuple[str, Any]:
         r = trial.last_result or {}
         outcome = r.get("outcome", "failed")
         outcome = "stopped" if outcome == "running" else outcome
         self.outcomes[outcome] += 1
         score = r.get(self.metric)
-        what = " ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.searched)
-        what += f" seed={r.get('seed', '?')}"
         if (
             outcome in ("ok", "collapsed", "stopped")
             and isinstance(score, float)
@@ -64,6 +67,12 @@ class Progress(tune.Callback):
             )
             if better:
                 self.best = (score, f"config {r.get('config_id')}, seed {r.get('seed')}")
+        return outcome, score
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        outcome, score = self._count(trial)
+        what = " ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.searched)
+        what += f" seed={(trial.last_result or {}).get('seed', '?')}"
         detail = f"{self.metric}={_fmt(score)}" if score is not None else ""
         self._line(trials, f"{outcome:9s} {detail:14s} {what}", ended=trial)
 
@@ -74,6 +83,15 @@ class Progress(tune.Callback):
             f"failed    trial {trial.trial_id} (see its error file under the storage folder)",
             ended=trial,
         )
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self.resumed:  # once: on --resume, count the trials that had ended
+            self.resumed = True
+            ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+            for t in ended:
+                self._count(t)
+            if ended:
+                self._line(trials, f"resumed: {len(ended)} trials had ended before")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self.last >= self.interval:
@@ -115,3 +133,18 @@ class CloseRuns(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._close(trial, "failed", "trial process failed (see the Tune error file)", "FAILED")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Delete the runs of trials Tune has no record of: started after its
+        last saved state when the driver died, they were run again under new
+        ids on --resume, and each trial must appear in MLflow once."""
+        known = {t.trial_id for t in trials}
+        client = MlflowClient(self.tracking_uri)
+        children = client.search_runs(
+            [self.experiment_id],
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+            max_results=50_000,
+        )
+        for run in children:
+            if run.data.tags.get("trial_id") not in known:
+                client.delete_run(run.info.run_id)

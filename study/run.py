@@ -411,9 +411,9 @@ def execute(plan: Plan) -> int:
         if args.scheduler == "asha"
         else None
     )
-    status = "FINISHED"
     try:
-        if args.resume:
+        # no saved Tune state when the driver died within seconds: start over
+        if args.resume and tune.Tuner.can_restore(str(plan.run_dir)):
             tuner = tune.Tuner.restore(
                 str(plan.run_dir), trainable, resume_unfinished=True, resume_errored=True
             )
@@ -429,14 +429,16 @@ def execute(plan: Plan) -> int:
                 ),
             )
         results = tuner.fit()
+        interrupted = results.num_terminated + results.num_errors < total
     except KeyboardInterrupt:
-        status = "KILLED"
+        interrupted = True
+    if interrupted:  # Ctrl-C: Tune stops its trials and returns early
         print(
             f"\ninterrupted; continue with: python -m study.run {study.name} --resume "
             f"--name {plan.run_dir.name} --storage {plan.run_dir.parent}",
             file=sys.stderr,
         )
-        client.set_terminated(plan.parent_run_id, status)
+        client.set_terminated(plan.parent_run_id, "KILLED")
         return 130
 
     metrics = study.table_metrics or (study.metric,)
@@ -448,7 +450,7 @@ def execute(plan: Plan) -> int:
     table.to_csv(out / "configurations.csv", index=False)
     client.log_artifacts(plan.parent_run_id, str(out), "summary")
     log_params(client, plan.parent_run_id, {"trials": len(trials)})
-    client.set_terminated(plan.parent_run_id, status)
+    client.set_terminated(plan.parent_run_id, "FINISHED")
 
     better = "lower" if study.mode == "min" else "higher"
     print(f"\nBest configurations by {study.metric} ({better} is better; mean ± std over seeds)")

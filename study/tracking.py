@@ -80,8 +80,17 @@ def start_parent(
     return run.info.run_id
 
 
+def _param_text(value: Any) -> str:
+    return str(value)[:6000]  # MLflow's limit on a param value
+
+
+def _same_trial(logged: dict[str, str], params: dict[str, Any]) -> bool:
+    """Same configuration and seed; where it runs (device, threads) may change."""
+    return all(logged.get(k) == _param_text(params.get(k)) for k in ("config_id", "seed"))
+
+
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    items = [Param(k, _param_text(v)) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
 
@@ -115,10 +124,14 @@ class TrialRun:
             f"tags.trial_id = '{trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
             max_results=1,
         )
-        if found:
+        if found and _same_trial(found[0].data.params, params):
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             return cls(client, run_id, reopened=True)
+        if found:
+            # a trial id reused for another config: the driver died before Tune
+            # saved the trial it first named so; that attempt is void
+            client.delete_run(found[0].info.run_id)
         tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, "trial_id": trial_id, MLFLOW_RUN_NAME: name}
         run = client.create_run(exp_id, run_name=name, tags=tags)
         log_params(client, run.info.run_id, params)

@@ -16,9 +16,11 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from socket import gethostname
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from mlflow import MlflowClient
 from ray import tune
@@ -156,6 +158,8 @@ def train(config: dict[str, Any], ctx: TrialContext) -> None:
         run_name(values, ctx.searched, seed),
         params,
     )
+    # where this attempt runs; a retry may land elsewhere, so a tag, not a param
+    run.set_tags({"ray_node": ray.get_runtime_context().get_node_id(), "host": gethostname()})
     try:
         _train_loop(study, trial_cfg, family_cfg, data, seed, cid, run)
     except Exception as e:
@@ -176,10 +180,15 @@ def _train_loop(
             state = torch.load(
                 Path(d) / STATE_FILE, map_location=data.train_x.device, weights_only=True
             )
+        run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible in MLflow
+        if state["result"]["outcome"] != "running":
+            # it had ended, but died before Tune recorded the end: close and re-report
+            run.finish(state["result"]["outcome"], state["reason"])
+            tune.report(state["result"])
+            return
         family.load_state_dict(state["family"])
         torch.set_rng_state(state["rng"])
         start, last_eval, clock = state["epoch"] + 1, state["last_eval"], state["clock"]
-        run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible in MLflow
     else:
         clock = {"train_seconds": 0.0, "eval_seconds": 0.0}
 
@@ -243,6 +252,8 @@ def _train_loop(
                     "epoch": epoch,
                     "last_eval": last_eval,
                     "clock": clock,
+                    "result": result,
+                    "reason": reason or "",
                 },
                 Path(d) / STATE_FILE,
             )

@@ -180,37 +180,6 @@ def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, args, message):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
 
 
-def test_resume_continues_the_same_parent_and_reruns_nothing(tmp_path):
-    uri = f"sqlite:///{tmp_path}/store.db"
-    first = run_cli(
-        [
-            "gan_stability",
-            "--smoke",
-            "--num-samples",
-            "1",
-            "--seeds",
-            "2",
-            "--tracking-uri",
-            uri,
-            "--name",
-            "r1",
-            "--set",
-            "arch=mlp",
-        ],
-        tmp_path,
-    )
-    assert first.returncode == 0, first.stderr[-3000:]
-    # the resumed command names no settings: they come from the saved invocation
-    again = run_cli(["gan_stability", "--resume"], tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "Outcomes: 2 trials" in again.stdout
-    client, parents, children = _children(uri)
-    assert len(parents) == 1 and len(children) == 2  # same parent, no duplicate child
-    assert parents[0].info.status == "FINISHED"
-    assert all(r.info.status == "FINISHED" for r in children)
-    assert all(r.data.params["arch"] == "mlp" for r in children)
-
-
 def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path):
     uri = f"sqlite:///{tmp_path}/store.db"
     out = run_cli(["gan_modes", "--smoke", "--seeds", "1", "--tracking-uri", uri], tmp_path)

@@ -4,12 +4,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.conftest import cli_env
+from tests.conftest import cli_env, run_cli
 
 
 def _descendants(pid: int) -> list[tuple[int, str]]:
@@ -111,3 +113,119 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
     # it continued from a checkpoint: a restart from scratch would not say so
     restored = int(run.data.tags["restored_from_epoch"])
     assert restored % 2 == 0 and 2 <= restored < 40
+
+
+def _wait_gone(pids: list[int], seconds: float) -> None:
+    def alive() -> list[int]:
+        out = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != "Z":  # a zombie has exited; only its parent has not reaped it
+                out.append(pid)
+        return out
+
+    deadline = time.monotonic() + seconds
+    while alive() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not alive(), f"still running: {alive()}"
+
+
+def _study_runs(uri: str, experiment: str = "gan_stability"):
+    """(parent runs, child runs) of an experiment, deleted runs left out."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    args = [
+        "gan_stability",
+        "--smoke",
+        "--num-samples",
+        "3",
+        "--seeds",
+        "2",
+        "--tracking-uri",
+        uri,
+        "--name",
+        "dk",
+        "--set",
+        "arch=mlp",
+        "--set",
+        "epochs=12",
+        "--set",
+        "eval_every=3",
+        "--set",
+        "eval_samples=100",
+    ]
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "study.run", *args],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True)
+    reader.start()
+    try:
+        # kill once a trial has ended and Tune has saved its state since a
+        # checkpoint (it saves at least every 10 s): the resume then has both
+        # finished and half-trained trials to deal with
+        deadline, first_checkpoint = time.monotonic() + 240, None
+        while time.monotonic() < deadline:
+            if first_checkpoint is None and list(
+                (tmp_path / "runs").glob("dk/train_*/checkpoint_*")
+            ):
+                first_checkpoint = time.monotonic()
+            done = any(" 1/6 done" in line or " 2/6 done" in line for line in lines)
+            if done and first_checkpoint and time.monotonic() - first_checkpoint > 12:
+                break
+            assert cli.poll() is None, "".join(lines)[-3000:]
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no trial ended in time:\n" + "".join(lines)[-3000:])
+        ray_processes = _descendants(cli.pid)
+        os.kill(cli.pid, signal.SIGKILL)
+        cli.wait(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    parents, before = _study_runs(uri)
+    ended_before = {r.info.run_id for r in before if r.info.status == "FINISHED"}
+    assert ended_before and len(parents) == 1
+    # the local Ray cluster the driver started goes with it: the trial workers,
+    # raylet and GCS at once; Ray's two idle agents notice a minute later
+    agents = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+    _wait_gone([p for p, cmd in ray_processes if not cmd.startswith(agents)], 30)
+
+    # the resumed command names no settings: they come from the saved invocation
+    again = run_cli(["gan_stability", "--resume"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Outcomes: 6 trials" in again.stdout
+
+    _wait_gone([p for p, _ in ray_processes], 90)
+    client = MlflowClient(uri)
+    after_parents, children = _study_runs(uri)
+    assert [r.info.run_id for r in after_parents] == [parents[0].info.run_id]
+    assert after_parents[0].info.status == "FINISHED"
+    assert len(children) == 6 and len({r.data.tags["trial_id"] for r in children}) == 6
+    assert all(r.info.status == "FINISHED" for r in children)
+    # the searcher kept its history: 3 configurations x 2 seeds, none drawn twice
+    seeds = Counter(r.data.params["config_id"] for r in children)
+    assert sorted(seeds.values()) == [2, 2, 2], seeds
+    for run in children:
+        assert _steps(client, run.info.run_id, "d_loss") == list(range(1, 13))
+        assert _steps(client, run.info.run_id, "fid") == [3, 6, 9, 12]
+    # finished trials were not trained again; some trial continued from a checkpoint
+    restored = {r.info.run_id: r.data.tags.get("restored_from_epoch") for r in children}
+    assert ended_before <= set(restored)
+    assert all(restored[r] in (None, "12") for r in ended_before)
+    assert any(v is not None for v in restored.values()), restored
