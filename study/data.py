@@ -9,7 +9,9 @@ This module depends on nothing else of ours, so analysis can use it too.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -142,18 +144,28 @@ def _torchvision(cls_name: str, folder: str) -> Callable[[Path], dict[str, np.nd
 
 
 def _open_torchvision(cls, data_dir: Path, train: bool, name: str, folder: str):
-    try:
-        return cls(str(data_dir), train=train, download=False)
-    except RuntimeError:
-        pass  # not on disk: try to download it
-    old = socket.getdefaulttimeout()
+    files = data_dir / folder
+    if any(p.is_file() for p in files.rglob("*")):  # there: read it, never download over it
+        try:
+            return cls(str(data_dir), train=train, download=False)
+        except Exception as e:  # truncated, corrupt or partial files
+            why = str(e).strip().split(". ")[0] if str(e).strip() else type(e).__name__
+            raise DataError(
+                f"{name} files in {files} are unreadable or incomplete ({why}); "
+                "replace them with a complete copy"
+            ) from None
+    old, made = socket.getdefaulttimeout(), not data_dir.exists()
     socket.setdefaulttimeout(20)
     try:
         return cls(str(data_dir), train=train, download=True)
     except Exception as e:  # no network, refused, checksum, ...
+        if not any(p.is_file() for p in files.rglob("*")):  # leave no empty folders behind
+            shutil.rmtree(files, ignore_errors=True)
+            if made and not any(data_dir.iterdir()):
+                data_dir.rmdir()
         raise DataError(
             f"{name} is not under --data-dir {data_dir} and could not be downloaded "
-            f"({type(e).__name__}); put its files in {data_dir / folder} or use one of the "
+            f"({type(e).__name__}); put its files in {files} or use one of the "
             f"{EMBEDDED_HINT}"
         ) from None
     finally:
@@ -209,7 +221,7 @@ def _arrays(name: str, data_dir: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"cached dataset file {path} is unreadable ({e}); delete it") from None
 
 

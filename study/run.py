@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +30,8 @@ from study.studies import STUDIES
 from study.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
 INVOCATION_FILE = "invocation.json"  # what --resume needs, beside Tune's own state
+MIN_FREE_MB = 500  # checkpoints, sample grids and the store of a default study fit easily
+EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 3, 130
 
 
 class UsageError(Exception):
@@ -135,6 +139,30 @@ def _check_builds(study: Study, resolved: Resolved, data) -> None:
         FAMILIES[study.family](cfg, data.train_x, data.test_x)
 
 
+def _check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Ray retries an unreachable head for minutes; answer in seconds instead."""
+    if address == "auto" or "://" in address:  # Ray finds the local one itself, fast
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address expects HOST:PORT or 'auto', got '{address}'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UsageError(f"cannot join Ray at {address}: {e.strerror or e}") from None
+
+
+def _check_free_space(folder: Path, what: str) -> None:
+    """A study that fills the disk dies half-way; refuse to start instead."""
+    need = float(os.environ.get("GENSTUDY_MIN_FREE_MB", MIN_FREE_MB))
+    free = shutil.disk_usage(folder).free / 2**20
+    if free < need:
+        raise UsageError(
+            f"{what} ({folder}) has {free:.0f} MB free, under the {need:.0f} MB a study "
+            "needs; free some space (or lower GENSTUDY_MIN_FREE_MB)"
+        )
+
+
 def prepare(args: argparse.Namespace) -> Plan:
     if args.resume:
         args = _resumed_args(args)
@@ -161,11 +189,16 @@ def prepare(args: argparse.Namespace) -> Plan:
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(tracking_uri)
+    if args.address:
+        _check_ray_address(args.address)
 
     storage = Path(args.storage).expanduser().resolve()
     existing = next(p for p in (storage, *storage.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise UsageError(f"--storage {storage} cannot be created or written ({existing})")
+    _check_free_space(existing, "--storage")
+    if tracking_uri.startswith("sqlite:///"):
+        _check_free_space(Path(tracking_uri[len("sqlite:///") :]).parent, "the MLflow store")
 
     plan = Plan(
         study,
@@ -316,7 +349,7 @@ def execute(plan: Plan) -> int:
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     cpus = ray.cluster_resources().get("CPU", 1)
     concurrent = args.max_concurrent or max(1, int(cpus // args.cpus_per_trial))
 
@@ -439,7 +472,7 @@ def execute(plan: Plan) -> int:
             file=sys.stderr,
         )
         client.set_terminated(plan.parent_run_id, "KILLED")
-        return 130
+        return EXIT_INTERRUPTED
 
     metrics = study.table_metrics or (study.metric,)
     trials = trial_rows(results, searched, metrics)
@@ -478,8 +511,16 @@ def main(argv: list[str] | None = None) -> int:
         plan = prepare(args)
     except (UsageError, ConfigError, DataError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    return execute(plan)
+        return EXIT_USAGE
+    try:
+        return execute(plan)
+    except OSError as e:  # the disk filled up or storage went away mid-study
+        print(
+            f"error: cannot write {e.filename or 'the study state'} ({e.strerror or e}); "
+            f"free the space and continue with --resume --name {plan.run_dir.name}",
+            file=sys.stderr,
+        )
+        return EXIT_STORAGE
 
 
 if __name__ == "__main__":

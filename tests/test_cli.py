@@ -180,6 +180,46 @@ def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, args, message):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
 
 
+def _corrupt_mnist(tmp: Path) -> dict[str, str]:
+    raw = tmp / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x09" + bytes(100))  # truncated
+    return {}
+
+
+def _corrupt_cache(tmp: Path) -> dict[str, str]:
+    (tmp / "cache").mkdir()
+    (tmp / "cache" / "data-digits-v1.npz").write_bytes(b"PK\x03\x04 cut short")
+    return {"GENSTUDY_CACHE": str(tmp / "cache")}
+
+
+def _storage_is_a_file(tmp: Path) -> dict[str, str]:
+    (tmp / "afile").write_text("not a folder")
+    return {}
+
+
+BAD_STATE = [
+    (["--dataset", "mnist", "--data-dir", "data"], _corrupt_mnist, "unreadable or incomplete"),
+    (["--dataset", "digits"], _corrupt_cache, "data-digits-v1.npz is unreadable"),
+    (["--storage", "afile/runs"], _storage_is_a_file, "cannot be created or written"),
+    ([], lambda tmp: {"GENSTUDY_MIN_FREE_MB": "1e12"}, "MB free, under the"),
+    (["--address", "127.0.0.1:9"], lambda tmp: {}, "cannot join Ray at 127.0.0.1:9"),
+]
+
+
+@pytest.mark.parametrize(("args", "setup", "message"), BAD_STATE, ids=[m for _, _, m in BAD_STATE])
+def test_bad_state_gets_one_line_and_exit_code_2(tmp_path, args, setup, message):
+    env = setup(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = run_cli(["gan_stability", "--smoke", *args], tmp_path, timeout=120, env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert message in lines[0] and "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
 def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path):
     uri = f"sqlite:///{tmp_path}/store.db"
     out = run_cli(["gan_modes", "--smoke", "--seeds", "1", "--tracking-uri", uri], tmp_path)

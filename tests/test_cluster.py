@@ -1,0 +1,176 @@
+"""Scale-out as a user sets it up: a Ray cluster of two raylets on loopback
+(`ray start`), an `mlflow server`, and the CLI joining both with --address and
+--tracking-uri. Trials must run on both nodes and everything reach the server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import cli_env
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_matching(marker: str) -> None:
+    """SIGKILL every process whose command line holds marker, and its children
+    (Ray's agents): `ray stop` would stop every Ray on the machine."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    for pid in pids:
+        subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ray_env(tmp_path) -> dict[str, str]:
+    """Token authentication on every process, as the README's recipe sets it."""
+    token = tmp_path / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    return {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
+@pytest.fixture
+def ray_cluster(ray_env) -> Iterator[str]:
+    """A head and one worker raylet, one CPU each; yields the head's address."""
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit
+    port = _free_port()
+    common = ["--num-cpus=1", "--disable-usage-stats", f"--temp-dir={temp}"]
+    try:
+        for extra in (
+            ["--head", f"--port={port}", "--include-dashboard=false"],
+            [f"--address=127.0.0.1:{port}"],
+        ):
+            subprocess.run(
+                [str(BIN / "ray"), "start", *extra, *common],
+                env=ray_env,
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+        yield f"127.0.0.1:{port}"
+    finally:
+        _kill_matching(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path) -> Iterator[tuple[str, Path]]:
+    """A local `mlflow server` that stores artifacts itself (proxied uploads)."""
+    port, artifacts = _free_port(), tmp_path / "server_artifacts"
+    server = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(artifacts),
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        yield uri, artifacts
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def test_study_on_a_two_node_cluster_logs_everything_to_the_tracking_server(
+    tmp_path, ray_env, ray_cluster, mlflow_server
+):
+    uri, artifacts = mlflow_server
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "study.run",
+            "gan_stability",
+            "--smoke",
+            "--num-samples",
+            "2",
+            "--seeds",
+            "2",
+            "--address",
+            ray_cluster,
+            "--tracking-uri",
+            uri,
+            "--set",
+            "arch=mlp",
+        ],
+        cwd=tmp_path,
+        env=ray_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 at once" in out.stdout  # the cluster's two CPUs, one per node
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("gan_stability")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    # the trials ran on both raylets
+    assert len({r.data.tags["ray_node"] for r in children}) == 2
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "fid")] == [1, 2]
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"final_metrics.json", "samples"} <= names
+        pngs = client.list_artifacts(run.info.run_id, "samples")
+        assert len(pngs) == 2
+    summary = {a.path for a in client.list_artifacts(parents[0].info.run_id, "summary")}
+    assert summary == {"summary/configurations.csv", "summary/trials.csv"}
+    # uploaded through the server into its own store, not written beside the trials
+    stored = list(artifacts.rglob("samples_epoch0002.png"))
+    assert len(stored) == 4
+    assert not (tmp_path / "mlruns").exists()
