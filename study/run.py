@@ -327,7 +327,7 @@ def execute(plan: Plan) -> int:
     from analysis.metrics import provenance
     from study.progress import CloseRuns, Progress
     from study.summary import config_table, format_table, outcome_line, trial_rows
-    from study.tracking import experiment_id, log_params, start_parent
+    from study.tracking import experiment_id, kill_running_children, log_params, start_parent
     from study.trainable import TrialContext, train
 
     args, study = plan.args, plan.study
@@ -471,6 +471,7 @@ def execute(plan: Plan) -> int:
             f"--name {plan.run_dir.name} --storage {plan.run_dir.parent}",
             file=sys.stderr,
         )
+        kill_running_children(client, exp_id, plan.parent_run_id)
         client.set_terminated(plan.parent_run_id, "KILLED")
         return EXIT_INTERRUPTED
 

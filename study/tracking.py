@@ -80,6 +80,16 @@ def start_parent(
     return run.info.run_id
 
 
+def kill_running_children(client: MlflowClient, exp_id: str, parent_run_id: str) -> None:
+    """Mark the runs of trials stopped by an interrupt KILLED; --resume re-opens them."""
+    for run in client.search_runs(
+        [exp_id],
+        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        max_results=50_000,
+    ):
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
 def _param_text(value: Any) -> str:
     return str(value)[:6000]  # MLflow's limit on a param value
 

@@ -229,3 +229,34 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
     assert ended_before <= set(restored)
     assert all(restored[r] in (None, "12") for r in ended_before)
     assert any(v is not None for v in restored.values()), restored
+
+
+def test_ctrl_c_ends_with_130_the_resume_hint_and_no_running_run(tmp_path):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    args = ["gan_stability", "--smoke", "--tracking-uri", uri, "--name", "ci", "--set", "arch=mlp"]
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "study.run", *args, "--set", "epochs=60"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any("ImplicitFunc" in cmd for _, cmd in _descendants(cli.pid)):
+            assert cli.poll() is None and time.monotonic() < deadline, "no trial started"
+            time.sleep(0.5)
+        while not _study_runs(uri)[1]:  # the trials have opened their runs
+            assert time.monotonic() < deadline, "no trial run in MLflow"
+            time.sleep(0.5)
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 130, stderr[-3000:]
+    assert "--resume --name ci" in stderr
+    parents, children = _study_runs(uri)
+    assert parents[0].info.status == "KILLED"
+    assert children and all(r.info.status == "KILLED" for r in children)
