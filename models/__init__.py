@@ -1,10 +1,18 @@
 """Model families (torch only). FAMILIES is the one registry of them."""
 
+from models.autoencoder import Autoencoder
+from models.diffusion import Diffusion
+from models.dvae import DiscreteVAE
 from models.family import Family
 from models.gan import GAN
+from models.vae import VAE
 
 FAMILIES: dict[str, type[Family]] = {
     "gan": GAN,
+    "autoencoder": Autoencoder,
+    "vae": VAE,
+    "dvae": DiscreteVAE,
+    "diffusion": Diffusion,
 }
 
 __all__ = ["FAMILIES", "Family"]

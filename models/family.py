@@ -24,6 +24,10 @@ class Family(Protocol):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n samples in data space: images in [0, 1] as (n, C, H, W), points as (n, 2)."""
 
+    # Optional: sample_variants() -> {name: sample() keyword arguments}, for a
+    # family that scores several samplers per evaluation (diffusion: DDIM steps
+    # and eta). Each is logged with the name as suffix; the first also unsuffixed.
+
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...

@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fix a setting (repeatable); a searched key leaves the search",
     )
     p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="search any setting over these values (repeatable; grid-friendly)",
+    )
+    p.add_argument(
         "--search",
         choices=("optuna", "random", "grid"),
         help="search algorithm (default: the study's, mostly optuna)",
@@ -112,13 +119,23 @@ class Plan:
         return tuple(self.resolved.axes)
 
 
-def _parse_sets(items: list[str]) -> dict[str, str]:
+def _parse_sets(items: list[str], flag: str = "--set") -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--set expects KEY=VALUE, got '{item}'")
+            raise UsageError(f"{flag} expects KEY=VALUE, got '{item}'")
         out[key.strip()] = value.strip()
+    return out
+
+
+def _parse_sweeps(items: list[str]) -> dict[str, list[str]]:
+    out = {}
+    for key, value in _parse_sets(items, "--sweep").items():
+        values = [v.strip() for v in value.split(",") if v.strip()]
+        if len(values) < 2:
+            raise UsageError(f"--sweep {key} needs at least two values, got '{value}'")
+        out[key] = values
     return out
 
 
@@ -180,11 +197,13 @@ def prepare(args: argparse.Namespace) -> Plan:
     sets = _parse_sets(args.set)
     if args.epochs is not None:
         sets["epochs"] = str(args.epochs)
-    resolved = resolve(study, sets, smoke=args.smoke)
+    resolved = resolve(study, sets, smoke=args.smoke, sweeps=_parse_sweeps(args.sweep))
 
     configs = args.num_samples or (2 if args.smoke else study.num_samples)
     if args.search == "grid":
         configs = math.prod(len(a.grid()) for a in resolved.axes.values())
+        if args.smoke:  # a random few points of the grid
+            configs = min(configs, args.num_samples or 3)
     seeds = args.seeds or (2 if args.smoke else study.seeds)
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri)

@@ -137,10 +137,25 @@ def settings_owner(study: Study, key: str) -> type:
     )
 
 
-def resolve(study: Study, overrides: dict[str, str], smoke: bool = False) -> Resolved:
+def resolve(
+    study: Study,
+    overrides: dict[str, str],
+    smoke: bool = False,
+    sweeps: dict[str, list[str]] | None = None,
+) -> Resolved:
+    """Settings and axes of one invocation: --set fixes a key (it leaves the
+    search), --sweep makes any key an axis over the values given."""
+    sweeps = sweeps or {}
+    both = sorted(set(sweeps) & set(overrides))
+    if both:
+        raise ConfigError(f"{', '.join(both)} given to both --set and --sweep")
     values = {**study.fixed, **(study.smoke if smoke else {}), **overrides}
-    fixed = {k: coerce(settings_owner(study, k), k, v) for k, v in values.items()}
+    fixed = {
+        k: coerce(settings_owner(study, k), k, v) for k, v in values.items() if k not in sweeps
+    }
     axes = {k: a for k, a in study.axes.items() if k not in overrides}
+    for key, given in sweeps.items():
+        axes[key] = Choice(tuple(coerce(settings_owner(study, key), key, v) for v in given))
     for key, axis in axes.items():  # a study's own axes must fit its config's ranges
         for v in axis.extremes():
             coerce(settings_owner(study, key), key, v)

@@ -79,3 +79,142 @@ register(
         table_metrics=("modes_captured", "hq_fraction", "reverse_kl"),
     )
 )
+
+
+register(
+    Study(
+        name="sparse_ae",
+        description="sparse autoencoders on mnist5k: L1 or KL sparsity penalty, its weight, "
+        "the target sparsity and the coding size vs reconstruction and achieved sparsity",
+        family="autoencoder",
+        dataset="mnist5k",
+        metric="recon_mse",
+        mode="min",
+        axes={
+            "penalty": Choice(("l1", "kl")),
+            "sparsity_weight": LogUniform(1e-5, 1e-1),
+            "target_sparsity": Uniform(0.02, 0.3),
+            "coding": Choice((32, 64, 128)),
+        },
+        # random search spreads the weights over all five decades
+        fixed={"epochs": 20, "eval_every": 5},
+        num_samples=16,
+        seeds=2,
+        search="random",
+        smoke=SMOKE,
+        table_metrics=("recon_mse", "sparsity", "active_fraction"),
+    )
+)
+
+
+register(
+    Study(
+        name="denoising_ae",
+        description="denoising autoencoders on mnist5k: Gaussian noise or input dropout, "
+        "its level and the architecture (stacked, tied, conv) vs held-out reconstruction",
+        family="autoencoder",
+        dataset="mnist5k",
+        metric="recon_mse",
+        mode="min",
+        axes={
+            "noise": Choice(("gaussian", "dropout")),
+            "noise_level": Uniform(0.1, 0.5),
+            "arch": Choice(("mlp", "tied", "conv")),
+        },
+        fixed={"epochs": 20, "eval_every": 5, "width": 64},
+        num_samples=18,
+        seeds=2,
+        search="grid",
+        smoke=SMOKE,
+        table_metrics=("recon_mse", "denoise_mse", "recon_mse_train"),
+    )
+)
+
+
+register(
+    Study(
+        name="vae_kl",
+        description="VAE KL weight (beta) and its schedule (constant, linear warm-up, "
+        "cyclical) on mnist5k: reconstruction, KL, active units and sample fid",
+        family="vae",
+        dataset="mnist5k",
+        metric="fid",
+        mode="min",
+        axes={
+            "kl_weight": LogUniform(0.01, 10.0),
+            "schedule": Choice(("constant", "linear", "cyclical")),
+            "warmup_epochs": Uniform(1.0, 10.0),
+            "latent": Choice((8, 16, 32)),
+        },
+        fixed={"epochs": 20, "eval_every": 5},
+        num_samples=16,
+        seeds=2,
+        search="random",
+        smoke=SMOKE,
+        table_metrics=("fid", "recon_mse", "kl", "active_units"),
+    )
+)
+
+
+register(
+    Study(
+        name="dvae_temperature",
+        description="Gumbel-softmax VAE temperature annealing (constant, linear, "
+        "exponential) on mnist5k: reconstruction, code use and sample fid",
+        family="dvae",
+        dataset="mnist5k",
+        metric="fid",
+        mode="min",
+        axes={
+            "schedule": Choice(("constant", "linear", "exponential")),
+            "tau0": Uniform(0.5, 2.0),
+            "tau_min": Uniform(0.1, 0.5),
+            "rate": LogUniform(1e-4, 1e-2),
+            "k": Choice((4, 10, 32)),
+            "d": Choice((10, 20, 30)),
+        },
+        # Jang et al. update every 1000 of 100k+ steps; 20 epochs here are 620
+        # steps, so updates every 100 and rates up to 1e-2 to reach tau_min
+        fixed={"epochs": 20, "eval_every": 5, "anneal_epochs": 20.0, "anneal_every": 100},
+        num_samples=18,
+        seeds=2,
+        search="random",
+        smoke={**SMOKE, "anneal_epochs": 2.0},
+        table_metrics=("fid", "recon_mse", "code_perplexity", "kl"),
+    )
+)
+
+
+register(
+    Study(
+        name="diffusion_schedule",
+        description="DDPM noise schedules (linear, cosine, sigmoid) on 8x8 digits, each "
+        "sampled with DDIM at 10, 20 and 50 steps and eta 0 or 1: fid and sampling time",
+        family="diffusion",
+        dataset="digits",
+        metric="fid",
+        mode="min",
+        # schedules side by side; --sweep T=..., loss=..., lr=... widens the grid
+        axes={"schedule": Choice(("linear", "cosine", "sigmoid"))},
+        fixed={
+            "epochs": 200,
+            "eval_every": 50,
+            "channels": 16,
+            "batch_size": 64,
+            "T": 1000,
+            "loss": "mse",
+            "lr": 1e-3,
+        },
+        num_samples=3,
+        seeds=2,
+        search="grid",
+        smoke={
+            **SMOKE,
+            "eval_samples": 100,
+            "channels": 8,
+            "T": 100,
+            "samplers": "ddim5_eta0,ddim10_eta1",
+        },
+        table_metrics=("fid", "fid_ddim10_eta0", "fid_ddim20_eta0", "fid_ddim20_eta1"),
+    )
+)

@@ -101,22 +101,34 @@ def run_name(values: dict[str, Any], searched: tuple[str, ...], seed: int) -> st
     return " ".join([*(f"{k}={fmt(values[k])}" for k in searched), f"seed={seed}"])
 
 
+# what is logged per sampler variant (e.g. fid_ddim10_eta0) besides the main one
+VARIANT_METRICS = ("fid", "kid", "precision", "recall", "modes_covered", "sample_seconds")
+
+
 def _evaluate(
     family: Family, data: Dataset, cfg: TrialConfig, seed: int
 ) -> tuple[dict, torch.Tensor | None]:
     metrics = dict(family.evaluate())
     if not family.generates:
         return metrics, None
-    # the same latent noise at every evaluation: grids are comparable over epochs
-    gen = torch.Generator(device=data.train_x.device).manual_seed(seed + 1)
-    t0 = time.perf_counter()
-    n = cfg.eval_samples
-    samples = family.sample(n, generator=gen)
-    if samples.is_cuda:
-        torch.cuda.synchronize()
-    metrics["sample_seconds"] = (time.perf_counter() - t0) * 1000 / n
-    metrics |= evaluate_samples(samples, data.name, inception_weights=cfg.inception_weights)
-    return metrics, samples
+    # a family may score several samplers; the first is its main one
+    variants = family.sample_variants() if hasattr(family, "sample_variants") else {"": {}}
+    main = None
+    for name, kwargs in variants.items():
+        # the same latent noise at every evaluation: grids are comparable over epochs
+        gen = torch.Generator(device=data.train_x.device).manual_seed(seed + 1)
+        t0 = time.perf_counter()
+        samples = family.sample(cfg.eval_samples, generator=gen, **kwargs)
+        if samples.is_cuda:
+            torch.cuda.synchronize()
+        scored = {"sample_seconds": (time.perf_counter() - t0) * 1000 / cfg.eval_samples}
+        scored |= evaluate_samples(samples, data.name, inception_weights=cfg.inception_weights)
+        if main is None:
+            metrics |= scored
+            main = samples
+        if name:
+            metrics |= {f"{k}_{name}": scored[k] for k in VARIANT_METRICS if k in scored}
+    return metrics, main
 
 
 def train(config: dict[str, Any], ctx: TrialContext) -> None:

@@ -1,0 +1,142 @@
+"""Autoencoder family: stacked (MLP), tied-weights and convolutional, each
+optionally denoising (Gaussian noise or input dropout) and sparse (an L1
+activity penalty, or KL between a target sparsity p and each unit's batch-mean
+activation q, on a sigmoid coding layer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.coders import batched, check_batch, decoder, encoder, epoch_means
+from models.config import param
+
+ACTIVE = 0.5  # a sigmoid coding unit is "on" for an input above this
+
+
+@dataclass
+class AEConfig:
+    arch: str = param("mlp", choices=("mlp", "tied", "conv"), help="stacked, tied or conv")
+    coding: int = param(32, low=1, high=4096, help="coding units")
+    width: int = param(128, low=2, high=4096, help="hidden units (conv: channels)")
+    noise: str = param("none", choices=("none", "gaussian", "dropout"), help="input corruption")
+    noise_level: float = param(0.3, low=0.0, high=0.95, help="noise std, or dropout rate")
+    penalty: str = param("none", choices=("none", "l1", "kl"), help="sparsity penalty")
+    sparsity_weight: float = param(1e-3, low=0.0, high=100.0, help="weight of the penalty")
+    target_sparsity: float = param(0.1, low=1e-3, high=0.5, help="p of the kl penalty")
+    lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate")
+    batch_size: int = param(128, low=2, high=65536)
+
+
+class TiedAE(nn.Module):
+    """Stacked MLP autoencoder whose decoder reuses the encoder's weights,
+    transposed: half the parameters, a common regulariser."""
+
+    def __init__(self, shape: tuple[int, ...], width: int, coding: int) -> None:
+        super().__init__()
+        n = int(torch.Size(shape).numel())
+        self.shape = shape
+        self.enc1, self.enc2 = nn.Linear(n, width), nn.Linear(width, coding)
+        self.dec_b1, self.dec_b2 = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(n))
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.enc2(F.relu(self.enc1(x.flatten(1))))
+
+    def decode(self, h: Tensor) -> Tensor:
+        h = F.relu(F.linear(h, self.enc2.weight.t(), self.dec_b1))
+        out = F.linear(h, self.enc1.weight.t(), self.dec_b2)
+        return (torch.sigmoid(out) if len(self.shape) == 3 else out).unflatten(1, self.shape)
+
+
+class _Untied(nn.Module):
+    def __init__(self, arch: str, shape: tuple[int, ...], width: int, coding: int) -> None:
+        super().__init__()
+        self.encode, self.decode = (
+            encoder(arch, shape, width, coding),
+            decoder(arch, shape, width, coding),
+        )
+
+
+def kl_sparsity(codes: Tensor, p: float) -> Tensor:
+    """sum over units of KL(Bernoulli(p) || Bernoulli(q_u)), q_u the batch mean."""
+    q = codes.mean(0).clamp(1e-6, 1 - 1e-6)
+    return (p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))).sum()
+
+
+class Autoencoder:
+    Config = AEConfig
+    generates = False
+
+    def __init__(self, cfg: AEConfig, train_x: Tensor, test_x: Tensor) -> None:
+        check_batch(cfg.batch_size, len(train_x))
+        self.cfg, self.x, self.test_x = cfg, train_x, test_x
+        shape = tuple(train_x.shape[1:])
+        self.net = (
+            TiedAE(shape, cfg.width, cfg.coding)
+            if cfg.arch == "tied"
+            else _Untied(cfg.arch, shape, cfg.width, cfg.coding)
+        ).to(train_x.device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=True)
+        # held-out noise is drawn once, so denoise_mse compares like with like
+        gen = torch.Generator(device=test_x.device).manual_seed(0)
+        self.noisy_test = self.corrupt(test_x, gen)
+
+    def corrupt(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        level = self.cfg.noise_level
+        if self.cfg.noise == "gaussian":
+            return x + level * torch.randn(x.shape, device=x.device, generator=generator)
+        if self.cfg.noise == "dropout":  # inverted dropout: the mean input is unchanged
+            keep = torch.rand(x.shape, device=x.device, generator=generator) >= level
+            return x * keep / (1 - level)
+        return x
+
+    def codes(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.net.encode(x))
+
+    def _penalty(self, h: Tensor) -> Tensor:
+        if self.cfg.penalty == "l1":
+            return h.abs().sum(1).mean()
+        if self.cfg.penalty == "kl":
+            return kl_sparsity(h, self.cfg.target_sparsity)
+        return torch.zeros((), device=h.device)
+
+    def _step(self, x: Tensor) -> dict[str, Tensor]:
+        h = self.codes(self.corrupt(x))
+        recon = F.mse_loss(self.net.decode(h), x)  # the clean input is the target
+        penalty = self._penalty(h)
+        loss = recon + self.cfg.sparsity_weight * penalty
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.detach(), "recon_loss": recon.detach(), "penalty": penalty.detach()}
+
+    def train_epoch(self) -> dict[str, Tensor]:
+        return epoch_means(self.x, self.cfg.batch_size, self._step)
+
+    def _recon_mse(self, inp: Tensor, target: Tensor) -> float:
+        out = batched(lambda b: self.net.decode(self.codes(b)), inp)
+        return float(F.mse_loss(out, target))
+
+    @torch.inference_mode()
+    def evaluate(self) -> dict[str, float]:
+        h = batched(self.codes, self.test_x)
+        train = self.x[: len(self.test_x)]
+        out = {
+            "recon_mse": self._recon_mse(self.test_x, self.test_x),
+            "recon_mse_train": self._recon_mse(train, train),
+            "sparsity": float(h.mean()),
+            "active_fraction": float((h > ACTIVE).float().mean()),
+        }
+        if self.cfg.noise != "none":
+            out["denoise_mse"] = self._recon_mse(self.noisy_test, self.test_x)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])

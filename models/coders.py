@@ -1,0 +1,139 @@
+"""Encoder and decoder networks shared by the autoencoder families (AE, VAE,
+discrete VAE), and the epoch loop they share: they differ in what sits between
+the two networks and in their loss, not in these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.config import ConfigError
+
+ARCHS = ("mlp", "conv")
+
+
+def _conv_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(shape) != 3 or shape[1] % 4 or shape[2] % 4:
+        raise ConfigError(f"arch=conv needs images with sides divisible by 4, got {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def encoder(arch: str, shape: tuple[int, ...], width: int, out: int) -> nn.Module:
+    """Data (N, *shape) -> (N, out) pre-activations."""
+    if arch == "conv":
+        c, h, w = _conv_shape(shape)
+        return nn.Sequential(
+            nn.Conv2d(c, width // 2, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(width // 2, width, 4, 2, 1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(width * (h // 4) * (w // 4), out),
+        )
+    n = int(torch.Size(shape).numel())
+    return nn.Sequential(nn.Flatten(), nn.Linear(n, width), nn.ReLU(), nn.Linear(width, out))
+
+
+def decoder(arch: str, shape: tuple[int, ...], width: int, inp: int) -> nn.Module:
+    """(N, inp) -> data (N, *shape) in [0, 1] (images) or unbounded (points)."""
+    if arch == "conv":
+        c, h, w = _conv_shape(shape)
+        return nn.Sequential(
+            nn.Linear(inp, width * (h // 4) * (w // 4)),
+            nn.Unflatten(1, (width, h // 4, w // 4)),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, width // 2, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width // 2, c, 4, 2, 1),
+            nn.Sigmoid(),
+        )
+    n = int(torch.Size(shape).numel())
+    layers = [nn.Linear(inp, width), nn.ReLU(), nn.Linear(width, n)]
+    if len(shape) == 3:
+        layers.append(nn.Sigmoid())
+    return nn.Sequential(*layers, nn.Unflatten(1, shape))
+
+
+def check_batch(batch_size: int, n: int) -> None:
+    if batch_size > n:
+        raise ConfigError(f"batch_size={batch_size} exceeds the {n} training samples")
+
+
+def epoch_means(
+    x: Tensor, batch_size: int, step: Callable[[Tensor], dict[str, Tensor]]
+) -> dict[str, Tensor]:
+    """One shuffled pass in batches; step(batch) -> detached 0-d tensors, summed
+    on the device and averaged, so the epoch costs no host sync per step."""
+    steps = len(x) // batch_size
+    perm = torch.randperm(len(x), device=x.device)
+    sums: dict[str, Tensor] = {}
+    for i in range(steps):
+        for k, v in step(x[perm[i * batch_size : (i + 1) * batch_size]]).items():
+            sums[k] = sums[k] + v if k in sums else v
+    return {k: v / steps for k, v in sums.items()}
+
+
+@torch.inference_mode()
+def batched(fn: Callable[[Tensor], Tensor], x: Tensor, size: int = 1000) -> Tensor:
+    return torch.cat([fn(chunk) for chunk in x.split(size)])
+
+
+def recon_sum(out: Tensor, x: Tensor) -> Tensor:
+    """Per-example negative log-likelihood up to a constant: Bernoulli for
+    images in [0, 1], unit Gaussian for points; summed over dimensions."""
+    images = x.dim() == 4
+    nll = F.binary_cross_entropy(out, x, reduction="none") if images else 0.5 * (out - x) ** 2
+    return nll.flatten(1).sum(1)
+
+
+class EncoderDecoder:
+    """What the VAE families share: an encoder to `code_size` numbers, a
+    decoder from `latent_size`, one Adam over both, and a step counter that
+    drives their schedules; checkpoints hold all of it."""
+
+    def __init__(
+        self,
+        train_x: Tensor,
+        test_x: Tensor,
+        *,
+        arch: str,
+        width: int,
+        code_size: int,
+        latent_size: int,
+        lr: float,
+        batch_size: int,
+    ) -> None:
+        check_batch(batch_size, len(train_x))
+        self.x, self.test_x = train_x, test_x
+        shape = tuple(train_x.shape[1:])
+        self.pixels = int(torch.Size(shape).numel())
+        self.enc = encoder(arch, shape, width, code_size).to(train_x.device)
+        self.dec = decoder(arch, shape, width, latent_size).to(train_x.device)
+        params = [*self.enc.parameters(), *self.dec.parameters()]
+        self.opt = torch.optim.Adam(params, lr=lr, fused=True)
+        self.batch_size = batch_size
+        self.steps_per_epoch = len(train_x) // batch_size
+        self.step = 0
+
+    def optimise(self, loss: Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+
+    def state_dict(self) -> dict:
+        return {
+            "enc": self.enc.state_dict(),
+            "dec": self.dec.state_dict(),
+            "opt": self.opt.state_dict(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.enc.load_state_dict(state["enc"])
+        self.dec.load_state_dict(state["dec"])
+        self.opt.load_state_dict(state["opt"])
+        self.step = state["step"]

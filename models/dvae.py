@@ -1,0 +1,124 @@
+"""Discrete VAE family (Jang et al. 2017): d codes of k categories drawn with
+the Gumbel-softmax, hard straight-through (one-hot forward, soft gradient),
+KL to the uniform categorical. The temperature is constant, linear from tau0
+to tau_min over `anneal_epochs`, or exponential, tau = max(tau_min, tau0 *
+exp(-rate * step)) updated every `anneal_every` steps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.coders import EncoderDecoder, batched, epoch_means, recon_sum
+from models.config import param
+
+
+@dataclass
+class DVAEConfig:
+    arch: str = param("mlp", choices=("mlp", "conv"), help="network architecture")
+    d: int = param(20, low=1, high=1024, help="categorical codes")
+    k: int = param(10, low=2, high=1024, help="categories per code")
+    width: int = param(256, low=2, high=4096, help="hidden units (conv: channels)")
+    tau0: float = param(1.0, low=0.01, high=100.0, help="initial temperature")
+    tau_min: float = param(0.5, low=0.01, high=100.0, help="final (lowest) temperature")
+    schedule: str = param(
+        "exponential", choices=("constant", "linear", "exponential"), help="temperature schedule"
+    )
+    rate: float = param(1e-3, low=0.0, high=1.0, help="exponential decay per step")
+    anneal_every: int = param(100, low=1, high=10**7, help="steps between exponential updates")
+    anneal_epochs: float = param(20.0, low=0.01, high=10**6, help="linear: epochs to tau_min")
+    lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate")
+    batch_size: int = param(128, low=2, high=65536)
+
+
+def temperature(cfg: DVAEConfig, step: int, steps_per_epoch: int) -> float:
+    """Gumbel-softmax temperature at optimisation step `step`."""
+    if cfg.schedule == "linear":
+        frac = min(1.0, step / (cfg.anneal_epochs * steps_per_epoch))
+        return cfg.tau0 + (cfg.tau_min - cfg.tau0) * frac
+    if cfg.schedule == "exponential":
+        updated = step - step % cfg.anneal_every  # held between updates
+        return max(cfg.tau_min, cfg.tau0 * math.exp(-cfg.rate * updated))
+    return cfg.tau0
+
+
+def uniform_kl(logits: Tensor) -> Tensor:
+    """KL(q || uniform over k) per example, summed over the d codes; logits (N, d, k)."""
+    log_q = logits.log_softmax(-1)
+    return (log_q.exp() * (log_q + math.log(logits.shape[-1]))).sum((1, 2))
+
+
+def perplexity(codes: Tensor, k: int) -> float:
+    """exp(entropy) of each code's marginal category usage, averaged over the
+    codes: 1 when a code always takes the same category, k when all are used
+    equally. codes: (N, d) category indices."""
+    counts = F.one_hot(codes, k).float().mean(0)  # (d, k)
+    entropy = -(counts * counts.clamp_min(1e-12).log()).sum(1)
+    return float(entropy.exp().mean())
+
+
+class DiscreteVAE(EncoderDecoder):
+    Config = DVAEConfig
+    generates = True
+
+    def __init__(self, cfg: DVAEConfig, train_x: Tensor, test_x: Tensor) -> None:
+        super().__init__(
+            train_x,
+            test_x,
+            arch=cfg.arch,
+            width=cfg.width,
+            code_size=cfg.d * cfg.k,
+            latent_size=cfg.d * cfg.k,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+        )
+        self.cfg = cfg
+
+    @property
+    def tau(self) -> float:
+        return temperature(self.cfg, self.step, self.steps_per_epoch)
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.enc(x).unflatten(1, (self.cfg.d, self.cfg.k))
+
+    def _decode_indices(self, codes: Tensor) -> Tensor:
+        return self.dec(F.one_hot(codes, self.cfg.k).float().flatten(1))
+
+    def _step(self, x: Tensor) -> dict[str, Tensor]:
+        logits = self.logits(x)
+        z = F.gumbel_softmax(logits, tau=self.tau, hard=True)  # straight-through
+        rec, kl = recon_sum(self.dec(z.flatten(1)), x).mean(), uniform_kl(logits).mean()
+        loss = (rec + kl) / self.pixels
+        self.optimise(loss)
+        return {"loss": loss.detach(), "recon_loss": rec.detach() / self.pixels, "kl": kl.detach()}
+
+    def train_epoch(self) -> dict[str, Tensor | float]:
+        out: dict[str, Tensor | float] = dict(epoch_means(self.x, self.batch_size, self._step))
+        out["tau"] = self.tau
+        return out
+
+    def _recon(self, x: Tensor) -> Tensor:
+        return batched(lambda b: self._decode_indices(self.logits(b).argmax(-1)), x)
+
+    @torch.inference_mode()
+    def evaluate(self) -> dict[str, float]:
+        logits = batched(self.logits, self.test_x)
+        train = self.x[: len(self.test_x)]
+        return {
+            "recon_mse": float(F.mse_loss(self._recon(self.test_x), self.test_x)),
+            "recon_mse_train": float(F.mse_loss(self._recon(train), train)),
+            "kl": float(uniform_kl(logits).mean()),
+            "code_perplexity": perplexity(logits.argmax(-1), self.cfg.k),
+        }
+
+    @torch.inference_mode()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decoded uniform random codes: the prior the KL term pulls toward."""
+        codes = torch.randint(
+            self.cfg.k, (n, self.cfg.d), device=self.x.device, generator=generator
+        )
+        return batched(self._decode_indices, codes)
