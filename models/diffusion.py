@@ -136,7 +136,7 @@ class Diffusion:
         self.opt.step()
         ema, params = list(self.ema_net.parameters()), list(self.net.parameters())
         torch._foreach_lerp_(ema, params, 1 - self.cfg.ema)
-        return {"loss": loss.detach(), "grad_norm": grad_norm.detach()}
+        return {"eps_loss": loss.detach(), "grad_norm": grad_norm.detach()}
 
     def train_epoch(self) -> dict[str, Tensor]:
         return epoch_means(self.x, self.cfg.batch_size, self._step)

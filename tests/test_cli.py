@@ -156,6 +156,7 @@ BAD_INPUTS = [
     (["gan_stability", "--set", "n_disc=two"], "n_disc='two' is not a valid int"),
     (["gan_stability", "--set", "beta1=3"], "beta1='3' is out of range"),
     (["gan_stability", "--set", "lr_g"], "--set expects KEY=VALUE"),
+    (["gan_stability", "--sweep", "lr_g=0.1"], "--sweep lr_g needs at least two values"),
     (["gan_stability", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["gan_stability", "--dataset", "cifar10", "--data-dir", "DATA"], "could not be downloaded"),
     (["gan_stability", "--dataset", "ring", "--set", "arch=dcgan"], "divisible by 4"),

@@ -44,7 +44,7 @@ OVERFIT: list = [
     (VAE, VAEConfig(batch_size=64, lr=3e-3), "loss", 150),
     (VAE, VAEConfig(arch="conv", width=16, batch_size=64, lr=3e-3), "loss", 150),
     (DiscreteVAE, DVAEConfig(batch_size=64, lr=3e-3), "loss", 150),
-    (Diffusion, DiffusionConfig(channels=8, batch_size=64, lr=3e-3, T=100), "loss", 60),
+    (Diffusion, DiffusionConfig(channels=8, batch_size=64, lr=3e-3, T=100), "eps_loss", 60),
 ]
 
 

@@ -1,0 +1,64 @@
+"""Every study's --smoke run through the CLI writes its family's metrics to
+MLflow, per epoch; and --sweep turns any setting into an axis."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from models.config import ConfigError
+from study.spec import Choice, resolve
+from study.studies import STUDIES
+from tests.conftest import run_cli
+
+# metrics each family must log at every evaluation of a smoke run (epochs 1, 2)
+FAMILY_METRICS = {
+    "sparse_ae": ("recon_mse", "recon_mse_train", "sparsity", "active_fraction", "penalty"),
+    "denoising_ae": ("recon_mse", "recon_mse_train", "denoise_mse", "sparsity"),
+    "vae_kl": ("recon_mse", "kl", "active_units", "fid", "kl_weight", "sample_seconds"),
+    "dvae_temperature": ("recon_mse", "kl", "code_perplexity", "tau", "fid"),
+    "diffusion_schedule": (
+        "fid",
+        "fid_ddim5_eta0",
+        "fid_ddim10_eta1",
+        "sample_seconds_ddim5_eta0",
+        "sample_seconds_ddim10_eta1",
+        "eps_loss",
+    ),
+}
+
+
+def test_list_names_every_family_study():
+    assert set(FAMILY_METRICS) | {"gan_stability", "gan_modes"} == set(STUDIES)
+
+
+@pytest.mark.parametrize("study", list(FAMILY_METRICS))
+def test_smoke_study_logs_its_family_metrics(tmp_path, study):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    args = [study, "--smoke", "--num-samples", "1", "--seeds", "1", "--tracking-uri", uri]
+    out = run_cli(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Outcomes: 1 trials" in out.stdout
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    (child,) = [
+        r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
+    ]
+    assert child.info.status == "FINISHED"
+    assert child.data.params["family"] == STUDIES[study].family
+    for key in FAMILY_METRICS[study]:
+        history = client.get_metric_history(child.info.run_id, key)
+        assert [m.step for m in history] == [1, 2], key
+    assert all(v == v for v in child.data.metrics.values())  # no NaN anywhere
+
+
+def test_sweep_makes_any_setting_an_axis():
+    study = STUDIES["diffusion_schedule"]
+    resolved = resolve(study, {}, sweeps={"T": ["250", "1000"], "loss": ["mse", "huber"]})
+    assert resolved.axes["T"] == Choice((250, 1000))
+    assert resolved.axes["loss"] == Choice(("mse", "huber"))
+    assert "T" not in resolved.fixed and "schedule" in resolved.axes
+    with pytest.raises(ConfigError, match="both --set and --sweep"):
+        resolve(study, {"T": "100"}, sweeps={"T": ["250", "1000"]})
+    with pytest.raises(ConfigError, match="not accepted"):
+        resolve(study, {}, sweeps={"loss": ["mse", "l3"]})
