@@ -111,7 +111,11 @@ class Autoencoder:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"loss": loss.detach(), "recon_loss": recon.detach(), "penalty": penalty.detach()}
+        return {
+            "loss": loss.detach(),
+            "recon_loss": recon.detach(),
+            "sparsity_penalty": penalty.detach(),
+        }
 
     def train_epoch(self) -> dict[str, Tensor]:
         return epoch_means(self.x, self.cfg.batch_size, self._step)

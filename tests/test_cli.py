@@ -1,6 +1,7 @@
 """The CLI as a user runs it: a real local Ray, a real sqlite MLflow store."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -149,38 +150,6 @@ def test_grid_search_runs_every_grid_point(tmp_path):
     assert sorted(r.data.params["n_disc"] for r in children) == ["1", "2"]
 
 
-BAD_INPUTS = [
-    (["no_such_study"], "unknown study 'no_such_study'; choose from: gan_stability"),
-    ([], "no study given"),
-    (["gan_stability", "--set", "learning_rate=1"], "unknown key 'learning_rate'"),
-    (["gan_stability", "--set", "n_disc=two"], "n_disc='two' is not a valid int"),
-    (["gan_stability", "--set", "beta1=3"], "beta1='3' is out of range"),
-    (["gan_stability", "--set", "lr_g"], "--set expects KEY=VALUE"),
-    (["gan_stability", "--sweep", "lr_g=0.1"], "--sweep lr_g needs at least two values"),
-    (["gan_stability", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    (["gan_stability", "--dataset", "cifar10", "--data-dir", "DATA"], "could not be downloaded"),
-    (["gan_stability", "--dataset", "ring", "--set", "arch=dcgan"], "divisible by 4"),
-    (["gan_stability", "--seeds", "0"], "--seeds must be > 0"),
-    (["gan_stability", "--num-samples", "x"], "invalid int value"),
-    (["gan_stability", "--search", "bayes"], "invalid choice"),
-    (["gan_stability", "--tracking-uri", "http://127.0.0.1:9"], "does not answer"),
-    (["gan_stability", "--resume"], "nothing to resume"),
-]
-
-
-@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
-def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, args, message):
-    args = [a.replace("DATA", str(tmp_path / "data")) for a in args]
-    out = run_cli(args, tmp_path, timeout=120)
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
-    assert message in lines[0]
-    assert "Traceback" not in out.stderr and out.stdout == ""
-    # nothing started, nothing written
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
-
-
 def _corrupt_mnist(tmp: Path) -> dict[str, str]:
     raw = tmp / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -200,25 +169,90 @@ def _storage_is_a_file(tmp: Path) -> dict[str, str]:
     return {}
 
 
-BAD_STATE = [
-    (["--dataset", "mnist", "--data-dir", "data"], _corrupt_mnist, "unreadable or incomplete"),
-    (["--dataset", "digits"], _corrupt_cache, "data-digits-v1.npz is unreadable"),
-    (["--storage", "afile/runs"], _storage_is_a_file, "cannot be created or written"),
-    ([], lambda tmp: {"GENSTUDY_MIN_FREE_MB": "1e12"}, "MB free, under the"),
-    (["--address", "127.0.0.1:9"], lambda tmp: {}, "cannot join Ray at 127.0.0.1:9"),
+def _nothing(tmp: Path) -> dict[str, str]:
+    return {}
+
+
+# (arguments, set-up of the bad state returning extra environment, the message)
+BAD = [
+    (
+        ["no_such_study"],
+        _nothing,
+        "unknown study 'no_such_study'; choose from: gan_stability, gan_modes, sparse_ae",
+    ),
+    ([], _nothing, "no study given"),
+    (["gan_stability", "--set", "learning_rate=1"], _nothing, "unknown key 'learning_rate'"),
+    (["gan_stability", "--set", "n_disc=two"], _nothing, "n_disc='two' is not a valid int"),
+    (["gan_stability", "--set", "beta1=3"], _nothing, "beta1='3' is out of range"),
+    (["gan_stability", "--set", "lr_g"], _nothing, "--set expects KEY=VALUE"),
+    (["gan_stability", "--sweep", "lr_g=0.1"], _nothing, "--sweep lr_g needs at least two values"),
+    (["gan_stability", "--dataset", "imagenet"], _nothing, "unknown dataset 'imagenet'"),
+    (
+        ["gan_stability", "--dataset", "cifar10", "--data-dir", "DATA"],
+        _nothing,
+        "could not be downloaded",
+    ),
+    (["gan_stability", "--dataset", "ring", "--set", "arch=dcgan"], _nothing, "divisible by 4"),
+    (["gan_stability", "--seeds", "0"], _nothing, "--seeds must be > 0"),
+    (["gan_stability", "--num-samples", "x"], _nothing, "invalid int value"),
+    (["gan_stability", "--search", "bayes"], _nothing, "invalid choice"),
+    (["gan_stability", "--tracking-uri", "http://127.0.0.1:9"], _nothing, "does not answer"),
+    (["gan_stability", "--resume"], _nothing, "nothing to resume"),
+    (
+        ["gan_stability", "--smoke", "--dataset", "mnist", "--data-dir", "data"],
+        _corrupt_mnist,
+        "unreadable or incomplete",
+    ),
+    (
+        ["gan_stability", "--smoke", "--dataset", "digits"],
+        _corrupt_cache,
+        "data-digits-v1.npz is unreadable",
+    ),
+    (
+        ["gan_stability", "--smoke", "--storage", "afile/runs"],
+        _storage_is_a_file,
+        "cannot be created or written",
+    ),
+    (
+        ["gan_stability", "--smoke"],
+        lambda tmp: {"GENSTUDY_MIN_FREE_MB": "1e12"},  # a full disk, as the check sees it
+        "MB free, under the",
+    ),
+    (
+        ["gan_stability", "--smoke", "--address", "127.0.0.1:9"],
+        _nothing,
+        "cannot join Ray at 127.0.0.1:9",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("args", "setup", "message"), BAD_STATE, ids=[m for _, _, m in BAD_STATE])
-def test_bad_state_gets_one_line_and_exit_code_2(tmp_path, args, setup, message):
-    env = setup(tmp_path)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    out = run_cli(["gan_stability", "--smoke", *args], tmp_path, timeout=120, env=env)
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory) -> dict[str, tuple]:
+    """Every bad invocation at once, four at a time: each is a fresh
+    interpreter that mostly imports, so this takes a third of the time."""
+
+    def one(case: tuple) -> tuple:
+        args, setup, message = case
+        tmp = tmp_path_factory.mktemp("bad")
+        env = setup(tmp)
+        args = [a.replace("DATA", str(tmp / "data")) for a in args]
+        before = sorted(p.name for p in tmp.iterdir())
+        out = run_cli(args, tmp, timeout=180, env=env)
+        return out, before, sorted(p.name for p in tmp.iterdir())
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip([m for *_, m in BAD], pool.map(one, BAD), strict=True))
+
+
+@pytest.mark.parametrize("message", [m for *_, m in BAD])
+def test_bad_input_or_state_gets_one_line_and_exit_code_2(bad_runs, message):
+    out, before, after = bad_runs[message]
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
-    assert message in lines[0] and "Traceback" not in out.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert message in lines[0]
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    assert after == before  # nothing started, nothing written
 
 
 def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path):

@@ -1,0 +1,150 @@
+"""MLflow to pandas: `load_runs` gives one row per trial, `load_history` the
+per-epoch metrics in long format. Both work from the tracking store alone (a
+sqlite file, a folder or a tracking server), with paged and bulk queries, so
+thousands of trials cost a handful of requests per metric, not one per run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from study.tracking import resolve_tracking_uri
+
+TAGS = ("outcome", "outcome_reason", "trial_id", "ray_node", "restored_from_epoch")
+_PAGE = 1000  # runs per search request
+_BULK = 100  # run ids per bulk history request (the REST API's limit)
+
+
+class AnalysisError(RuntimeError):
+    """Nothing to analyse (unknown experiment, no runs); one line for the user."""
+
+
+def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
+    uri = resolve_tracking_uri(tracking_uri)
+    return MlflowClient(uri), uri
+
+
+def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise AnalysisError(f"no experiment '{name}' in {uri}; run the study first")
+    return exp.experiment_id
+
+
+def _search(client: MlflowClient, exp_id: str, filter_string: str = "") -> Iterator[Run]:
+    token = None
+    while True:
+        page = client.search_runs([exp_id], filter_string, max_results=_PAGE, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _typed(column: pd.Series) -> pd.Series:
+    """MLflow params are strings: numbers and booleans back to their types."""
+    if (column == "").all():
+        return column
+    if column.isin(["True", "False"]).all():
+        return column == "True"
+    try:
+        return pd.to_numeric(column)
+    except (ValueError, TypeError):
+        return column
+
+
+def load_runs(
+    study: str, tracking_uri: str | None = None, experiment: str | None = None
+) -> pd.DataFrame:
+    """One row per trial of every invocation of `study`: its params (the full
+    resolved config, typed), final metrics, outcome tags, `config_id`, `seed`,
+    `run_id`, `parent_run_id` and `study_run` (the invocation's name). A metric
+    named like a param (the VAE's `kl_weight`) becomes `<name>_final`."""
+    client, uri = _client(tracking_uri)
+    exp_id = _experiment_id(client, uri, experiment or study)
+    parents, rows = {}, []
+    for run in _search(client, exp_id):
+        tags = run.data.tags
+        if MLFLOW_PARENT_RUN_ID not in tags:
+            parents[run.info.run_id] = run.info.run_name
+            continue
+        params = dict(run.data.params)
+        metrics = {(f"{k}_final" if k in params else k): v for k, v in run.data.metrics.items()}
+        rows.append(
+            {
+                "run_id": run.info.run_id,
+                "parent_run_id": tags[MLFLOW_PARENT_RUN_ID],
+                "run_name": run.info.run_name,
+                "status": run.info.status,
+                **{k: tags.get(k) for k in TAGS},
+                **params,
+                **metrics,
+            }
+        )
+    if not rows:
+        raise AnalysisError(f"experiment '{experiment or study}' in {uri} has no trial runs")
+    df = pd.DataFrame(rows)
+    df.insert(2, "study_run", df["parent_run_id"].map(parents))
+    fixed = {"run_id", "parent_run_id", "study_run", "run_name", "status", *TAGS}
+    for col in df.columns.difference(sorted(fixed)):
+        if pd.api.types.is_string_dtype(df[col]) or df[col].dtype == object:
+            df[col] = _typed(df[col].dropna()).reindex(df.index)
+    return df.reset_index(drop=True)
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    return (items[i : i + size] for i in range(0, len(items), size))
+
+
+def load_history(
+    study: str,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    metrics: Iterable[str] | None = None,
+    runs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Per-epoch metrics in long format: run_id, trial_id, config_id, seed,
+    outcome, metric, epoch, value. `metrics` defaults to every metric the runs
+    logged; pass `runs` (from load_runs) to skip loading them again."""
+    client, uri = _client(tracking_uri)
+    runs = runs if runs is not None else load_runs(study, tracking_uri, experiment)
+    ids = runs["run_id"].tolist()
+    keys = list(metrics) if metrics is not None else _metric_keys(client, ids)
+    store = client._tracking_client.store  # the bulk query MLflow's UI uses
+    frames = []
+    for key in keys:
+        for chunk in _chunks(ids, _BULK):
+            try:
+                found = store.get_metric_history_bulk_interval(
+                    chunk, key, max_results=2500, start_step=None, end_step=None
+                )
+                rows = [(m.run_id, m.step, m.value) for m in found]
+            except Exception:  # a store without the bulk call: one request per run
+                rows = [
+                    (rid, m.step, m.value)
+                    for rid in chunk
+                    for m in client.get_metric_history(rid, key)
+                ]
+            frames.append(
+                pd.DataFrame(rows, columns=["run_id", "epoch", "value"]).assign(metric=key)
+            )
+    history = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["run_id", "epoch", "value", "metric"])
+    )
+    meta = runs[["run_id", "trial_id", "config_id", "seed", "outcome"]]
+    history = history.merge(meta, on="run_id", how="left")
+    cols = ["run_id", "trial_id", "config_id", "seed", "outcome", "metric", "epoch", "value"]
+    return history[cols].sort_values(["run_id", "metric", "epoch"]).reset_index(drop=True)
+
+
+def _metric_keys(client: MlflowClient, run_ids: list[str]) -> list[str]:
+    keys: set[str] = set()
+    for rid in run_ids[:50]:  # every trial of a study logs the same keys
+        keys |= set(client.get_run(rid).data.metrics)
+    return sorted(keys)
