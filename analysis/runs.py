@@ -66,13 +66,14 @@ def load_runs(
     named like a param (the VAE's `kl_weight`) becomes `<name>_final`."""
     client, uri = _client(tracking_uri)
     exp_id = _experiment_id(client, uri, experiment or study)
-    parents, rows = {}, []
+    parents, rows, param_names = {}, [], set()
     for run in _search(client, exp_id):
         tags = run.data.tags
         if MLFLOW_PARENT_RUN_ID not in tags:
             parents[run.info.run_id] = run.info.run_name
             continue
         params = dict(run.data.params)
+        param_names |= set(params)
         metrics = {(f"{k}_final" if k in params else k): v for k, v in run.data.metrics.items()}
         rows.append(
             {
@@ -80,6 +81,7 @@ def load_runs(
                 "parent_run_id": tags[MLFLOW_PARENT_RUN_ID],
                 "run_name": run.info.run_name,
                 "status": run.info.status,
+                "start_time": pd.to_datetime(run.info.start_time, unit="ms"),
                 **{k: tags.get(k) for k in TAGS},
                 **params,
                 **metrics,
@@ -89,11 +91,13 @@ def load_runs(
         raise AnalysisError(f"experiment '{experiment or study}' in {uri} has no trial runs")
     df = pd.DataFrame(rows)
     df.insert(2, "study_run", df["parent_run_id"].map(parents))
-    fixed = {"run_id", "parent_run_id", "study_run", "run_name", "status", *TAGS}
+    fixed = {"run_id", "parent_run_id", "study_run", "run_name", "status", "start_time", *TAGS}
     for col in df.columns.difference(sorted(fixed)):
         if pd.api.types.is_string_dtype(df[col]) or df[col].dtype == object:
             df[col] = _typed(df[col].dropna()).reindex(df.index)
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs["params"] = [c for c in df.columns if c in param_names]  # what configures a trial
+    return df
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

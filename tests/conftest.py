@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,35 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+# one smoke run of each study into one store, shared by every test that reads
+# a finished study (the CLI's output, MLflow's contents, reports, notebooks)
+SMOKE_STUDIES = (
+    "gan_stability",
+    "sparse_ae",
+    "denoising_ae",
+    "vae_kl",
+    "dvae_temperature",
+    "diffusion_schedule",
+)
+
+
+@dataclass
+class SmokeStore:
+    uri: str
+    root: Path
+    outputs: dict[str, subprocess.CompletedProcess]
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory) -> SmokeStore:
+    root = tmp_path_factory.mktemp("smoke_store")
+    uri = f"sqlite:///{root}/store.db"
+    outputs = {}
+    for study in SMOKE_STUDIES:
+        # 2 configurations x 2 seeds each (a grid study: 2 of its points)
+        args = [study, "--smoke", "--num-samples", "2", "--tracking-uri", uri]
+        outputs[study] = run_cli([*args, "--name", f"smoke-{study}"], root)
+        assert outputs[study].returncode == 0, outputs[study].stderr[-3000:]
+    return SmokeStore(uri, root, outputs)

@@ -26,10 +26,8 @@ def test_list_shows_every_study_with_a_description(tmp_path):
     assert "\ngan_modes " in out.stdout and "PacGAN" in out.stdout
 
 
-def test_smoke_study_end_to_end(tmp_path):
-    uri = f"sqlite:///{tmp_path}/store.db"
-    out = run_cli(["gan_stability", "--smoke", "--tracking-uri", uri, "--name", "smoke"], tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_smoke_study_end_to_end(smoke_store, tmp_path):
+    uri, out = smoke_store.uri, smoke_store.outputs["gan_stability"]
     # progress lines, the table and how to browse the results
     assert "4/4 done" in out.stdout
     assert "Best configurations by fid" in out.stdout and "Outcomes: 4 trials" in out.stdout
@@ -96,7 +94,8 @@ def test_smoke_study_end_to_end(tmp_path):
         assert final["outcome"] == tags["outcome"] and final["config_id"] == params["config_id"]
     # 2 configurations x 2 seeds, the seeds sharing their configuration's id
     assert sorted(map(sorted, by_config.values())) == [["0", "1"], ["0", "1"]]
-    assert (tmp_path / "runs" / "smoke" / "summary" / "configurations.csv").exists()
+    summary_dir = smoke_store.root / "runs" / "smoke-gan_stability" / "summary"
+    assert (summary_dir / "configurations.csv").exists()
 
 
 def test_exploding_loss_ends_the_trial_as_diverged(tmp_path):

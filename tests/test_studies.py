@@ -9,7 +9,6 @@ from mlflow import MlflowClient
 from models.config import ConfigError
 from study.spec import Choice, resolve
 from study.studies import STUDIES
-from tests.conftest import run_cli
 
 # metrics each family must log at every evaluation of a smoke run (epochs 1, 2)
 FAMILY_METRICS = {
@@ -33,23 +32,22 @@ def test_list_names_every_family_study():
 
 
 @pytest.mark.parametrize("study", list(FAMILY_METRICS))
-def test_smoke_study_logs_its_family_metrics(tmp_path, study):
-    uri = f"sqlite:///{tmp_path}/store.db"
-    args = [study, "--smoke", "--num-samples", "1", "--seeds", "1", "--tracking-uri", uri]
-    out = run_cli(args, tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "Outcomes: 1 trials" in out.stdout
-    client = MlflowClient(uri)
+def test_smoke_study_logs_its_family_metrics(smoke_store, study):
+    out = smoke_store.outputs[study]
+    assert "Outcomes: 4 trials" in out.stdout
+    client = MlflowClient(smoke_store.uri)
     exp = client.get_experiment_by_name(study)
-    (child,) = [
+    children = [
         r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
     ]
-    assert child.info.status == "FINISHED"
-    assert child.data.params["family"] == STUDIES[study].family
-    for key in FAMILY_METRICS[study]:
-        history = client.get_metric_history(child.info.run_id, key)
-        assert [m.step for m in history] == [1, 2], key
-    assert all(v == v for v in child.data.metrics.values())  # no NaN anywhere
+    assert len(children) == 4 and len({r.data.params["config_id"] for r in children}) == 2
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["family"] == STUDIES[study].family
+        for key in FAMILY_METRICS[study]:
+            history = client.get_metric_history(child.info.run_id, key)
+            assert [m.step for m in history] == [1, 2], key
+        assert all(v == v for v in child.data.metrics.values())  # no NaN anywhere
 
 
 def test_sweep_makes_any_setting_an_axis():

@@ -1,0 +1,331 @@
+"""Seaborn figures for a study's trials. PLOTS maps each model family to the
+figures that answer its questions; COMMON figures suit every study. Each
+function takes a `View` and returns a figure, or None when the runs lack what
+it shows (a knob the invocation did not vary, a metric not logged)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")  # files, never a window: reports run headless
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from analysis.stats import (  # noqa: E402
+    OUTCOMES,
+    bin_values,
+    budget_curve,
+    config_stats,
+    knobs,
+    stability_map,
+)
+
+OUTCOME_COLOURS = {
+    "ok": "#2a9d8f", "collapsed": "#e9c46a", "diverged": "#e76f51", "stopped": "#8d99ae",
+    "failed": "#6d597a",
+}  # fmt: skip
+
+
+@dataclass
+class View:
+    """What a figure may use: the trials, their histories and the study's
+    main metric and direction."""
+
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    metric: str
+    mode: str
+    metrics: tuple[str, ...] = ()
+    knobs: list[str] = field(default_factory=list)
+
+    def varies(self, col: str) -> bool:
+        return col in self.runs and self.runs[col].nunique(dropna=True) > 1
+
+    def has(self, *cols: str) -> bool:
+        return all(c in self.runs and self.runs[c].notna().any() for c in cols)
+
+
+def _figure(width: float = 6.4, height: float = 4.2) -> tuple[Figure, plt.Axes]:
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    return fig, ax
+
+
+def _log_if_wide(ax: plt.Axes, values: pd.Series, axis: str = "x") -> None:
+    v = values.dropna().astype(float)
+    if len(v) and (v > 0).all() and v.max() / v.min() >= 20:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+
+
+# --- every study -----------------------------------------------------------
+
+
+def outcome_rates(view: View) -> Figure | None:
+    """Share of seeds ending in each outcome, per configuration (best first)."""
+    stats = config_stats(view.runs, [view.metric], view.mode, view.knobs)
+    if stats.empty:
+        return None
+    rates = stats.set_index(stats.index.map(lambda i: f"#{i + 1} {stats.loc[i, 'config_id'][:6]}"))[
+        [f"{o}_rate" for o in OUTCOMES]
+    ]
+    rates.columns = list(OUTCOMES)
+    rates = rates.loc[:, rates.sum() > 0]
+    fig, ax = _figure(7, max(2.5, 0.28 * len(rates) + 1.2))
+    rates.iloc[::-1].plot.barh(
+        stacked=True, ax=ax, color=[OUTCOME_COLOURS[o] for o in rates.columns], width=0.8
+    )
+    ax.set_xlabel("share of seeds")
+    ax.set_ylabel(f"configuration (by mean {view.metric})")
+    ax.set_title("Outcomes per configuration")
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def budget(view: View) -> Figure | None:
+    """Best metric expected after k configurations, with its bootstrap band."""
+    if not view.has(view.metric) or view.runs["config_id"].nunique() < 2:
+        return None
+    curve = budget_curve(view.runs, view.metric, view.mode)
+    fig, ax = _figure()
+    ax.plot(curve["k"], curve["best_mean"], marker="o", color="#264653")
+    ax.fill_between(curve["k"], curve["low"], curve["high"], alpha=0.25, color="#264653")
+    ax.set_xlabel("configurations tried (k)")
+    ax.set_ylabel(f"best {view.metric} ({'lower' if view.mode == 'min' else 'higher'} is better)")
+    ax.set_title("Budget curve (mean and 95% bootstrap band)")
+    return fig
+
+
+def metric_by_knob(view: View) -> Figure | None:
+    """The main metric of every trial against each varied knob: the seed
+    spread is the vertical scatter within a configuration."""
+    cols = [k for k in view.knobs if view.varies(k)][:6]
+    if not cols or not view.has(view.metric):
+        return None
+    fig, axes = plt.subplots(
+        1, len(cols), figsize=(3.2 * len(cols), 3.4), layout="constrained", sharey=True,
+        squeeze=False,
+    )  # fmt: skip
+    for ax, col in zip(axes[0], cols, strict=True):
+        data = view.runs.assign(outcome=view.runs["outcome"].fillna("failed"))
+        numeric = pd.api.types.is_numeric_dtype(data[col]) and data[col].nunique() > 4
+        plot = sns.scatterplot if numeric else sns.stripplot
+        plot(data=data, x=col, y=view.metric, hue="outcome", palette=OUTCOME_COLOURS, ax=ax,
+             legend=ax is axes[0][-1])  # fmt: skip
+        if numeric:
+            _log_if_wide(ax, data[col])
+        else:
+            ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"{view.metric} of every trial by knob")
+    return fig
+
+
+COMMON: list[Callable[[View], Figure | None]] = [outcome_rates, metric_by_knob, budget]
+
+
+# --- GANs ---------------------------------------------------------------------
+
+
+def gan_lr_heatmap(view: View) -> Figure | None:
+    """Mean fid and share of stable (ok) seeds over binned lr_g x lr_d."""
+    if not (view.varies("lr_g") and view.varies("lr_d") and view.has("fid")):
+        return None
+    runs = view.runs.assign(fid=view.runs["fid"].where(view.runs["outcome"] != "diverged"))
+    ok = stability_map(runs, "lr_g", "lr_d", bins=4)
+    fid = _binned_mean(runs, "lr_g", "lr_d", "fid", bins=4)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    sns.heatmap(fid, annot=True, fmt=".0f", cmap="viridis_r", ax=axes[0],
+                cbar_kws={"label": "mean fid"})  # fmt: skip
+    axes[0].set_title("fid (lower is better)")
+    sns.heatmap(ok, annot=True, fmt=".0%", cmap="RdYlGn", vmin=0, vmax=1, ax=axes[1],
+                cbar_kws={"label": "share ok"})  # fmt: skip
+    axes[1].set_title("stable seeds (outcome ok)")
+    fig.suptitle("Learning rates: the stable region and its edges (blank: not tried)")
+    return fig
+
+
+def _binned_mean(runs: pd.DataFrame, x: str, y: str, value: str, bins: int) -> pd.DataFrame:
+    table = (
+        runs[value]
+        .groupby(
+            [bin_values(runs[y], bins).rename(y), bin_values(runs[x], bins).rename(x)],
+            observed=False,
+        )
+        .mean()
+    )
+    return table.unstack(x).sort_index(ascending=False)
+
+
+def modes_over_epochs(view: View) -> Figure | None:
+    """Mode coverage through training, one line per trial, coloured by outcome."""
+    key = next(
+        (k for k in ("modes_covered", "modes_captured") if k in set(view.history["metric"])), None
+    )
+    if key is None:
+        return None
+    data = view.history[view.history["metric"] == key].copy()
+    data["outcome"] = data["outcome"].fillna("failed")
+    fig, ax = _figure()
+    sns.lineplot(data=data, x="epoch", y="value", hue="outcome", units="run_id",
+                 estimator=None, palette=OUTCOME_COLOURS, alpha=0.6, ax=ax)  # fmt: skip
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} over epochs, one line per trial")
+    return fig
+
+
+# --- autoencoders ---------------------------------------------------------------
+
+
+def sparsity_tradeoff(view: View) -> Figure | None:
+    """Reconstruction against achieved sparsity, coloured by the penalty weight."""
+    if not (view.varies("sparsity_weight") and view.has("sparsity", "recon_mse")):
+        return None
+    data = view.runs.assign(log10_weight=np.log10(view.runs["sparsity_weight"].astype(float)))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    style = "penalty" if view.varies("penalty") else None
+    sns.scatterplot(data=data, x="sparsity", y="recon_mse", hue="log10_weight", style=style,
+                    palette="viridis", ax=axes[0])  # fmt: skip
+    axes[0].set_xlabel("achieved sparsity (mean coding activation)")
+    axes[0].set_title("Reconstruction vs achieved sparsity")
+    kl = data[data["penalty"] == "kl"] if "penalty" in data else data.iloc[:0]
+    if len(kl):  # only the KL penalty has a target
+        gap = (kl["sparsity"] - kl["target_sparsity"]).abs()
+        sns.scatterplot(data=kl.assign(gap=gap), x="sparsity_weight", y="gap",
+                        hue="target_sparsity", palette="crest", ax=axes[1])  # fmt: skip
+        axes[1].set_xscale("log")
+        axes[1].set_ylabel("|achieved - target sparsity|")
+        axes[1].set_title("KL penalty: distance to the target as the weight rises")
+    return fig
+
+
+def denoising_levels(view: View) -> Figure | None:
+    """Held-out reconstruction and denoising error by noise level and architecture."""
+    if not view.has("denoise_mse", "noise_level"):  # logged only when noise is on
+        return None
+    cols = [c for c in ("recon_mse", "denoise_mse") if view.has(c)]
+    fig, axes = plt.subplots(1, len(cols), figsize=(5.5 * len(cols), 4), layout="constrained",
+                             squeeze=False)  # fmt: skip
+    for ax, col in zip(axes[0], cols, strict=True):
+        sns.pointplot(data=view.runs, x="noise_level", y=col,
+                      hue="arch" if view.varies("arch") else None,
+                      linestyles=None, dodge=0.3, ax=ax,
+                      native_scale=True)  # fmt: skip
+        if view.varies("noise"):
+            ax.set_title(f"{col} (mean and spread over noise kinds and seeds)")
+    fig.suptitle("Denoising autoencoders by noise level")
+    return fig
+
+
+# --- VAEs ---------------------------------------------------------------------
+
+
+def rate_distortion(view: View) -> Figure | None:
+    """KL (rate) against reconstruction (distortion), coloured by the KL weight;
+    and active units against the weight."""
+    if not (view.varies("kl_weight") and view.has("kl", "recon_mse")):
+        return None
+    data = view.runs.assign(log10_kl_weight=np.log10(view.runs["kl_weight"].astype(float)))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    sns.scatterplot(data=data, x="kl", y="recon_mse", hue="log10_kl_weight", palette="viridis",
+                    style="schedule" if view.varies("schedule") else None, ax=axes[0])  # fmt: skip
+    axes[0].set_xlabel("KL per image (nats): rate")
+    axes[0].set_ylabel("held-out recon_mse: distortion")
+    axes[0].set_title("Rate-distortion")
+    if view.has("active_units"):
+        sns.scatterplot(data=data, x="kl_weight", y="active_units",
+                        hue="latent" if view.varies("latent") else None, ax=axes[1])  # fmt: skip
+        axes[1].set_xscale("log")
+        axes[1].set_title("Active units (Burda et al.) as the KL weight rises")
+    return fig
+
+
+def by_schedule(view: View) -> Figure | None:
+    """The discrete VAE's metrics by temperature schedule, seeds as points."""
+    cols = [c for c in ("recon_mse", "code_perplexity", "fid") if view.has(c)]
+    if "schedule" not in view.runs or not cols:
+        return None
+    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.8), layout="constrained")
+    for ax, col in zip(np.atleast_1d(axes), cols, strict=True):
+        sns.boxplot(data=view.runs, x="schedule", y=col, ax=ax, color="#a8dadc", fliersize=0)
+        sns.stripplot(data=view.runs, x="schedule", y=col, ax=ax, color="#1d3557", size=4)
+    fig.suptitle("Temperature schedules compared (boxes: trials; points: seeds)")
+    return fig
+
+
+def temperature_curves(view: View) -> Figure | None:
+    """The temperature each trial trained at, epoch by epoch."""
+    data = view.history[view.history["metric"] == "tau"]
+    if data.empty:
+        return None
+    data = data.merge(view.runs[["run_id", "schedule"]], on="run_id")
+    fig, ax = _figure()
+    sns.lineplot(data=data, x="epoch", y="value", hue="schedule", units="run_id",
+                 estimator=None, alpha=0.7, ax=ax)  # fmt: skip
+    ax.set_ylabel("Gumbel-softmax temperature")
+    ax.set_title("Temperature schedules as trained")
+    return fig
+
+
+# --- diffusion ------------------------------------------------------------------
+
+_VARIANT = re.compile(r"^(fid|sample_seconds)_ddim(\d+)_eta([\d.]+)$")
+
+
+def sampler_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Long format of the per-sampler metrics: run, schedule, steps, eta, metric, value."""
+    rows = []
+    for col in runs.columns:
+        m = _VARIANT.match(col)
+        if m:
+            part = runs[["run_id", "config_id", "seed", col]].rename(columns={col: "value"})
+            for k in ("schedule",):
+                if k in runs:
+                    part[k] = runs[k]
+            rows.append(part.assign(metric=m[1], steps=int(m[2]), eta=float(m[3])))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def fid_by_steps(view: View) -> Figure | None:
+    """fid against DDIM steps per schedule and eta, and the sampling time."""
+    table = sampler_table(view.runs)
+    if table.empty:
+        return None
+    hue = "schedule" if "schedule" in table else None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    sns.lineplot(data=table[table["metric"] == "fid"], x="steps", y="value", hue=hue,
+                 style="eta", markers=True, errorbar=("pi", 100), ax=axes[0])  # fmt: skip
+    axes[0].set_ylabel("fid (lower is better)")
+    axes[0].set_title("Sample quality by DDIM steps (band: seed range)")
+    sns.lineplot(data=table[table["metric"] == "sample_seconds"], x="steps", y="value",
+                 hue="eta", markers=True, ax=axes[1])  # fmt: skip
+    axes[1].set_ylabel("seconds per 1000 samples")
+    axes[1].set_title("Sampling time by DDIM steps")
+    return fig
+
+
+PLOTS: dict[str, list[Callable[[View], Figure | None]]] = {
+    "gan": [gan_lr_heatmap, modes_over_epochs],
+    "autoencoder": [sparsity_tradeoff, denoising_levels],
+    "vae": [rate_distortion],
+    "dvae": [by_schedule, temperature_curves],
+    "diffusion": [fid_by_steps],
+}
+
+
+def figures(family: str, view: View) -> list[tuple[str, Figure]]:
+    """(name, figure) for every figure that applies, the family's first."""
+    out = []
+    for fn in [*PLOTS.get(family, []), *COMMON]:
+        fig = fn(view)
+        if fig is not None:
+            out.append((fn.__name__, fig))
+    return out
+
+
+__all__ = ["COMMON", "PLOTS", "View", "figures", "knobs", "sampler_table"]

@@ -1,0 +1,207 @@
+"""`python -m analysis.report STUDY`: one self-contained HTML report of a
+study's trials (figures embedded, tables, outcome counts, the best
+configurations with their seed spread) and the CSVs behind it, attached to the
+study's latest parent run in MLflow.
+
+A study with no runs, or an unknown one, ends with one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import NoReturn
+
+import pandas as pd
+
+from analysis.runs import AnalysisError, load_history, load_runs
+from study.studies import STUDIES
+from study.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+
+TOP = 10  # configurations shown in the report's table
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    p.add_argument("study", help="study name (python -m study.run --list)")
+    p.add_argument("--tracking-uri", help="MLflow store (default as for study.run)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the study name)")
+    p.add_argument("--out", help="output folder (default: reports/STUDY)")
+    return p
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt_spread(stats: pd.DataFrame, metric: str) -> pd.Series:
+    def cell(row: pd.Series) -> str:
+        if pd.isna(row[f"{metric}_mean"]):
+            return "-"
+        std = 0.0 if pd.isna(row[f"{metric}_std"]) else row[f"{metric}_std"]
+        return (
+            f"{row[f'{metric}_mean']:.4g} ± {std:.2g} "
+            f"[{row[f'{metric}_min']:.4g}, {row[f'{metric}_max']:.4g}]"
+        )
+
+    return stats.apply(cell, axis=1)
+
+
+def best_table(stats: pd.DataFrame, knob_cols: list[str], metrics: list[str]) -> pd.DataFrame:
+    """The top configurations as people read them: knobs, mean ± std [min, max]
+    of each metric over seeds, and the outcomes."""
+    from analysis.stats import OUTCOMES
+
+    top = stats.head(TOP)
+    table = top[["config_id", *knob_cols, "seeds"]].copy()
+    for m in metrics:
+        if f"{m}_mean" in top:
+            table[m] = _fmt_spread(top, m)
+    table["outcomes"] = top.apply(
+        lambda r: ", ".join(f"{o} {r[f'{o}_rate']:.0%}" for o in OUTCOMES if r[f"{o}_rate"] > 0),
+        axis=1,
+    )
+    return table
+
+
+def _table_html(df: pd.DataFrame, float_format: str = "{:.4g}") -> str:
+    return df.to_html(
+        index=False, border=0, classes="t", na_rep="-", float_format=float_format.format
+    )
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}
+h1{margin-bottom:0}.sub{color:#666;margin-top:.3em}h2{margin-top:2em;border-bottom:1px solid #ddd}
+table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:3px 8px;
+text-align:right;border-bottom:1px solid #eee}table.t th{background:#f5f5f5}
+figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}img{max-width:100%}
+"""
+
+
+def build_report(study_name: str, tracking_uri: str | None, experiment: str | None,
+                 out: Path) -> tuple[Path, str, dict]:  # fmt: skip
+    """Write report.html and its CSVs into out; return (html path, the parent
+    run to attach to, a summary of what it found)."""
+    from analysis.plots import View, figures
+    from analysis.stats import budget_curve, config_stats, importance, knobs, stability_map
+
+    study = STUDIES[study_name]
+    runs = load_runs(study_name, tracking_uri, experiment)
+    history = load_history(study_name, tracking_uri, experiment, runs=runs)
+    metrics = [m for m in (study.metric, *study.table_metrics) if m in runs]
+    metrics = list(dict.fromkeys(metrics))
+    knob_cols = knobs(runs, metrics)
+    stats = config_stats(runs, metrics, study.mode, knob_cols)
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "trials.csv", index=False)
+    history.to_csv(out / "history.csv", index=False)
+    stats.to_csv(out / "configurations.csv", index=False)
+
+    sections: list[str] = []
+    counts = runs["outcome"].fillna("unknown").value_counts()
+    sections.append("<h2>Outcomes</h2>" + _table_html(
+        counts.rename_axis("outcome").reset_index(name="trials")
+    ))  # fmt: skip
+    sections.append(
+        f"<h2>Best configurations by {html.escape(study.metric)}</h2>"
+        f"<p>mean ± std [min, max] over seeds; {len(stats)} configurations, "
+        f"{len(runs)} trials.</p>" + _table_html(best_table(stats, knob_cols, metrics))
+    )
+    if study.metric in runs and runs["config_id"].nunique() > 1:
+        curve = budget_curve(runs, study.metric, study.mode)
+        curve.to_csv(out / "budget_curve.csv", index=False)
+        imp = importance(runs, study.metric, knob_cols)
+        imp.to_csv(out / "importance.csv", index=False)
+        sections.append(
+            f"<h2>What matters for {html.escape(study.metric)}</h2><p>Permutation "
+            "importance of a random forest over the knobs (sums to 1).</p>" + _table_html(imp)
+        )
+        numeric = [k for k in imp["param"] if pd.api.types.is_numeric_dtype(runs[k])]
+        pair = ["lr_g", "lr_d"] if {"lr_g", "lr_d"} <= set(knob_cols) else numeric[:2]
+        if len(pair) == 2:
+            smap = stability_map(runs, pair[0], pair[1])
+            smap.to_csv(out / "stability_map.csv")
+            sections.append(
+                f"<h2>Stability map</h2><p>Share of trials ending ok over {pair[0]} "
+                f"(columns) by {pair[1]} (rows).</p>" + smap.to_html(
+                    border=0, classes="t", na_rep="-", float_format="{:.0%}".format
+                )
+            )  # fmt: skip
+    view = View(runs, history, study.metric, study.mode, tuple(metrics), knob_cols)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        figs = figures(study.family, view)
+    sections.append("<h2>Figures</h2>")
+    for name, fig in figs:
+        caption = fig._suptitle.get_text() if fig._suptitle else name.replace("_", " ")
+        sections.append(
+            f'<figure><img alt="{name}" src="data:image/png;base64,{_png(fig)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    parent = runs.loc[runs["start_time"].idxmax(), "parent_run_id"]  # the latest invocation
+    uri = resolve_tracking_uri(tracking_uri)
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{study_name} report"
+        f"</title><style>{CSS}</style></head><body><h1>{html.escape(study_name)}</h1>"
+        f"<p class='sub'>{html.escape(study.description)}<br>{len(runs)} trials from "
+        f"{runs['parent_run_id'].nunique()} invocation(s) in {html.escape(uri)}, "
+        f"experiment '{html.escape(experiment or study_name)}'; written "
+        f"{time.strftime('%Y-%m-%d %H:%M')}. Tables behind it: trials.csv, "
+        f"configurations.csv, history.csv and the others beside this file.</p>"
+        + "".join(sections) + "</body></html>"
+    )  # fmt: skip
+    path = out / "report.html"
+    path.write_text(page)
+    summary = {"trials": len(runs), "configurations": len(stats), "figures": len(figs)}
+    return path, parent, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.study not in STUDIES:
+        print(
+            f"error: unknown study '{args.study}'; choose from: {', '.join(STUDIES)}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        uri = resolve_tracking_uri(args.tracking_uri)
+        check_tracking_uri(uri)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+            raise AnalysisError(f"no MLflow store at {uri}; run the study first")
+        out = Path(args.out or Path("reports") / args.study)
+        path, parent, summary = build_report(args.study, uri, args.experiment, out)
+    except (AnalysisError, TrackingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from mlflow import MlflowClient
+
+    MlflowClient(uri).log_artifacts(parent, str(out), "report")
+    print(
+        f"{args.study}: {summary['trials']} trials, {summary['configurations']} configurations, "
+        f"{summary['figures']} figures\nreport: {path.resolve()}\n"
+        f"attached to MLflow parent run {parent} (artifacts/report)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

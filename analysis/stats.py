@@ -1,0 +1,158 @@
+"""Stability statistics over a study's trials (rows of `load_runs`): per
+configuration over seeds, the budget curve of Lucic et al., hyperparameter
+importance, and the stability map over two knobs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+OUTCOMES = ("ok", "collapsed", "diverged", "stopped", "failed")
+# columns of load_runs that describe a trial rather than configure it
+NOT_KNOBS = {
+    "run_id", "parent_run_id", "study_run", "run_name", "status", "outcome", "outcome_reason",
+    "trial_id", "ray_node", "restored_from_epoch", "seed", "config_id", "device", "threads",
+    "start_time",
+    "dataset", "family",
+}  # fmt: skip
+
+
+def knobs(runs: pd.DataFrame, metrics: Sequence[str] = ()) -> list[str]:
+    """The params that vary between the configurations of these runs (the
+    searched axes, whatever the invocation searched), in column order."""
+    params = runs.attrs.get("params") or [c for c in runs.columns if c not in metrics]
+    first = runs.drop_duplicates("config_id")
+    return [
+        c for c in params if c in runs and c not in NOT_KNOBS and first[c].nunique(dropna=True) > 1
+    ]
+
+
+def config_stats(
+    runs: pd.DataFrame, metrics: Sequence[str], mode: str = "min", by: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """One row per configuration: its knobs, seeds, mean/std/min/max of each
+    metric over seeds, and the share of seeds ending in each outcome; sorted
+    best first by the first metric's mean."""
+    by = list(by) if by is not None else knobs(runs, metrics)
+    metrics = [m for m in metrics if m in runs]
+    grouped = runs.groupby("config_id", sort=False)
+    out = grouped[by].first() if by else pd.DataFrame(index=grouped.size().index)
+    out["seeds"] = grouped.size()
+    for m in metrics:
+        stats = grouped[m].agg(["mean", "std", "min", "max"])
+        out[[f"{m}_{s}" for s in stats.columns]] = stats.to_numpy()
+    for o in OUTCOMES:
+        out[f"{o}_rate"] = grouped["outcome"].apply(lambda s, o=o: float((s == o).mean()))
+    if metrics:
+        out = out.sort_values(f"{metrics[0]}_mean", ascending=mode == "min", na_position="last")
+    return out.reset_index()
+
+
+def budget_curve(
+    runs: pd.DataFrame,
+    metric: str,
+    mode: str = "min",
+    max_k: int | None = None,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Lucic et al. (2018): the best `metric` expected after trying k
+    configurations, for k = 1..K. Each bootstrap replicate draws k
+    configurations with replacement and one of its seeds' results at random
+    (so seed luck counts, as it does for a researcher), and keeps the best;
+    the curve is the mean over replicates with a `level` percentile band.
+    Diverged or failed trials count as the worst possible result."""
+    worst = np.inf if mode == "min" else -np.inf
+    scored = runs.assign(
+        _v=np.where(runs["outcome"].isin(["diverged", "failed"]), worst, runs[metric])
+    )
+    scored["_v"] = scored["_v"].fillna(worst)
+    per_config = [g.to_numpy() for _, g in scored.groupby("config_id")["_v"]]
+    n = len(per_config)
+    max_k = max_k or n
+    rng = np.random.default_rng(seed)
+    widths = np.array([len(v) for v in per_config])
+    padded = np.full((n, widths.max()), np.nan)
+    for i, v in enumerate(per_config):
+        padded[i, : len(v)] = v
+    rows = []
+    for k in range(1, max_k + 1):
+        picks = rng.integers(0, n, size=(n_boot, k))
+        seeds = (rng.random((n_boot, k)) * widths[picks]).astype(int)
+        values = padded[picks, seeds]
+        best = values.min(1) if mode == "min" else values.max(1)
+        finite = best[np.isfinite(best)]
+        lo, hi = (
+            np.percentile(finite, [50 * (1 - level), 50 * (1 + level)])
+            if len(finite)
+            else (np.nan,) * 2
+        )
+        rows.append(
+            {
+                "k": k,
+                "best_mean": float(finite.mean()) if len(finite) else np.nan,
+                "low": float(lo),
+                "high": float(hi),
+                "no_usable_result": float(1 - len(finite) / n_boot),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def importance(
+    runs: pd.DataFrame, metric: str, params: Sequence[str] | None = None, seed: int = 0
+) -> pd.DataFrame:
+    """How much each knob explains `metric` across trials: permutation
+    importance of a random forest fitted on the knobs (categoricals one-hot,
+    summed back per knob), normalised to sum to 1. Needs a few dozen trials
+    to mean much; trials without the metric are left out."""
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.inspection import permutation_importance
+
+    params = list(params) if params is not None else knobs(runs, [metric])
+    data = runs.dropna(subset=[metric])
+    if len(data) < 4 or not params:
+        return pd.DataFrame({"param": params, "importance": np.nan})
+    x = pd.get_dummies(data[params].astype({p: str for p in params if data[p].dtype == bool}))
+    y = data[metric].to_numpy(float)
+    forest = RandomForestRegressor(n_estimators=200, random_state=seed, min_samples_leaf=2)
+    forest.fit(x, y)
+    result = permutation_importance(forest, x, y, n_repeats=20, random_state=seed)
+    per_column = pd.Series(np.clip(result.importances_mean, 0, None), index=x.columns)
+    owner = {c: next(p for p in params if c == p or c.startswith(f"{p}_")) for c in x.columns}
+    total = per_column.groupby(owner).sum().reindex(params).fillna(0.0)
+    total = total / total.sum() if total.sum() > 0 else total
+    return (
+        total.rename("importance").rename_axis("param").reset_index()
+        .sort_values("importance", ascending=False).reset_index(drop=True)
+    )  # fmt: skip
+
+
+def bin_values(values: pd.Series, n: int) -> pd.Series:
+    """Equal-width bins, on a log scale where the knob spans a decade or more."""
+    v = values.astype(float)
+    if (v > 0).all() and v.max() / v.min() >= 10:
+        edges = np.geomspace(v.min(), v.max() * 1.000001, n + 1)
+    else:
+        edges = np.linspace(v.min(), v.max() + 1e-12, n + 1)
+    labels = [f"{a:.2g}-{b:.2g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return pd.cut(v, edges, labels=labels, include_lowest=True)
+
+
+def stability_map(
+    runs: pd.DataFrame, x: str, y: str, bins: int = 4, outcome: str = "ok"
+) -> pd.DataFrame:
+    """Share of trials ending `outcome` over binned x by binned y (numeric
+    knobs binned, categorical ones as they are); NaN where nothing was tried."""
+
+    def axis(col: str) -> pd.Series:
+        if not pd.api.types.is_numeric_dtype(runs[col]) or runs[col].dtype == bool:
+            return runs[col].astype(str)
+        return bin_values(runs[col], bins) if runs[col].nunique() > bins else runs[col]
+
+    share = (runs["outcome"] == outcome).astype(float)
+    table = share.groupby([axis(y).rename(y), axis(x).rename(x)], observed=False).mean()
+    return table.unstack(x).sort_index(ascending=False)
