@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,32 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def start_cli(args: list[str], cwd: Path, stderr: int = subprocess.PIPE) -> subprocess.Popen:
+    """The CLI started in the background, output piped, for tests that act on
+    it while it runs (kill it, interrupt it, look at its processes)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.run", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+
+
+def wait_http(url: str, process: subprocess.Popen, seconds: float = 90) -> None:
+    """Until url answers; fails if the server process dies or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            assert process.poll() is None, f"the server behind {url} exited"
+            assert time.monotonic() < deadline, f"{url} did not answer in {seconds:g} s"
+            time.sleep(0.5)
 
 
 # one smoke run of each study into one store, shared by every test that reads

@@ -13,15 +13,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import cli_env
+from tests.conftest import cli_env, wait_http
 
 BIN = Path(sys.executable).parent
 
@@ -108,15 +106,7 @@ def mlflow_server(tmp_path) -> Iterator[tuple[str, Path]]:
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
+        wait_http(uri + "/health", server)
         yield uri, artifacts
     finally:
         os.killpg(server.pid, signal.SIGKILL)

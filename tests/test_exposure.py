@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import cli_env
+from tests.conftest import cli_env, start_cli
 from tests.test_fault_tolerance import _descendants
 
 
@@ -66,29 +66,9 @@ def _gcs_accepts(address: str, token: str | None) -> subprocess.CompletedProcess
 
 
 def test_a_local_study_starts_no_dashboard_and_ray_refuses_a_wrong_token(tmp_path):
-    cli = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "study.run",
-            "gan_stability",
-            "--smoke",
-            "--num-samples",
-            "1",
-            "--seeds",
-            "1",
-            "--tracking-uri",
-            f"sqlite:///{tmp_path}/store.db",
-            "--set",
-            "arch=mlp",
-            "--set",
-            "epochs=60",
-        ],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    args = ["gan_stability", "--smoke", "--num-samples", "1", "--seeds", "1", "--tracking-uri"]
+    args += [f"sqlite:///{tmp_path}/store.db", "--set", "arch=mlp", "--set", "epochs=60"]
+    cli = start_cli(args, tmp_path)
     try:
         deadline = time.monotonic() + 120
         while not any("ImplicitFunc" in cmd for _, cmd in _descendants(cli.pid)):

@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.conftest import cli_env, run_cli
+from tests.conftest import run_cli, start_cli
 
 
 def _descendants(pid: int) -> list[tuple[int, str]]:
@@ -60,14 +59,7 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
         "--set",
         "eval_samples=100",
     ]
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "study.run", *args],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    cli = start_cli(args, tmp_path)
     try:
         client = MlflowClient(uri)
         deadline, run_id = time.monotonic() + 180, None
@@ -164,14 +156,7 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
         "--set",
         "eval_samples=100",
     ]
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "study.run", *args],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    cli = start_cli(args, tmp_path, stderr=subprocess.STDOUT)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True)
     reader.start()
@@ -234,14 +219,7 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
 def test_ctrl_c_ends_with_130_the_resume_hint_and_no_running_run(tmp_path):
     uri = f"sqlite:///{tmp_path}/store.db"
     args = ["gan_stability", "--smoke", "--tracking-uri", uri, "--name", "ci", "--set", "arch=mlp"]
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "study.run", *args, "--set", "epochs=60"],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    cli = start_cli([*args, "--set", "epochs=60"], tmp_path)
     try:
         deadline = time.monotonic() + 120
         while not any("ImplicitFunc" in cmd for _, cmd in _descendants(cli.pid)):

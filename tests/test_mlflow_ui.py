@@ -10,14 +10,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import cli_env
+from tests.conftest import cli_env, wait_http
 from tests.test_cluster import BIN, _free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -35,14 +34,7 @@ def ui(smoke_store) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "no mlflow ui"
-                time.sleep(0.5)
+        wait_http(url + "/health", server)
         yield url
     finally:
         os.killpg(server.pid, signal.SIGKILL)
