@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,10 +93,15 @@ class SmokeStore:
 def smoke_store(tmp_path_factory) -> SmokeStore:
     root = tmp_path_factory.mktemp("smoke_store")
     uri = f"sqlite:///{root}/store.db"
-    outputs = {}
-    for study in SMOKE_STUDIES:
+
+    def smoke(study: str) -> subprocess.CompletedProcess:
         # 2 configurations x 2 seeds each (a grid study: 2 of its points)
         args = [study, "--smoke", "--num-samples", "2", "--tracking-uri", uri]
-        outputs[study] = run_cli([*args, "--name", f"smoke-{study}"], root)
-        assert outputs[study].returncode == 0, outputs[study].stderr[-3000:]
+        return run_cli([*args, "--name", f"smoke-{study}"], root)
+
+    # two studies at a time: each spends seconds starting Ray, mostly waiting
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outputs = dict(zip(SMOKE_STUDIES, pool.map(smoke, SMOKE_STUDIES), strict=True))
+    for study, out in outputs.items():
+        assert out.returncode == 0, f"{study}: {out.stderr[-3000:]}"
     return SmokeStore(uri, root, outputs)
