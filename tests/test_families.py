@@ -80,7 +80,8 @@ def test_kl_sparsity_matches_the_bernoulli_kl():
 
 
 def test_autoencoder_metrics_and_corruptions(batch):
-    ae = Autoencoder(AEConfig(noise="dropout", noise_level=0.5, batch_size=32), batch, batch)
+    cfg = AEConfig(noise="dropout", noise_level=0.5, penalty="l1", batch_size=32)
+    ae = Autoencoder(cfg, batch, batch)
     m = ae.evaluate()
     assert {"recon_mse", "recon_mse_train", "sparsity", "active_fraction", "denoise_mse"} <= set(m)
     h = torch.sigmoid(ae.net.encode(batch)).detach()
@@ -90,7 +91,9 @@ def test_autoencoder_metrics_and_corruptions(batch):
     assert float((dropped == 0).float().mean()) == pytest.approx(0.5, abs=0.03)
     assert float(dropped.mean()) == pytest.approx(1.0, abs=0.05)  # inverted dropout
     clean = Autoencoder(AEConfig(batch_size=32), batch, batch)
-    assert torch.equal(clean.corrupt(batch), batch) and "denoise_mse" not in clean.evaluate()
+    assert torch.equal(clean.corrupt(batch), batch)
+    assert not {"denoise_mse", "sparsity"} & set(clean.evaluate())  # plain: linear codes
+    assert torch.equal(clean.codes(batch), clean.net.encode(batch))
 
 
 # --- VAE ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from study.studies import STUDIES
 # metrics each family must log at every evaluation of a smoke run (epochs 1, 2)
 FAMILY_METRICS = {
     "sparse_ae": ("recon_mse", "sparsity", "active_fraction", "sparsity_penalty"),
-    "denoising_ae": ("recon_mse", "recon_mse_train", "denoise_mse", "sparsity"),
+    "denoising_ae": ("recon_mse", "recon_mse_train", "denoise_mse"),
     "vae_kl": ("recon_mse", "kl", "active_units", "fid", "kl_weight", "sample_seconds"),
     "dvae_temperature": ("recon_mse", "kl", "code_perplexity", "tau", "fid"),
     "diffusion_schedule": (
