@@ -346,7 +346,13 @@ def execute(plan: Plan) -> int:
     from analysis.metrics import provenance
     from study.progress import CloseRuns, Progress
     from study.summary import config_table, format_table, outcome_line, trial_rows
-    from study.tracking import experiment_id, kill_running_children, log_params, start_parent
+    from study.tracking import (
+        experiment_id,
+        init_store,
+        kill_running_children,
+        log_params,
+        start_parent,
+    )
     from study.trainable import TrialContext, train
 
     args, study = plan.args, plan.study
@@ -372,6 +378,7 @@ def execute(plan: Plan) -> int:
     cpus = ray.cluster_resources().get("CPU", 1)
     concurrent = args.max_concurrent or max(1, int(cpus // args.cpus_per_trial))
 
+    init_store(plan.tracking_uri)
     client = MlflowClient(plan.tracking_uri)
     exp_id = experiment_id(client, plan.experiment)
     searched = plan.searched

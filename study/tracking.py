@@ -16,6 +16,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
@@ -63,10 +64,26 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"cannot use tracking URI {uri}: {first}") from None
 
 
+def init_store(uri: str) -> None:
+    """Create a new sqlite store's tables under a file lock: two studies
+    started at once on a fresh store otherwise both run MLflow's schema
+    migrations and one of them fails (seen in the tests)."""
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        with FileLock(uri[len("sqlite:///") :] + ".lock"):
+            MlflowClient(uri).search_experiments(max_results=1)
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name)
+        try:
+            return client.create_experiment(name)
+        except MlflowException:  # another study created it a moment ago
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     return exp.experiment_id
