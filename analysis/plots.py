@@ -9,17 +9,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files, never a window: reports run headless
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from analysis.stats import (  # noqa: E402
+from analysis.stats import (
     OUTCOMES,
     bin_values,
     budget_curve,

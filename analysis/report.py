@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import NoReturn
 
+import matplotlib
 import pandas as pd
 
 from analysis.runs import AnalysisError, load_history, load_runs
@@ -25,6 +26,7 @@ from study.studies import STUDIES
 from study.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
 TOP = 10  # configurations shown in the report's table
+matplotlib.use("Agg")  # figures go to files, never to a window: reports run headless
 
 
 class _Parser(argparse.ArgumentParser):
