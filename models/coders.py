@@ -124,6 +124,21 @@ class EncoderDecoder:
         self.opt.step()
         self.step += 1
 
+    def elbo_step(
+        self, out: Tensor, x: Tensor, kl: Tensor, weight: float = 1.0
+    ) -> dict[str, Tensor]:
+        """One optimiser step on the per-pixel negative ELBO, reconstruction +
+        weight * KL, from the decoded batch `out` and per-example `kl`. kl_train
+        is the epoch's mean; "kl" is the held-out value evaluate() logs."""
+        rec, kl = recon_sum(out, x).mean(), kl.mean()
+        loss = (rec + weight * kl) / self.pixels  # per pixel, both terms alike
+        self.optimise(loss)
+        return {
+            "loss": loss.detach(),
+            "recon_loss": rec.detach() / self.pixels,
+            "kl_train": kl.detach(),
+        }
+
     def state_dict(self) -> dict:
         return {
             "enc": self.enc.state_dict(),

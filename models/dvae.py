@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.coders import EncoderDecoder, batched, epoch_means, recon_sum
+from models.coders import EncoderDecoder, batched, epoch_means
 from models.config import param
 
 
@@ -91,15 +91,7 @@ class DiscreteVAE(EncoderDecoder):
     def _step(self, x: Tensor) -> dict[str, Tensor]:
         logits = self.logits(x)
         z = F.gumbel_softmax(logits, tau=self.tau, hard=True)  # straight-through
-        rec, kl = recon_sum(self.dec(z.flatten(1)), x).mean(), uniform_kl(logits).mean()
-        loss = (rec + kl) / self.pixels
-        self.optimise(loss)
-        # kl_train: the epoch's mean; "kl" is the held-out value evaluate() logs
-        return {
-            "loss": loss.detach(),
-            "recon_loss": rec.detach() / self.pixels,
-            "kl_train": kl.detach(),
-        }
+        return self.elbo_step(self.dec(z.flatten(1)), x, uniform_kl(logits))
 
     def train_epoch(self) -> dict[str, Tensor | float]:
         out: dict[str, Tensor | float] = dict(epoch_means(self.x, self.batch_size, self._step))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.coders import EncoderDecoder, batched, epoch_means, recon_sum
+from models.coders import EncoderDecoder, batched, epoch_means
 from models.config import param
 
 ACTIVE_UNIT = 0.01  # Burda et al.: unit u is active when Cov_x(E_q[z_u | x]) > 0.01
@@ -73,15 +73,7 @@ class VAE(EncoderDecoder):
         weight = kl_weight_at(self.cfg, self.step / self.steps_per_epoch)
         mu, logvar = self.posterior(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation
-        rec, kl = recon_sum(self.dec(z), x).mean(), gaussian_kl(mu, logvar).mean()
-        loss = (rec + weight * kl) / self.pixels  # per pixel, both terms alike
-        self.optimise(loss)
-        # kl_train: the epoch's mean; "kl" is the held-out value evaluate() logs
-        return {
-            "loss": loss.detach(),
-            "recon_loss": rec.detach() / self.pixels,
-            "kl_train": kl.detach(),
-        }
+        return self.elbo_step(self.dec(z), x, gaussian_kl(mu, logvar), weight)
 
     def train_epoch(self) -> dict[str, Tensor | float]:
         out: dict[str, Tensor | float] = dict(epoch_means(self.x, self.batch_size, self._step))

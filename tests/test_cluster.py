@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import cli_env, wait_http
+from tests.conftest import cli_env, run_cli, wait_http
 
 BIN = Path(sys.executable).parent
 
@@ -117,11 +117,8 @@ def test_study_on_a_two_node_cluster_logs_everything_to_the_tracking_server(
     tmp_path, ray_env, ray_cluster, mlflow_server
 ):
     uri, artifacts = mlflow_server
-    out = subprocess.run(
+    out = run_cli(
         [
-            sys.executable,
-            "-m",
-            "study.run",
             "gan_stability",
             "--smoke",
             "--num-samples",
@@ -137,9 +134,6 @@ def test_study_on_a_two_node_cluster_logs_everything_to_the_tracking_server(
         ],
         cwd=tmp_path,
         env=ray_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 at once" in out.stdout  # the cluster's two CPUs, one per node
