@@ -240,7 +240,17 @@ def provenance(dataset: str, device: str = "cpu") -> dict[str, str]:
     return out
 
 
-def is_collapsed(metrics: dict[str, float], n_modes: int) -> bool:
-    """Collapse: the final samples cover less than half of the classes/modes."""
+RECON_COLLAPSE = 0.9  # recon_vs_mean above this: barely better than the mean image
+
+
+def collapse_reason(metrics: dict[str, float], n_modes: int) -> str | None:
+    """Why a trial's final evaluation counts as collapsed, or None: its samples
+    cover under half of the classes/modes, or it reconstructs held-out inputs
+    hardly better than by answering the training mean (`recon_vs_mean`)."""
     covered = metrics.get("modes_covered", metrics.get("modes_captured"))
-    return covered is not None and covered < n_modes / 2
+    if covered is not None and covered < n_modes / 2:
+        return f"final samples cover {covered:g} of {n_modes} modes"
+    ratio = metrics.get("recon_vs_mean")
+    if ratio is not None and ratio > RECON_COLLAPSE:
+        return f"held-out recon_mse is {ratio:.2f} x that of the mean image"
+    return None

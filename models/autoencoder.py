@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.coders import batched, check_batch, decoder, encoder, epoch_means
+from models.coders import batched, check_batch, decoder, encoder, epoch_means, recon_metrics
 from models.config import param
 
 ACTIVE = 0.5  # a sigmoid coding unit is "on" for an input above this
@@ -88,9 +88,13 @@ class Autoencoder:
         level = self.cfg.noise_level
         if self.cfg.noise == "gaussian":
             return x + level * torch.randn(x.shape, device=x.device, generator=generator)
-        if self.cfg.noise == "dropout":  # inverted dropout: the mean input is unchanged
+        if self.cfg.noise == "dropout":
+            # Vincent et al.'s masking noise: zeroed, not rescaled. Inverted
+            # dropout's x / (1 - level) trains the conv AE on pixels of up to 2
+            # and it then fails on clean inputs (measured at level 0.5: clean
+            # recon_mse 0.059, the same digits doubled 0.014; masked 0.015)
             keep = torch.rand(x.shape, device=x.device, generator=generator) >= level
-            return x * keep / (1 - level)
+            return x * keep
         return x
 
     def codes(self, x: Tensor) -> Tensor:
@@ -126,23 +130,19 @@ class Autoencoder:
     def train_epoch(self) -> dict[str, Tensor]:
         return epoch_means(self.x, self.cfg.batch_size, self._step)
 
-    def _recon_mse(self, inp: Tensor, target: Tensor) -> float:
-        out = batched(lambda b: self.net.decode(self.codes(b)), inp)
-        return float(F.mse_loss(out, target))
+    def _recon(self, x: Tensor) -> Tensor:
+        return self.net.decode(self.codes(x))
 
     @torch.inference_mode()
     def evaluate(self) -> dict[str, float]:
         h = batched(self.codes, self.test_x)
-        train = self.x[: len(self.test_x)]
-        out = {
-            "recon_mse": self._recon_mse(self.test_x, self.test_x),
-            "recon_mse_train": self._recon_mse(train, train),
-        }
+        out = recon_metrics(self._recon, self.x, self.test_x)
         if self.cfg.penalty != "none":
             out["sparsity"] = float(h.mean())
             out["active_fraction"] = float((h > ACTIVE).float().mean())
         if self.cfg.noise != "none":
-            out["denoise_mse"] = self._recon_mse(self.noisy_test, self.test_x)
+            denoised = batched(self._recon, self.noisy_test)
+            out["denoise_mse"] = float(F.mse_loss(denoised, self.test_x))
         return out
 
     def state_dict(self) -> dict:

@@ -81,6 +81,23 @@ def batched(fn: Callable[[Tensor], Tensor], x: Tensor, size: int = 1000) -> Tens
     return torch.cat([fn(chunk) for chunk in x.split(size)])
 
 
+def recon_metrics(
+    reconstruct: Callable[[Tensor], Tensor], train_x: Tensor, test_x: Tensor
+) -> dict[str, float]:
+    """Held-out and training reconstruction error (on as many training inputs
+    as held-out ones), and `recon_vs_mean`: the held-out error over that of
+    always answering the training set's mean image. Near 1 or above, the
+    model ignores its input (dead codes, posterior collapse, a stuck decoder)."""
+    train = train_x[: len(test_x)]
+    test_mse = float(F.mse_loss(batched(reconstruct, test_x), test_x))
+    mean_mse = float(F.mse_loss(train_x.mean(0, keepdim=True).expand_as(test_x), test_x))
+    return {
+        "recon_mse": test_mse,
+        "recon_mse_train": float(F.mse_loss(batched(reconstruct, train), train)),
+        "recon_vs_mean": test_mse / mean_mse,
+    }
+
+
 def recon_sum(out: Tensor, x: Tensor) -> Tensor:
     """Per-example negative log-likelihood up to a constant: Bernoulli for
     images in [0, 1], unit Gaussian for points; summed over dimensions."""

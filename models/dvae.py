@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.coders import EncoderDecoder, batched, epoch_means
+from models.coders import EncoderDecoder, batched, epoch_means, recon_metrics
 from models.config import param
 
 
@@ -99,15 +99,13 @@ class DiscreteVAE(EncoderDecoder):
         return out
 
     def _recon(self, x: Tensor) -> Tensor:
-        return batched(lambda b: self._decode_indices(self.logits(b).argmax(-1)), x)
+        return self._decode_indices(self.logits(x).argmax(-1))
 
     @torch.inference_mode()
     def evaluate(self) -> dict[str, float]:
         logits = batched(self.logits, self.test_x)
-        train = self.x[: len(self.test_x)]
         return {
-            "recon_mse": float(F.mse_loss(self._recon(self.test_x), self.test_x)),
-            "recon_mse_train": float(F.mse_loss(self._recon(train), train)),
+            **recon_metrics(self._recon, self.x, self.test_x),
             "kl": float(uniform_kl(logits).mean()),
             "code_perplexity": perplexity(logits.argmax(-1), self.cfg.k),
         }

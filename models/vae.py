@@ -9,10 +9,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from models.coders import EncoderDecoder, batched, epoch_means
+from models.coders import EncoderDecoder, batched, epoch_means, recon_metrics
 from models.config import param
 
 ACTIVE_UNIT = 0.01  # Burda et al.: unit u is active when Cov_x(E_q[z_u | x]) > 0.01
@@ -83,12 +82,8 @@ class VAE(EncoderDecoder):
     @torch.inference_mode()
     def evaluate(self) -> dict[str, float]:
         mu, logvar = self.posterior(self.test_x)
-        recon = batched(lambda b: self.dec(self.posterior(b)[0]), self.test_x)
-        train = self.x[: len(self.test_x)]
-        recon_train = batched(lambda b: self.dec(self.posterior(b)[0]), train)
         return {
-            "recon_mse": float(F.mse_loss(recon, self.test_x)),
-            "recon_mse_train": float(F.mse_loss(recon_train, train)),
+            **recon_metrics(lambda b: self.dec(self.posterior(b)[0]), self.x, self.test_x),
             "kl": float(gaussian_kl(mu, logvar).mean()),
             "active_units": float((mu.var(0) > ACTIVE_UNIT).sum()),
         }

@@ -4,7 +4,8 @@ Seeds everything, loads the data once onto the trial's device, trains epoch by
 epoch, evaluates every `eval_every` epochs and at the end, and at each
 evaluation writes the buffered MLflow metrics, then reports to Tune with a
 checkpoint. A non-finite or exploding loss ends the trial as `diverged`; final
-samples covering under half the classes end it as `collapsed`.
+samples covering under half the classes, or reconstructions hardly better than
+the mean image, end it as `collapsed`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from mlflow import MlflowClient
 from ray import tune
 from ray.tune.search.repeater import TRIAL_INDEX
 
-from analysis.metrics import evaluate_samples, is_collapsed, provenance
+from analysis.metrics import collapse_reason, evaluate_samples, provenance
 from models import FAMILIES, Family
 from study.data import Dataset, load_dataset
 from study.sample_grid import save_samples_png
@@ -229,10 +230,8 @@ def _train_loop(
         if final:
             if reason is not None:
                 outcome = "diverged"
-            elif is_collapsed(last_eval, data.n_classes):
-                covered = last_eval.get("modes_covered", last_eval.get("modes_captured"))
+            elif reason := collapse_reason(last_eval, data.n_classes):
                 outcome = "collapsed"
-                reason = f"final samples cover {covered:g} of {data.n_classes} modes"
             else:
                 outcome, reason = "ok", ""
         score = last_eval.get(study.metric, penalty)

@@ -8,10 +8,10 @@ import torch
 from analysis.extractors import extractor_for
 from analysis.metrics import (
     class_coverage,
+    collapse_reason,
     evaluate_samples,
     feature_stats,
     frechet_distance,
-    is_collapsed,
     mixture_quality,
     provenance,
 )
@@ -65,7 +65,8 @@ def test_mixture_metrics_of_perfect_and_one_mode_samplers(name, floor):
     assert single["modes_captured"] == 1 and single["reverse_kl"] == pytest.approx(
         math.log(d.n_classes)
     )
-    assert is_collapsed(single, d.n_classes) and not is_collapsed(perfect, d.n_classes)
+    assert collapse_reason(single, d.n_classes) == f"final samples cover 1 of {d.n_classes} modes"
+    assert collapse_reason(perfect, d.n_classes) is None
     far = mixture_quality(torch.full((100, 2), 50.0), d.modes, d.mode_std)
     assert far["hq_fraction"] == 0 and far["modes_captured"] == 0
 
