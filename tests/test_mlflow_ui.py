@@ -1,6 +1,7 @@
 """The MLflow UI as a user sees it: `mlflow ui` on the smoke store, pages
 rendered by headless Chromium (Debian's chromium; `.ci/run` installs it).
-The runs must be nested and readable, and the sample grids must show."""
+The runs must be nested and readable, and their metrics and sample grids
+must show."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def _text(page: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
 
 
-def test_mlflow_ui_shows_nested_readable_runs_and_sample_grids(smoke_store, ui):
+def test_mlflow_ui_shows_nested_readable_runs_their_metrics_and_sample_grids(smoke_store, ui):
     client = MlflowClient(smoke_store.uri)
     exp = client.get_experiment_by_name("gan_stability")
     runs = client.search_runs([exp.experiment_id])
@@ -68,6 +69,12 @@ def test_mlflow_ui_shows_nested_readable_runs_and_sample_grids(smoke_store, ui):
     listing = _text(_render(f"{ui}/#/experiments/{exp.experiment_id}/runs"))
     assert f"{len(runs)} matching runs" in listing  # the parent and its 4 trials
     assert "smoke-gan_stability" in listing  # the parent; its children nest below it
+
+    # the trial's overview lists its final metrics with their values
+    overview = _text(_render(f"{ui}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}"))
+    for name in ("fid", "modes_covered", "d_loss"):
+        assert name in overview
+    assert f"fid {child.data.metrics['fid']!r}" in overview  # JS and repr: shortest round-trip
 
     grid = "samples/samples_epoch0002.png"
     page = _render(
