@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrent",
         type=int,
-        help="trials at once (default: the cluster's CPUs / CPUs per trial)",
+        help="trials at once (default: as many as the cluster's CPUs and GPUs fit)",
     )
     p.add_argument("--address", help="Ray cluster to join ('auto' for the local one)")
     p.add_argument(
@@ -336,6 +336,15 @@ def _searcher(plan: Plan):
     return Repeater(searcher, repeat=plan.seeds, set_index=True)
 
 
+def trials_at_once(resources: dict[str, float], cpus_per_trial: float, gpus: float) -> int:
+    """How many trials fit on the cluster at once: its CPUs, and its GPUs when
+    trials take some (Optuna should not suggest trials that can only wait)."""
+    fits = resources.get("CPU", 1) / cpus_per_trial
+    if gpus:
+        fits = min(fits, resources.get("GPU", 0) / gpus)
+    return max(1, int(fits + 1e-9))  # 0.7 / 0.1 is 6.999... in floating point
+
+
 def execute(plan: Plan) -> int:
     _quiet()
     import ray
@@ -375,8 +384,18 @@ def execute(plan: Plan) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    cpus = ray.cluster_resources().get("CPU", 1)
-    concurrent = args.max_concurrent or max(1, int(cpus // args.cpus_per_trial))
+    resources = ray.cluster_resources()
+    if args.gpus_per_trial > resources.get("GPU", 0):
+        gpus = resources.get("GPU", 0)
+        print(
+            f"error: --gpus-per-trial {args.gpus_per_trial:g} but the Ray cluster has "
+            f"{gpus:g} GPU{'' if gpus == 1 else 's'}, so no trial could start",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    concurrent = args.max_concurrent or trials_at_once(
+        resources, args.cpus_per_trial, args.gpus_per_trial
+    )
 
     init_store(plan.tracking_uri)
     client = MlflowClient(plan.tracking_uri)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from study.run import trials_at_once
 from tests.conftest import run_cli
 
 
@@ -222,6 +223,11 @@ BAD = [
         _nothing,
         "cannot join Ray at 127.0.0.1:9",
     ),
+    (
+        ["gan_stability", "--smoke", "--gpus-per-trial", "64"],
+        _nothing,
+        "--gpus-per-trial 64 but the Ray cluster has",
+    ),
 ]
 
 
@@ -306,3 +312,12 @@ def test_sqlite_store_holds_up_under_four_concurrent_trials(tmp_path):
     spans = [(r.info.start_time, r.info.end_time) for r in children]
     overlap = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
     assert overlap >= 3, spans  # 4 at once; one may end as the last starts on 2 cores
+
+
+def test_trials_at_once_counts_cpus_and_gpus():
+    # what a one-GPU, 16-core machine fits: 4 trials at a quarter GPU each
+    assert trials_at_once({"CPU": 16.0, "GPU": 1.0}, 1, 0.25) == 4
+    assert trials_at_once({"CPU": 16.0, "GPU": 1.0}, 1, 0) == 16
+    assert trials_at_once({"CPU": 2.0}, 1, 0) == 2
+    assert trials_at_once({"CPU": 3.0, "GPU": 8.0}, 2, 1) == 1
+    assert trials_at_once({"CPU": 64.0, "GPU": 0.7}, 1, 0.1) == 7  # not 6 from 6.999...
