@@ -520,7 +520,11 @@ def execute(plan: Plan) -> int:
         client.set_terminated(plan.parent_run_id, "KILLED")
         return EXIT_INTERRUPTED
 
-    metrics = study.table_metrics or (study.metric,)
+    reported = {k for r in results for k in (r.metrics or {})}
+    # a sampler variant left out by --set samplers=... is no column
+    metrics = tuple(
+        m for m in study.table_metrics or (study.metric,) if m == study.metric or m in reported
+    )
     trials = trial_rows(results, searched, metrics)
     table = config_table(trials, searched, metrics, study.metric, study.mode)
     out = plan.run_dir / "summary"

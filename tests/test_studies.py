@@ -50,6 +50,14 @@ def test_smoke_study_logs_its_family_metrics(smoke_store, study):
         assert all(v == v for v in child.data.metrics.values())  # no NaN anywhere
 
 
+def test_end_table_shows_only_metrics_the_trials_reported(smoke_store):
+    # the smoke run samples with ddim5_eta0 and ddim10_eta1, not the default
+    # samplers whose fids the study's table lists
+    out = smoke_store.outputs["diffusion_schedule"].stdout
+    table = out[out.index("Best configurations") : out.index("Outcomes:")]
+    assert "fid" in table and "fid_ddim20_eta0" not in table and "- ± -" not in table
+
+
 def test_sweep_makes_any_setting_an_axis():
     study = STUDIES["diffusion_schedule"]
     resolved = resolve(study, {}, sweeps={"T": ["250", "1000"], "loss": ["mse", "huber"]})
