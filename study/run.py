@@ -336,12 +336,14 @@ def _searcher(plan: Plan):
     return Repeater(searcher, repeat=plan.seeds, set_index=True)
 
 
-def trials_at_once(resources: dict[str, float], cpus_per_trial: float, gpus: float) -> int:
+def trials_at_once(
+    resources: dict[str, float], cpus_per_trial: float, gpus_per_trial: float
+) -> int:
     """How many trials fit on the cluster at once: its CPUs, and its GPUs when
     trials take some (Optuna should not suggest trials that can only wait)."""
     fits = resources.get("CPU", 1) / cpus_per_trial
-    if gpus:
-        fits = min(fits, resources.get("GPU", 0) / gpus)
+    if gpus_per_trial:
+        fits = min(fits, resources.get("GPU", 0) / gpus_per_trial)
     return max(1, int(fits + 1e-9))  # 0.7 / 0.1 is 6.999... in floating point
 
 
@@ -385,8 +387,8 @@ def execute(plan: Plan) -> int:
         )
         return EXIT_USAGE
     resources = ray.cluster_resources()
-    if args.gpus_per_trial > resources.get("GPU", 0):
-        gpus = resources.get("GPU", 0)
+    gpus = resources.get("GPU", 0)
+    if args.gpus_per_trial > gpus:
         print(
             f"error: --gpus-per-trial {args.gpus_per_trial:g} but the Ray cluster has "
             f"{gpus:g} GPU{'' if gpus == 1 else 's'}, so no trial could start",
