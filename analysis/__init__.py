@@ -1,0 +1,30 @@
+"""Analysis of what studies wrote to MLflow: runs and histories as pandas
+DataFrames, stability statistics, seaborn figures and the HTML report
+(`python -m analysis.report STUDY`). Reads the study registry and scoring;
+nothing below it imports analysis.
+
+    from analysis import load_runs, config_stats
+    runs = load_runs("gan_stability")
+    config_stats(runs, ["fid"])
+"""
+
+from analysis.plots import PLOTS, View, figures, sampler_table
+from analysis.runs import AnalysisError, load_history, load_runs
+from analysis.stats import budget_curve, config_stats, importance, knobs, stability_map
+from scoring.registry import evaluate_samples
+
+__all__ = [
+    "PLOTS",
+    "AnalysisError",
+    "View",
+    "budget_curve",
+    "config_stats",
+    "evaluate_samples",
+    "figures",
+    "importance",
+    "knobs",
+    "load_history",
+    "load_runs",
+    "sampler_table",
+    "stability_map",
+]

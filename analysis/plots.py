@@ -5,7 +5,6 @@ it shows (a knob the invocation did not vary, a metric not logged)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,19 +14,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from analysis.stats import (
-    OUTCOMES,
-    bin_values,
-    budget_curve,
-    config_stats,
-    knobs,
-    stability_map,
-)
-
-OUTCOME_COLOURS = {
-    "ok": "#2a9d8f", "collapsed": "#e9c46a", "diverged": "#e76f51", "stopped": "#8d99ae",
-    "failed": "#6d597a",
-}  # fmt: skip
+from analysis.stats import bin_values, budget_curve, config_stats, knobs, stability_map
+from models.config import ConfigError
+from models.diffusion import parse_sampler
+from scoring.outcomes import COLOURS as OUTCOME_COLOURS
+from scoring.outcomes import OUTCOMES
+from scoring.registry import split_sampler_metric
 
 
 @dataclass
@@ -270,21 +262,33 @@ def temperature_curves(view: View) -> Figure | None:
 
 # --- diffusion ------------------------------------------------------------------
 
-_VARIANT = re.compile(r"^(fid|sample_seconds)_ddim(\d+)_eta([\d.]+)$")
+
+def _sampler_steps(sampler: str, runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Steps and eta of a diffusion sampler name for each run (ddpm's steps
+    are the run's T), or None when the name is no sampler."""
+    try:
+        steps_eta = [parse_sampler(sampler, int(t)) for t in runs["T"]]
+    except (ConfigError, KeyError, ValueError, TypeError):
+        return None
+    return pd.DataFrame(steps_eta, columns=["steps", "eta"], index=runs.index)
 
 
 def sampler_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Long format of the per-sampler metrics: run, schedule, steps, eta, metric, value."""
+    """Long format of the per-sampler metrics (the registry's, e.g. fid_ddim10_eta0
+    or fid_ddpm): run, schedule, steps, eta, metric, value."""
     rows = []
     for col in runs.columns:
-        m = _VARIANT.match(col)
-        if m:
-            part = runs[["run_id", "config_id", "seed", col]].rename(columns={col: "value"})
-            for k in ("schedule",):
-                if k in runs:
-                    part[k] = runs[k]
-            rows.append(part.assign(metric=m[1], steps=int(m[2]), eta=float(m[3])))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+        split = split_sampler_metric(col)
+        if split is None or split[0] not in ("fid", "sample_seconds"):
+            continue
+        steps = _sampler_steps(split[1], runs)
+        if steps is None:
+            continue
+        part = runs[["run_id", "config_id", "seed", col]].rename(columns={col: "value"})
+        if "schedule" in runs:
+            part["schedule"] = runs["schedule"]
+        rows.append(part.assign(metric=split[0], sampler=split[1], **steps))
+    return pd.concat(rows, ignore_index=True).dropna(subset=["value"]) if rows else pd.DataFrame()
 
 
 def fid_by_steps(view: View) -> Figure | None:

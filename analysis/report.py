@@ -22,6 +22,7 @@ import matplotlib
 import pandas as pd
 
 from analysis.runs import AnalysisError, load_history, load_runs
+from scoring.outcomes import OUTCOMES
 from study.studies import STUDIES
 from study.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
@@ -69,8 +70,6 @@ def _fmt_spread(stats: pd.DataFrame, metric: str) -> pd.Series:
 def best_table(stats: pd.DataFrame, knob_cols: list[str], metrics: list[str]) -> pd.DataFrame:
     """The top configurations as people read them: knobs, mean ± std [min, max]
     of each metric over seeds, and the outcomes."""
-    from analysis.stats import OUTCOMES
-
     top = stats.head(TOP)
     table = top[["config_id", *knob_cols, "seeds"]].copy()
     for m in metrics:

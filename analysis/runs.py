@@ -117,7 +117,9 @@ def load_history(
     client, uri = _client(tracking_uri)
     runs = runs if runs is not None else load_runs(study, tracking_uri, experiment)
     ids = runs["run_id"].tolist()
-    keys = list(metrics) if metrics is not None else _metric_keys(client, ids)
+    if metrics is None:
+        metrics = _metric_keys(client, _experiment_id(client, uri, experiment or study), ids)
+    keys = list(metrics)
     store = client._tracking_client.store  # the bulk query MLflow's UI uses
     frames = []
     for key in keys:
@@ -147,8 +149,13 @@ def load_history(
     return history[cols].sort_values(["run_id", "metric", "epoch"]).reset_index(drop=True)
 
 
-def _metric_keys(client: MlflowClient, run_ids: list[str]) -> list[str]:
+def _metric_keys(client: MlflowClient, exp_id: str, run_ids: list[str]) -> list[str]:
+    """Every metric key any of the runs logged (runs of one study log
+    different keys: penalty and noise metrics, sampler names). A search
+    returns each run's latest metric values, so no history is read."""
     keys: set[str] = set()
-    for rid in run_ids[:50]:  # every trial of a study logs the same keys
-        keys |= set(client.get_run(rid).data.metrics)
+    for chunk in _chunks(run_ids, _BULK):
+        ids = ", ".join(f"'{rid}'" for rid in chunk)
+        for run in _search(client, exp_id, f"attributes.run_id IN ({ids})"):
+            keys |= set(run.data.metrics)
     return sorted(keys)

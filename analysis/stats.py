@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-OUTCOMES = ("ok", "collapsed", "diverged", "stopped", "failed")
+from scoring.aggregate import per_configuration
+
 # columns of load_runs that describe a trial rather than configure it
 NOT_KNOBS = {
     "run_id", "parent_run_id", "study_run", "run_name", "status", "outcome", "outcome_reason",
@@ -33,21 +34,11 @@ def config_stats(
     runs: pd.DataFrame, metrics: Sequence[str], mode: str = "min", by: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """One row per configuration: its knobs, seeds, mean/std/min/max of each
-    metric over seeds, and the share of seeds ending in each outcome; sorted
-    best first by the first metric's mean."""
+    metric over seeds, and the count (`ok`) and share (`ok_rate`) of seeds
+    ending in each outcome; sorted best first by the first metric's mean.
+    The same aggregation as the end-of-study table."""
     by = list(by) if by is not None else knobs(runs, metrics)
-    metrics = [m for m in metrics if m in runs]
-    grouped = runs.groupby("config_id", sort=False)
-    out = grouped[by].first() if by else pd.DataFrame(index=grouped.size().index)
-    out["seeds"] = grouped.size()
-    for m in metrics:
-        stats = grouped[m].agg(["mean", "std", "min", "max"])
-        out[[f"{m}_{s}" for s in stats.columns]] = stats.to_numpy()
-    for o in OUTCOMES:
-        out[f"{o}_rate"] = grouped["outcome"].apply(lambda s, o=o: float((s == o).mean()))
-    if metrics:
-        out = out.sort_values(f"{metrics[0]}_mean", ascending=mode == "min", na_position="last")
-    return out.reset_index()
+    return per_configuration(runs, by, metrics, mode)
 
 
 def budget_curve(

@@ -18,9 +18,10 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from analysis.extractors import extractor_for
-from analysis.metrics import evaluate_samples, feature_stats, frechet_distance, kid
-from study.data import load_dataset
+from datasources import load_dataset
+from scoring.arithmetic import feature_stats, frechet_distance, kid
+from scoring.features import extractor_for
+from scoring.registry import evaluate_samples
 
 
 class Features(nn.Module):

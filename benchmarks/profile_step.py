@@ -15,8 +15,8 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from datasources import load_dataset
 from models.gan import GAN, GANConfig
-from study.data import load_dataset
 from study.studies import STUDIES
 
 

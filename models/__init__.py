@@ -3,7 +3,7 @@
 from models.autoencoder import Autoencoder
 from models.diffusion import Diffusion
 from models.dvae import DiscreteVAE
-from models.family import Family
+from models.family import Family, GenerativeFamily, generates
 from models.gan import GAN
 from models.vae import VAE
 
@@ -15,4 +15,4 @@ FAMILIES: dict[str, type[Family]] = {
     "diffusion": Diffusion,
 }
 
-__all__ = ["FAMILIES", "Family"]
+__all__ = ["FAMILIES", "Family", "GenerativeFamily", "generates"]

@@ -11,8 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.coders import batched, check_batch, decoder, encoder, epoch_means, recon_metrics
+from models.coders import (
+    RECON_METRICS,
+    batched,
+    check_batch,
+    decoder,
+    encoder,
+    epoch_means,
+    recon_metrics,
+)
 from models.config import param
+from models.family import Family
 
 ACTIVE = 0.5  # a sigmoid coding unit is "on" for an input above this
 
@@ -66,9 +75,10 @@ def kl_sparsity(codes: Tensor, p: float) -> Tensor:
     return (p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))).sum()
 
 
-class Autoencoder:
+class Autoencoder(Family):
     Config = AEConfig
-    generates = False
+    train_metrics = frozenset({"loss", "recon_loss", "sparsity_penalty"})
+    eval_metrics = RECON_METRICS | {"sparsity", "active_fraction", "denoise_mse"}
 
     def __init__(self, cfg: AEConfig, train_x: Tensor, test_x: Tensor) -> None:
         check_batch(cfg.batch_size, len(train_x))

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ConfigError
-
-ARCHS = ("mlp", "conv")
+from models.family import GenerativeFamily
 
 
 def _conv_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -81,6 +80,9 @@ def batched(fn: Callable[[Tensor], Tensor], x: Tensor, size: int = 1000) -> Tens
     return torch.cat([fn(chunk) for chunk in x.split(size)])
 
 
+RECON_METRICS = frozenset({"recon_mse", "recon_mse_train", "recon_vs_mean"})
+
+
 def recon_metrics(
     reconstruct: Callable[[Tensor], Tensor], train_x: Tensor, test_x: Tensor
 ) -> dict[str, float]:
@@ -106,7 +108,7 @@ def recon_sum(out: Tensor, x: Tensor) -> Tensor:
     return nll.flatten(1).sum(1)
 
 
-class EncoderDecoder:
+class EncoderDecoder(GenerativeFamily):
     """What the VAE families share: an encoder to `code_size` numbers, a
     decoder from `latent_size`, one Adam over both, and a step counter that
     drives their schedules; checkpoints hold all of it."""

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from models.coders import check_batch, epoch_means
 from models.config import ConfigError, param
+from models.family import GenerativeFamily
 from models.unet import UNet
 
 
@@ -97,9 +98,10 @@ def parse_sampler(name: str, T: int) -> tuple[int, float]:
     return int(m[1]), float(m[2])
 
 
-class Diffusion:
+class Diffusion(GenerativeFamily):
     Config = DiffusionConfig
-    generates = True
+    train_metrics = frozenset({"eps_loss", "grad_norm"})
+    eval_metrics = frozenset()  # judged on its samples, one set per sampler
 
     def __init__(self, cfg: DiffusionConfig, train_x: Tensor, test_x: Tensor) -> None:
         if train_x.dim() != 4 or train_x.shape[2] % 4 or train_x.shape[3] % 4:
@@ -142,25 +144,30 @@ class Diffusion:
         return epoch_means(self.x, self.cfg.batch_size, self._step)
 
     def evaluate(self) -> dict[str, float]:
-        return {}  # judged on its samples, one set per sampler
+        return {}
 
-    def sample_variants(self) -> dict[str, dict]:
-        """Every sampler scored at an evaluation (the first is the main one)."""
-        return {name: {"steps": s, "eta": e} for name, (s, e) in self.variants.items()}
+    def samplers(self) -> tuple[str, ...]:
+        return tuple(self.variants)
+
+    @classmethod
+    def is_sampler(cls, name: str) -> bool:
+        return name == "ddpm" or _SAMPLER.match(name) is not None
 
     @torch.inference_mode()
     def sample(
         self,
         n: int,
         generator: torch.Generator | None = None,
+        sampler: str | None = None,
         steps: int | None = None,
         eta: float | None = None,
         noise: Tensor | None = None,
     ) -> Tensor:
-        """DDIM from x_T = noise (drawn from generator when not given); the
-        main sampler's steps and eta unless given. Images in [0, 1]."""
-        main_steps, main_eta = next(iter(self.variants.values()))
-        steps, eta = steps or main_steps, main_eta if eta is None else eta
+        """DDIM from x_T = noise (drawn from generator when not given): the
+        named sampler's (default the main one's) steps and eta unless given.
+        Images in [0, 1]."""
+        named_steps, named_eta = self.variants[sampler or next(iter(self.variants))]
+        steps, eta = steps or named_steps, named_eta if eta is None else eta
         if noise is None:
             noise = torch.randn((n, *self.x.shape[1:]), generator=generator, device=self.x.device)
         out = torch.cat([self._ddim(c, steps, eta, generator) for c in noise.split(500)])

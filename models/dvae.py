@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.coders import EncoderDecoder, batched, epoch_means, recon_metrics
+from models.coders import RECON_METRICS, EncoderDecoder, batched, epoch_means, recon_metrics
 from models.config import param
 
 
@@ -63,7 +63,8 @@ def perplexity(codes: Tensor, k: int) -> float:
 
 class DiscreteVAE(EncoderDecoder):
     Config = DVAEConfig
-    generates = True
+    train_metrics = frozenset({"loss", "recon_loss", "kl_train", "tau"})
+    eval_metrics = RECON_METRICS | {"kl", "code_perplexity"}
 
     def __init__(self, cfg: DVAEConfig, train_x: Tensor, test_x: Tensor) -> None:
         super().__init__(
@@ -111,7 +112,9 @@ class DiscreteVAE(EncoderDecoder):
         }
 
     @torch.inference_mode()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, sampler: str | None = None
+    ) -> Tensor:
         """Decoded uniform random codes: the prior the KL term pulls toward."""
         codes = torch.randint(
             self.cfg.k, (n, self.cfg.d), device=self.x.device, generator=generator

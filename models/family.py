@@ -1,33 +1,65 @@
-"""The trial contract every model family implements, so one trainable runs them all."""
+"""The trial contract every model family implements, so one trainable runs
+them all. Two kinds: a `Family` trains and reports its own metrics (an
+autoencoder that only reconstructs); a `GenerativeFamily` also draws samples,
+which the trainable scores with the sample-metric registry."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 
-class Family(Protocol):
+class Family(ABC):
     Config: ClassVar[type]  # the typed config dataclass next to the model
-    generates: ClassVar[bool]  # whether sample() exists and samples are scored
+    # every name train_epoch() and evaluate() may return; the harness checks a
+    # study's metrics against them before anything starts
+    train_metrics: ClassVar[frozenset[str]]
+    eval_metrics: ClassVar[frozenset[str]]
 
-    def __init__(self, cfg: Any, train_x: Tensor, test_x: Tensor) -> None: ...
+    @abstractmethod
+    def __init__(self, cfg: Any, train_x: Tensor, test_x: Tensor) -> None:
+        """Build from the config and the data, already on the trial's device;
+        a setting that cannot work with this data raises ConfigError."""
 
+    @abstractmethod
     def train_epoch(self) -> dict[str, Tensor | float]:
         """One pass over the training data; scalar metrics, as 0-d tensors left
         on the device so the caller reads them with one sync per epoch."""
 
+    @abstractmethod
     def evaluate(self) -> dict[str, float]:
         """The family's own held-out metrics (reconstruction, KL, ...)."""
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n samples in data space: images in [0, 1] as (n, C, H, W), points as (n, 2)."""
+    @abstractmethod
+    def state_dict(self) -> dict:
+        """Networks and optimisers: what a checkpoint must hold to continue."""
 
-    # Optional: sample_variants() -> {name: sample() keyword arguments}, for a
-    # family that scores several samplers per evaluation (diffusion: DDIM steps
-    # and eta). Each is logged with the name as suffix; the first also unsuffixed.
-
-    def state_dict(self) -> dict: ...
-
+    @abstractmethod
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class GenerativeFamily(Family):
+    @abstractmethod
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, sampler: str | None = None
+    ) -> Tensor:
+        """n samples in data space: images in [0, 1] as (n, C, H, W), points as
+        (n, 2); `sampler` names one of samplers() (None: the main one)."""
+
+    def samplers(self) -> tuple[str, ...]:
+        """Named samplers scored at every evaluation, the first the main one;
+        each one's per-sampler metrics are logged as METRIC_NAME. Empty: one
+        unnamed sampler."""
+        return ()
+
+    @classmethod
+    def is_sampler(cls, name: str) -> bool:
+        """Whether `name` can name a sampler of this family (for name checks)."""
+        return False
+
+
+def generates(family: type[Family]) -> bool:
+    return issubclass(family, GenerativeFamily)

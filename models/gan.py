@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from models.config import ConfigError, param
+from models.family import GenerativeFamily
 from models.gan_parts import LOSSES, MinibatchStdDev, ReplayBuffer, gradient_penalty
 
 
@@ -135,11 +136,10 @@ ARCHS = {
 # --- the family -------------------------------------------------------------
 
 
-class GAN:
-    """Trial contract: train_epoch, evaluate, sample, state_dict/load_state_dict."""
-
+class GAN(GenerativeFamily):
     Config = GANConfig
-    generates = True
+    train_metrics = frozenset({"d_loss", "g_loss"})
+    eval_metrics = frozenset()  # a GAN is judged on its samples alone
 
     def __init__(self, cfg: GANConfig, train_x: Tensor, test_x: Tensor) -> None:
         if cfg.batch_size % cfg.pac:
@@ -207,10 +207,12 @@ class GAN:
         return {"d_loss": d_sum / steps, "g_loss": g_sum / (steps // n_disc)}
 
     def evaluate(self) -> dict[str, float]:
-        return {}  # a GAN is judged on its samples alone
+        return {}
 
     @torch.inference_mode()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, sampler: str | None = None
+    ) -> Tensor:
         self.G.eval()
         out = torch.cat([self.G(self._z(len(c), generator)) for c in torch.arange(n).split(1000)])
         self.G.train()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from models.coders import EncoderDecoder, batched, epoch_means, recon_metrics
+from models.coders import RECON_METRICS, EncoderDecoder, batched, epoch_means, recon_metrics
 from models.config import param
 
 ACTIVE_UNIT = 0.01  # Burda et al.: unit u is active when Cov_x(E_q[z_u | x]) > 0.01
@@ -49,7 +49,8 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 
 class VAE(EncoderDecoder):
     Config = VAEConfig
-    generates = True
+    train_metrics = frozenset({"loss", "recon_loss", "kl_train", "kl_weight"})
+    eval_metrics = RECON_METRICS | {"kl", "active_units"}
 
     def __init__(self, cfg: VAEConfig, train_x: Tensor, test_x: Tensor) -> None:
         super().__init__(
@@ -89,6 +90,8 @@ class VAE(EncoderDecoder):
         }
 
     @torch.inference_mode()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, sampler: str | None = None
+    ) -> Tensor:
         z = torch.randn(n, self.cfg.latent, device=self.x.device, generator=generator)
         return batched(self.dec, z)

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from study.tracking import TrialRun
 
 
 def save_samples_png(samples: Tensor, path: Path, modes: Tensor | None = None) -> None:
@@ -33,3 +38,11 @@ def save_samples_png(samples: Tensor, path: Path, modes: Tensor | None = None) -
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def log_samples(run: TrialRun, samples: Tensor, epoch: int, modes: Tensor | None) -> None:
+    """The picture of an evaluation's samples, as samples/samples_epochNNNN.png."""
+    with tempfile.TemporaryDirectory() as d:
+        png = Path(d) / f"samples_epoch{epoch:04d}.png"
+        save_samples_png(samples, png, modes)
+        run.log_file(png, "samples")

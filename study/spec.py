@@ -18,6 +18,7 @@ import optuna
 
 from models import FAMILIES
 from models.config import ConfigError, build, coerce, keys, param
+from study import defaults as d
 
 # --- axes -------------------------------------------------------------------
 
@@ -107,9 +108,9 @@ class Study:
     mode: str  # "min" or "max"
     axes: dict[str, Axis]
     fixed: dict[str, Any] = field(default_factory=dict)  # trial and family settings
-    num_samples: int = 8  # configurations
-    seeds: int = 3
-    search: str = "optuna"  # default --search: "grid" where the axes are few and discrete
+    num_samples: int = d.NUM_SAMPLES  # configurations
+    seeds: int = d.SEEDS
+    search: str = d.SEARCH  # "grid" where the axes are few and discrete
     smoke: dict[str, Any] = field(default_factory=dict)  # settings under --smoke
     table_metrics: tuple[str, ...] = ()  # reported with mean and std per configuration
 

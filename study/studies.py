@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+from study.defaults import SMOKE_SETTINGS as SMOKE
 from study.spec import Choice, LogUniform, Study, Uniform
-
-# Shrinks any study to seconds: few epochs, a slice of the data, few samples.
-SMOKE = {"epochs": 2, "eval_every": 1, "train_size": 512, "eval_samples": 200}
 
 STUDIES: dict[str, Study] = {}
 

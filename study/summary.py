@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-OUTCOME_ORDER = ("ok", "collapsed", "diverged", "stopped", "failed")
+from scoring.aggregate import per_configuration
+from scoring.outcomes import OUTCOMES, ended
 
 
 def trial_rows(results: Any, searched: tuple[str, ...], metrics: tuple[str, ...]) -> pd.DataFrame:
@@ -16,12 +17,12 @@ def trial_rows(results: Any, searched: tuple[str, ...], metrics: tuple[str, ...]
     rows = []
     for r in results:
         last = r.metrics or {}
-        outcome = last.get("outcome", "failed") if r.error is None else "failed"
+        outcome = ended(last.get("outcome")) if r.error is None else "failed"
         row = {k: (r.config or {}).get(k) for k in searched}
         row |= {
             "config_id": last.get("config_id"),
             "seed": last.get("seed"),
-            "outcome": "stopped" if outcome == "running" else outcome,
+            "outcome": outcome,
             "epoch": last.get("epoch"),
         }
         for m in metrics:
@@ -38,21 +39,8 @@ def config_table(
     sort_by: str,
     mode: str,
 ) -> pd.DataFrame:
-    """Per configuration: searched values, mean and std of each metric over the
-    seeds that produced it, seed count and outcome counts; best first."""
-    keyed = trials.dropna(subset=["config_id"])
-    if keyed.empty:
-        return pd.DataFrame()
-    groups = keyed.groupby("config_id", sort=False)
-    table = groups[list(searched)].first() if searched else pd.DataFrame(index=groups.size().index)
-    for m in metrics:
-        table[f"{m}_mean"] = groups[m].mean()
-        table[f"{m}_std"] = groups[m].std(ddof=1)
-    table["seeds"] = groups.size()
-    for o in OUTCOME_ORDER:
-        table[o] = groups["outcome"].apply(lambda s, o=o: int((s == o).sum()))
-    table = table.sort_values(f"{sort_by}_mean", ascending=(mode == "min"), na_position="last")
-    return table.reset_index()
+    """Per configuration over its seeds, best first by `sort_by`."""
+    return per_configuration(trials, searched, metrics, mode, sort_by)
 
 
 def _num(v: Any) -> str:
@@ -73,13 +61,12 @@ def format_table(
             for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)
         ]
     shown["outcomes"] = [
-        ", ".join(f"{o} {int(row[o])}" for o in OUTCOME_ORDER if row[o])
-        for _, row in table.iterrows()
+        ", ".join(f"{o} {int(row[o])}" for o in OUTCOMES if row[o]) for _, row in table.iterrows()
     ]
     return shown.head(limit).to_string(index=False)
 
 
 def outcome_line(trials: pd.DataFrame) -> str:
     counts = trials["outcome"].value_counts()
-    parts = [f"{o} {int(counts.get(o, 0))}" for o in OUTCOME_ORDER if counts.get(o, 0)]
+    parts = [f"{o} {int(counts.get(o, 0))}" for o in OUTCOMES if counts.get(o, 0)]
     return f"{len(trials)} trials: " + ", ".join(parts)

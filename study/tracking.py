@@ -1,6 +1,8 @@
-"""MLflow layout (DESIGN.md): experiment = study, one parent run per invocation,
+"""Everything MLflow: the store (checked, created), the experiment (the
+study), one parent run per invocation (opened, reopened on --resume, closed),
 one child run per trial with its full config, per-epoch metrics (step=epoch),
-outcome tags, sample grids and the final metrics as JSON."""
+outcome tags, sample grids and the final metrics as JSON; and the driver-side
+callback that closes the runs of trials that could not close their own."""
 
 from __future__ import annotations
 
@@ -97,13 +99,53 @@ def start_parent(
     return run.info.run_id
 
 
+def open_parent(
+    client: MlflowClient,
+    exp_id: str,
+    parent_run_id: str | None,
+    name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+) -> str:
+    """The invocation's parent run: created with its tags and params, or the
+    existing one set running again on --resume."""
+    if parent_run_id is None:
+        return start_parent(client, exp_id, name, tags, params)
+    client.update_run(parent_run_id, status="RUNNING")
+    return parent_run_id
+
+
+def close_parent(
+    client: MlflowClient, run_id: str, summary: Path | None, status: str = "FINISHED"
+) -> None:
+    """Attach the summary tables (if any) and end the parent run."""
+    if summary is not None:
+        client.log_artifacts(run_id, str(summary), "summary")
+    client.set_terminated(run_id, status)
+
+
+def children(client: MlflowClient, exp_id: str, parent_run_id: str, where: str = "") -> list[Any]:
+    """The child runs of a parent, optionally filtered further (`where`)."""
+    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'" + (
+        f" and {where}" if where else ""
+    )
+    return client.search_runs([exp_id], query, max_results=50_000)
+
+
+def find_trial_run(client: MlflowClient, exp_id: str, parent_run_id: str, trial_id: str) -> Any:
+    """The child run of a Tune trial, or None."""
+    found = children(client, exp_id, parent_run_id, f"tags.trial_id = '{trial_id}'")
+    return found[0] if found else None
+
+
+def close_run(client: MlflowClient, run_id: str, outcome: str, reason: str, status: str) -> None:
+    client.log_batch(run_id, tags=[RunTag("outcome", outcome), RunTag("outcome_reason", reason)])
+    client.set_terminated(run_id, status)
+
+
 def kill_running_children(client: MlflowClient, exp_id: str, parent_run_id: str) -> None:
     """Mark the runs of trials stopped by an interrupt KILLED; --resume re-opens them."""
-    for run in client.search_runs(
-        [exp_id],
-        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
-        max_results=50_000,
-    ):
+    for run in children(client, exp_id, parent_run_id, "attributes.status = 'RUNNING'"):
         client.set_terminated(run.info.run_id, "KILLED")
 
 
@@ -146,19 +188,14 @@ class TrialRun:
     ) -> TrialRun:
         """The trial's run: the existing one when the trial is retried or
         resumed (found by its trial id), so no trial is ever logged twice."""
-        found = client.search_runs(
-            [exp_id],
-            f"tags.trial_id = '{trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
-            max_results=1,
-        )
-        if found and _same_trial(found[0].data.params, params):
-            run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-            return cls(client, run_id, reopened=True)
+        found = find_trial_run(client, exp_id, parent_run_id, trial_id)
+        if found and _same_trial(found.data.params, params):
+            client.update_run(found.info.run_id, status="RUNNING")
+            return cls(client, found.info.run_id, reopened=True)
         if found:
             # a trial id reused for another config: the driver died before Tune
             # saved the trial it first named so; that attempt is void
-            client.delete_run(found[0].info.run_id)
+            client.delete_run(found.info.run_id)
         tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, "trial_id": trial_id, MLFLOW_RUN_NAME: name}
         run = client.create_run(exp_id, run_name=name, tags=tags)
         log_params(client, run.info.run_id, params)
@@ -199,5 +236,4 @@ class TrialRun:
 
     def finish(self, outcome: str, reason: str, status: str = "FINISHED") -> None:
         self.flush()
-        self.set_tags({"outcome": outcome, "outcome_reason": reason})
-        self.client.set_terminated(self.run_id, status)
+        close_run(self.client, self.run_id, outcome, reason, status)

@@ -2,40 +2,36 @@
 
 Seeds everything, loads the data once onto the trial's device, trains epoch by
 epoch, evaluates every `eval_every` epochs and at the end, and at each
-evaluation writes the buffered MLflow metrics, then reports to Tune with a
-checkpoint. A non-finite or exploding loss ends the trial as `diverged`; final
-samples covering under half the classes, or reconstructions hardly better than
-the mean image, end it as `collapsed`.
+evaluation writes the buffered MLflow metrics, then reports with a
+checkpoint. A non-finite or exploding loss ends the trial as `diverged`; the
+collapse rules of scoring.outcomes may end it as `collapsed`.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from socket import gethostname
 from typing import Any
 
 import numpy as np
-import ray
 import torch
 from mlflow import MlflowClient
-from ray import tune
 from ray.tune.search.repeater import TRIAL_INDEX
 
-from analysis.metrics import collapse_reason, evaluate_samples, provenance
-from models import FAMILIES, Family
-from study.data import Dataset, load_dataset
-from study.sample_grid import save_samples_png
-from study.spec import TrialConfig, config_id, split_settings
+from datasources import Dataset, load_dataset
+from models import FAMILIES, Family, generates
+from scoring.outcomes import RUNNING, divergence, final_outcome
+from scoring.registry import METRICS, evaluate_samples, provenance
+from study.defaults import PENALTY
+from study.sample_grid import log_samples
+from study.session import TrialSession, TuneSession
+from study.spec import Study, TrialConfig, config_id, split_settings
 from study.studies import STUDIES
 from study.tracking import TrialRun
-
-STATE_FILE = "state.pt"
 
 
 @dataclass(frozen=True)
@@ -78,21 +74,12 @@ def speed_ups(family: Family, cfg: TrialConfig, device: torch.device):
     """Opt-in GPU speed-ups. `compile` compiles each network of the family in
     place (state_dict keys stay the same, so checkpoints do not change);
     `bf16` returns an autocast context for the training step. On a CPU
-    without bf16 units both cost more than they give (README: Performance)."""
+    without bf16 units both cost more than they give (docs/performance.md)."""
     if cfg.compile:
         for module in vars(family).values():
             if isinstance(module, torch.nn.Module):
                 module.compile()
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-
-
-def divergence(metrics: dict[str, float], max_loss: float) -> str | None:
-    for k, v in metrics.items():
-        if not math.isfinite(v):
-            return f"non-finite {k}"
-        if "loss" in k and abs(v) > max_loss:
-            return f"|{k}| = {abs(v):.3g} exceeds max_loss {max_loss:g}"
-    return None
 
 
 def run_name(values: dict[str, Any], searched: tuple[str, ...], seed: int) -> str:
@@ -102,40 +89,43 @@ def run_name(values: dict[str, Any], searched: tuple[str, ...], seed: int) -> st
     return " ".join([*(f"{k}={fmt(values[k])}" for k in searched), f"seed={seed}"])
 
 
-# what is logged per sampler variant (e.g. fid_ddim10_eta0) besides the main one
-VARIANT_METRICS = ("fid", "kid", "precision", "recall", "modes_covered", "sample_seconds")
-
-
-def _evaluate(
+def evaluate(
     family: Family, data: Dataset, cfg: TrialConfig, seed: int
-) -> tuple[dict, torch.Tensor | None]:
+) -> tuple[dict[str, float], torch.Tensor | None]:
+    """The family's own metrics, and for a generating family every registered
+    sample metric of each of its samplers (the first also unsuffixed); the
+    main sampler's samples come back for the picture."""
     metrics = dict(family.evaluate())
-    if not family.generates:
+    if not generates(type(family)):
         return metrics, None
-    # a family may score several samplers; the first is its main one
-    variants = family.sample_variants() if hasattr(family, "sample_variants") else {"": {}}
     main = None
-    for name, kwargs in variants.items():
+    for name in family.samplers() or ("",):
         # the same latent noise at every evaluation: grids are comparable over epochs
         gen = torch.Generator(device=data.train_x.device).manual_seed(seed + 1)
         t0 = time.perf_counter()
-        samples = family.sample(cfg.eval_samples, generator=gen, **kwargs)
+        samples = family.sample(cfg.eval_samples, generator=gen, sampler=name or None)
         if samples.is_cuda:
             torch.cuda.synchronize()
-        scored = {"sample_seconds": (time.perf_counter() - t0) * 1000 / cfg.eval_samples}
-        scored |= evaluate_samples(samples, data.name, inception_weights=cfg.inception_weights)
+        seconds = (time.perf_counter() - t0) * 1000 / cfg.eval_samples
+        scored = evaluate_samples(
+            samples, data.name, inception_weights=cfg.inception_weights, seconds=seconds
+        )
         if main is None:
             metrics |= scored
             main = samples
         if name:
-            metrics |= {f"{k}_{name}": scored[k] for k in VARIANT_METRICS if k in scored}
+            metrics |= {f"{k}_{name}": v for k, v in scored.items() if METRICS[k].per_sampler}
     return metrics, main
 
 
 def train(config: dict[str, Any], ctx: TrialContext) -> None:
+    """The Ray Tune trainable."""
+    run_trial(config, ctx, TuneSession())
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> None:
     study = STUDIES[ctx.study]
-    sampled = {k: v for k, v in config.items() if k != TRIAL_INDEX}
-    values = {**ctx.fixed, **sampled}
+    values = {**ctx.fixed, **{k: v for k, v in config.items() if k != TRIAL_INDEX}}
     trial_cfg, family_cfg = split_settings(study, values)
     seed = trial_cfg.seed + int(config.get(TRIAL_INDEX, 0))
     # the full resolved config, defaults included: what the params record and
@@ -145,95 +135,98 @@ def train(config: dict[str, Any], ctx: TrialContext) -> None:
     torch.set_num_threads(ctx.threads)
     seed_everything(seed)
     device = trial_device()
-
     data = load_dataset(ctx.dataset, ctx.data_dir)
     if trial_cfg.train_size:
         data = data.subset(trial_cfg.train_size)
     data = data.to(device)
-
     params = {
         **resolved,
         "seed": seed,
         "config_id": cid,
-        "dataset": ctx.dataset,
         "family": study.family,
         "device": str(device),
         "threads": ctx.threads,
-        **(provenance(ctx.dataset, str(device)) if FAMILIES[study.family].generates else {}),
+        **(provenance(ctx.dataset, str(device)) if generates(FAMILIES[study.family]) else {}),
     }
+    name = run_name(values, ctx.searched, seed)
     client = MlflowClient(ctx.tracking_uri)
-    trial_id = tune.get_context().get_trial_id()
     run = TrialRun.open(
-        client,
-        ctx.experiment_id,
-        ctx.parent_run_id,
-        trial_id,
-        run_name(values, ctx.searched, seed),
-        params,
+        client, ctx.experiment_id, ctx.parent_run_id, session.trial_id, name, params
     )
     # where this attempt runs; a retry may land elsewhere, so a tag, not a param
-    run.set_tags({"ray_node": ray.get_runtime_context().get_node_id(), "host": gethostname()})
+    run.set_tags({"ray_node": session.node_id, "host": gethostname()})
     try:
-        _train_loop(study, trial_cfg, family_cfg, data, seed, cid, run)
+        _train_loop(study, trial_cfg, family_cfg, data, seed, cid, run, session)
     except Exception as e:
         run.finish("failed", f"{type(e).__name__}: {e}"[:5000], status="FAILED")
         run.log_json({"traceback": traceback.format_exc()}, "failure.json")
         raise
 
 
+@dataclass
+class _Progress:
+    """What a checkpoint carries besides the model: where the trial is."""
+
+    epoch: int = 0
+    last_eval: dict[str, float] | None = None
+    clock: dict[str, float] | None = None
+
+
+def _restore(
+    family: Family, device: torch.device, run: TrialRun, session: TrialSession
+) -> _Progress | None:
+    """Continue from the session's checkpoint; None when the trial had ended
+    (it died before its end was recorded: the end is reported again)."""
+    state = session.restore(device)
+    if state is None:
+        return _Progress(clock={"train_seconds": 0.0, "eval_seconds": 0.0}, last_eval={})
+    run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible in MLflow
+    if state["result"]["outcome"] != RUNNING:
+        run.finish(state["result"]["outcome"], state["reason"])
+        session.report(state["result"], None)
+        return None
+    family.load_state_dict(state["family"])
+    torch.set_rng_state(state["rng"])
+    return _Progress(state["epoch"], state["last_eval"], state["clock"])
+
+
 def _train_loop(
-    study, trial_cfg: TrialConfig, family_cfg, data: Dataset, seed: int, cid: str, run: TrialRun
+    study: Study,
+    trial_cfg: TrialConfig,
+    family_cfg: Any,
+    data: Dataset,
+    seed: int,
+    cid: str,
+    run: TrialRun,
+    session: TrialSession,
 ) -> None:
     family = FAMILIES[study.family](family_cfg, data.train_x, data.test_x)
     autocast = speed_ups(family, trial_cfg, data.train_x.device)
-    start, last_eval = 1, {}
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(
-                Path(d) / STATE_FILE, map_location=data.train_x.device, weights_only=True
-            )
-        run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible in MLflow
-        if state["result"]["outcome"] != "running":
-            # it had ended, but died before Tune recorded the end: close and re-report
-            run.finish(state["result"]["outcome"], state["reason"])
-            tune.report(state["result"])
-            return
-        family.load_state_dict(state["family"])
-        torch.set_rng_state(state["rng"])
-        start, last_eval, clock = state["epoch"] + 1, state["last_eval"], state["clock"]
-    else:
-        clock = {"train_seconds": 0.0, "eval_seconds": 0.0}
-
-    penalty = 1e6 if study.mode == "min" else -1e6
+    progress = _restore(family, data.train_x.device, run, session)
+    if progress is None:
+        return
+    clock, last_eval = progress.clock, progress.last_eval
+    penalty = PENALTY if study.mode == "min" else -PENALTY
     clock["started_at"] = time.time()  # when training (re)starts: after every set-up cost
     base, loop_start = dict(clock), time.perf_counter()
-    for epoch in range(start, trial_cfg.epochs + 1):
+    for epoch in range(progress.epoch + 1, trial_cfg.epochs + 1):
         with autocast:
             train_metrics = read_scalars(family.train_epoch())
         run.add(epoch, train_metrics)
-        reason = divergence(train_metrics, trial_cfg.max_loss)
-        final = reason is not None or epoch == trial_cfg.epochs
+        diverged = divergence(train_metrics, trial_cfg.max_loss)
+        final = diverged is not None or epoch == trial_cfg.epochs
         if not (final or epoch % trial_cfg.eval_every == 0):
             continue
         t_eval = time.perf_counter()
-        if reason is None:
-            last_eval, samples = _evaluate(family, data, trial_cfg, seed)
+        if diverged is None:
+            last_eval, samples = evaluate(family, data, trial_cfg, seed)
             run.add(epoch, last_eval)
             if samples is not None:
-                with tempfile.TemporaryDirectory() as d:
-                    png = Path(d) / f"samples_epoch{epoch:04d}.png"
-                    save_samples_png(samples, png, data.modes)
-                    run.log_file(png, "samples")
+                log_samples(run, samples, epoch, data.modes)
         clock["eval_seconds"] += time.perf_counter() - t_eval
-        outcome = "running"
-        if final:
-            if reason is not None:
-                outcome = "diverged"
-            elif reason := collapse_reason(last_eval, data.n_classes):
-                outcome = "collapsed"
-            else:
-                outcome, reason = "ok", ""
+        outcome, reason = (
+            final_outcome(diverged, last_eval, data.n_classes) if final else (RUNNING, "")
+        )
         score = last_eval.get(study.metric, penalty)
         objective = score if outcome != "diverged" and math.isfinite(score) else penalty
         # training time is all loop time but evaluation: it includes the harness's
@@ -252,25 +245,21 @@ def _train_loop(
         }
         if final:
             run.log_json(result, "final_metrics.json")
-            run.finish(outcome, reason or "")
+            run.finish(outcome, reason)
         else:
             run.flush()
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(
-                {
-                    "family": family.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "epoch": epoch,
-                    "last_eval": last_eval,
-                    "clock": clock,
-                    "result": result,
-                    "reason": reason or "",
-                },
-                Path(d) / STATE_FILE,
-            )
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+        state = {
+            "family": family.state_dict(),
+            "rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "last_eval": last_eval,
+            "clock": clock,
+            "result": result,
+            "reason": reason,
+        }
+        session.report(result, state)
         if final:
             return
 
 
-__all__ = ["TrialContext", "train"]
+__all__ = ["TrialContext", "evaluate", "run_trial", "train"]

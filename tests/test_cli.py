@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from study.run import trials_at_once
+from study.preflight import trials_at_once
 from tests.conftest import run_cli
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from study.data import DATASETS, DataError, load_dataset, mixture_centres
+from datasources import DATASETS, DataError, load_dataset
+from datasources.builders import grid_centres, ring_centres
 
 
 @pytest.mark.parametrize(
@@ -37,8 +38,8 @@ def test_image_splits_are_disjoint_and_stratified():
 def test_mixtures_follow_the_pacgan_protocol():
     ring, grid = load_dataset("ring"), load_dataset("grid")
     assert ring.n_classes == 8 and grid.n_classes == 25
-    assert np.allclose(np.linalg.norm(mixture_centres("ring"), axis=1), 1)
-    assert sorted(set(mixture_centres("grid")[:, 0])) == [-4, -2, 0, 2, 4]
+    assert np.allclose(np.linalg.norm(ring_centres(), axis=1), 1)
+    assert sorted(set(grid_centres()[:, 0])) == [-4, -2, 0, 2, 4]
     for d in (ring, grid):
         offsets = d.train_x - d.modes[d.train_y]
         assert offsets.std().item() == pytest.approx(d.mode_std, rel=0.02)

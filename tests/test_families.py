@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.metrics import RECON_COLLAPSE, collapse_reason
+from datasources import load_dataset
 from models import FAMILIES
 from models.autoencoder import AEConfig, Autoencoder, kl_sparsity
 from models.config import ConfigError
@@ -24,7 +24,7 @@ from models.diffusion import (
 )
 from models.dvae import DiscreteVAE, DVAEConfig, perplexity, temperature, uniform_kl
 from models.vae import VAE, VAEConfig, gaussian_kl, kl_weight_at
-from study.data import load_dataset
+from scoring.outcomes import RECON_COLLAPSE, collapse_reason
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 from torchmetrics.image.fid import _compute_fid
 from torchmetrics.image.kid import poly_mmd
 
-from analysis.metrics import density_coverage, frechet_distance, kid, precision_recall
+from scoring.arithmetic import density_coverage, frechet_distance, kid, precision_recall
 
 
 def test_fid_agrees_with_torchmetrics_on_the_same_features():
@@ -55,11 +55,12 @@ def test_precision_recall_density_coverage_on_hand_made_sets():
 
 
 def test_prdc_self_test_of_the_authors():
-    """REFERENCES.md: two independent sets of 10,000 points from N(0, I) in 1000
-    dimensions, k = 5, give precision 0.477, recall 0.471, density 1.056,
-    coverage 0.974. Precision, recall and coverage agree within 0.02 on any
-    draw; density moves by about 0.06 between draws of the two sets (1.029,
-    1.059 and 0.946 on three draws), so it is held to that."""
+    """Naeem et al.'s self-test (prdc README): two independent sets of 10,000
+    points from N(0, I) in 1000 dimensions, k = 5, give precision 0.477,
+    recall 0.471, density 1.056, coverage 0.974. Precision, recall and
+    coverage agree within 0.02 on any draw; density moves by about 0.06
+    between draws of the two sets (1.029, 1.059 and 0.946 on three draws),
+    so it is held to that."""
     torch.manual_seed(0)
     real, fake = torch.randn(10_000, 1000), torch.randn(10_000, 1000)
     got = precision_recall(real, fake, k=5) | density_coverage(real, fake, k=5)

@@ -5,17 +5,11 @@ import pytest
 import scipy.linalg
 import torch
 
-from analysis.extractors import extractor_for
-from analysis.metrics import (
-    class_coverage,
-    collapse_reason,
-    evaluate_samples,
-    feature_stats,
-    frechet_distance,
-    mixture_quality,
-    provenance,
-)
-from study.data import load_dataset
+from datasources import load_dataset
+from scoring.arithmetic import class_coverage, feature_stats, frechet_distance, mixture_quality
+from scoring.features import extractor_for
+from scoring.outcomes import collapse_reason
+from scoring.registry import evaluate_samples, provenance
 
 
 def test_frechet_distance_matches_closed_form_for_gaussians():
@@ -127,8 +121,8 @@ def test_real_images_score_near_perfect_and_noise_scores_zero_on_every_metric():
 def test_inception_fid_reads_a_local_weights_file_and_never_downloads(tmp_path, monkeypatch):
     import torchvision
 
-    import analysis.extractors as ex
-    from analysis.extractors import InceptionError, inception_extractor
+    import scoring.features as ex
+    from scoring.features import InceptionError, inception_extractor
 
     with pytest.raises(InceptionError, match="does not exist"):
         inception_extractor(str(tmp_path / "missing.pth"))

@@ -1,4 +1,4 @@
-"""The performance rules of DESIGN.md, checked on the real training step."""
+"""The performance rules (docs/performance.md), checked on the real training step."""
 
 import traceback
 

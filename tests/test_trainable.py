@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from study.trainable import divergence, read_scalars, run_name
+from scoring.outcomes import divergence
+from study.trainable import read_scalars, run_name
 
 
 def test_read_scalars_reads_device_tensors_once_and_keeps_floats():

@@ -1,22 +1,15 @@
-"""Sample-quality and mode-collapse metrics, one code path for trials and notebooks.
-
-`evaluate_samples(samples, dataset)` scores generated data against the
-dataset's held-out split: images in the features and predictions of the
-dataset's own classifier, 2-D mixtures by distance to the mixture's modes
-(PacGAN protocol, REFERENCES.md).
+"""The arithmetic of the sample metrics, on tensors: Frechet distance, KID,
+precision/recall, density/coverage, class coverage and the PacGAN mixture
+protocol. Which metric runs on which data is the registry's business
+(scoring/registry.py); these functions know nothing of datasets.
 """
 
 from __future__ import annotations
 
 import math
-from functools import cache
 
-import numpy as np
 import torch
 from torch import Tensor
-
-from analysis.extractors import extractor_for, inception_extractor
-from study.data import Dataset, load_dataset
 
 HQ_THRESHOLD = 3.0  # a 2-D sample is high quality within 3 standard deviations of a mode
 
@@ -114,11 +107,6 @@ def density_coverage(real: Tensor, fake: Tensor, k: int = 5, chunk: int = 2048) 
     return {"density": float(density), "coverage": float(coverage)}
 
 
-# Stacked MNIST's protocol (VEEGAN, PacGAN) counts a mode with a single sample
-# among ~26,000: its 1000 classes are too many for a share threshold.
-MIN_COUNT = {"stacked_mnist": 1.0}
-
-
 def class_coverage(
     pred: Tensor, n_classes: int, min_count: float | None = None
 ) -> dict[str, float]:
@@ -157,100 +145,3 @@ def mixture_quality(points: Tensor, modes: Tensor, std: float) -> dict[str, floa
         "hq_fraction": float(hq.double().mean()),
         "reverse_kl": rkl,
     }
-
-
-@cache
-def _reference(
-    dataset: str, device: str
-) -> tuple[Dataset, Tensor | None, Tensor | None, Tensor | None]:
-    """The held-out split on `device`, with its features and their statistics
-    (images), computed once per process and shared by every evaluation."""
-    data = load_dataset(dataset).to(device)
-    if not data.is_image:
-        return data, None, None, None
-    feats = extractor_for(dataset, device).features(data.test_x)
-    mu, cov = feature_stats(feats)
-    return data, feats, mu, cov
-
-
-@cache
-def _inception_reference(dataset: str, weights: str, device: str) -> tuple[Tensor, Tensor]:
-    data = load_dataset(dataset).to(device)
-    return feature_stats(inception_extractor(weights, device).features(data.test_x))
-
-
-def _as_tensor(samples: Tensor | np.ndarray, device: str | None) -> Tensor:
-    x = torch.as_tensor(np.asarray(samples) if not isinstance(samples, Tensor) else samples)
-    return x.float().to(device or x.device)
-
-
-def evaluate_samples(
-    samples: Tensor | np.ndarray,
-    dataset: str = "mnist5k",
-    device: str | None = None,
-    inception_weights: str | None = None,
-) -> dict[str, float]:
-    """Score generated samples against `dataset`'s held-out split.
-
-    Images: (N, C, H, W) in [0, 1] -> fid, kid, precision, recall, density,
-    coverage, modes_covered, mode_kl; with `inception_weights` (a local Inception
-    v3 weights file) also fid_inception.
-    2-D mixtures: (N, 2) -> modes_captured, hq_fraction, reverse_kl.
-    """
-    x = _as_tensor(samples, device)
-    dev = str(x.device)
-    data, ref, mu, cov = _reference(dataset, dev)
-    expected = tuple(data.test_x.shape[1:])
-    if tuple(x.shape[1:]) != expected:
-        raise ValueError(
-            f"samples of shape {tuple(x.shape)} do not match {dataset} samples (N, "
-            f"{', '.join(map(str, expected))})"
-        )
-    if not data.is_image:
-        return mixture_quality(x, data.modes, data.mode_std)
-    ext = extractor_for(dataset, dev)
-    feats = ext.features(x)  # one pass through the extractor serves every metric
-    mu_g, cov_g = feature_stats(feats)
-    out = {}
-    if inception_weights:
-        mu_i, cov_i = _inception_reference(dataset, inception_weights, dev)
-        inc = inception_extractor(inception_weights, dev).features(x)
-        out["fid_inception"] = frechet_distance(mu_i, cov_i, *feature_stats(inc))
-    return out | {
-        "fid": frechet_distance(mu, cov, mu_g, cov_g),
-        "kid": kid(ref, feats),
-        **precision_recall(ref, feats, k=3),
-        **density_coverage(ref, feats, k=5),
-        **class_coverage(ext.predict(x), data.n_classes, MIN_COUNT.get(dataset)),
-    }
-
-
-def provenance(dataset: str, device: str = "cpu") -> dict[str, str]:
-    """What a run records beside its scores: which extractor, which weights,
-    which reference set, so numbers from different runs are known comparable."""
-    data = _reference(dataset, device)[0]
-    out = {"fid_reference": f"{dataset}:test", "fid_n_real": str(len(data.test_x))}
-    if data.is_image:
-        ext = extractor_for(dataset, device)
-        out |= {
-            "fid_extractor": ext.name,
-            "fid_weights_sha256": ext.weights_sha256,
-            "classifier_test_accuracy": f"{ext.accuracy:.4f}",
-        }
-    return out
-
-
-RECON_COLLAPSE = 0.9  # recon_vs_mean above this: barely better than the mean image
-
-
-def collapse_reason(metrics: dict[str, float], n_modes: int) -> str | None:
-    """Why a trial's final evaluation counts as collapsed, or None: its samples
-    cover under half of the classes/modes, or it reconstructs held-out inputs
-    hardly better than by answering the training mean (`recon_vs_mean`)."""
-    covered = metrics.get("modes_covered", metrics.get("modes_captured"))
-    if covered is not None and covered < n_modes / 2:
-        return f"final samples cover {covered:g} of {n_modes} modes"
-    ratio = metrics.get("recon_vs_mean")
-    if ratio is not None and ratio > RECON_COLLAPSE:
-        return f"held-out recon_mse is {ratio:.2f} x that of the mean image"
-    return None

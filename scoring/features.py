@@ -3,8 +3,9 @@
 Each image dataset is scored in the features of its own classifier (a small
 CNN, the established practice for MNIST-like data): it is trained once per
 dataset with a fixed seed, cached on disk under a lock so concurrent trials
-share it, and identified by the SHA-256 of its weights file. Stacked MNIST
-applies the mnist5k classifier to each channel.
+share it, and identified by the SHA-256 of its weights file. A dataset's spec
+names its extractor (`DatasetSpec.extractor`): Stacked MNIST applies the
+mnist5k classifier to each channel.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from study.cache import cached_file
-from study.data import Dataset, load_dataset
+from datasources import Dataset, dataset_spec, load_dataset
+from datasources.cache import cached_file
 
 _VERSION = 1  # bump when the architecture or training recipe changes
 _BATCH = 1000
@@ -140,15 +141,18 @@ def _per_channel(base: str) -> Callable[[str, torch.device], Extractor]:
     return make
 
 
+# every extractor a DatasetSpec may name: (dataset, device) -> Extractor
 EXTRACTORS: dict[str, Callable[[str, torch.device], Extractor]] = {
-    "stacked_mnist": _per_channel("mnist5k"),
+    "classifier": _own_classifier,
+    "mnist5k_per_channel": _per_channel("mnist5k"),
 }
 
 
 @cache
 def extractor_for(dataset: str, device: str = "cpu") -> Extractor:
-    """The dataset's feature extractor (its own classifier unless registered)."""
-    return EXTRACTORS.get(dataset, _own_classifier)(dataset, torch.device(device))
+    """The extractor the dataset's spec names (its own classifier by default);
+    the first call per machine trains and caches the classifier."""
+    return EXTRACTORS[dataset_spec(dataset).extractor](dataset, torch.device(device))
 
 
 INCEPTION_SIZE = 299  # the input side Inception v3 was trained at

@@ -10,8 +10,11 @@ from collections import Counter
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
+
+from scoring.outcomes import RUNNING, SCORED, ended
+from study.defaults import HEARTBEAT_SECONDS
+from study.tracking import children, close_run, find_trial_run
 
 
 def _fmt(v: Any) -> str:
@@ -23,7 +26,12 @@ class Progress(tune.Callback):
     trials done (by outcome) / running / left, the best score so far, elapsed."""
 
     def __init__(
-        self, total: int, metric: str, mode: str, searched: tuple[str, ...], interval: float = 30.0
+        self,
+        total: int,
+        metric: str,
+        mode: str,
+        searched: tuple[str, ...],
+        interval: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.total, self.metric, self.mode, self.searched = total, metric, mode, searched
         self.interval = interval
@@ -53,15 +61,10 @@ class Progress(tune.Callback):
 
     def _count(self, trial: Any) -> tuple[str, Any]:
         r = trial.last_result or {}
-        outcome = r.get("outcome", "failed")
-        outcome = "stopped" if outcome == "running" else outcome
+        outcome = ended(r.get("outcome"))
         self.outcomes[outcome] += 1
         score = r.get(self.metric)
-        if (
-            outcome in ("ok", "collapsed", "stopped")
-            and isinstance(score, float)
-            and math.isfinite(score)
-        ):
+        if outcome in SCORED and isinstance(score, float) and math.isfinite(score):
             better = self.best is None or (
                 score < self.best[0] if self.mode == "min" else score > self.best[0]
             )
@@ -109,27 +112,15 @@ class CloseRuns(tune.Callback):
 
     def _close(self, trial: Any, outcome: str, reason: str, status: str) -> None:
         client = MlflowClient(self.tracking_uri)
-        found = client.search_runs(
-            [self.experiment_id],
-            f"tags.trial_id = '{trial.trial_id}' and "
-            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
-            max_results=1,
-        )
-        if found and found[0].info.status == "RUNNING":
-            run_id = found[0].info.run_id
-            client.set_tag(run_id, "outcome", outcome)
-            client.set_tag(run_id, "outcome_reason", reason)
-            client.set_terminated(run_id, status)
+        found = find_trial_run(client, self.experiment_id, self.parent_run_id, trial.trial_id)
+        if found and found.info.status == "RUNNING":
+            close_run(client, found.info.run_id, outcome, reason, status)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
-        if r.get("outcome") == "running":
-            self._close(
-                trial,
-                "stopped",
-                f"stopped early by the scheduler at epoch {r.get('epoch')}",
-                "FINISHED",
-            )
+        if r.get("outcome") == RUNNING:
+            reason = f"stopped early by the scheduler at epoch {r.get('epoch')}"
+            self._close(trial, "stopped", reason, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._close(trial, "failed", "trial process failed (see the Tune error file)", "FAILED")
@@ -140,11 +131,6 @@ class CloseRuns(tune.Callback):
         ids on --resume, and each trial must appear in MLflow once."""
         known = {t.trial_id for t in trials}
         client = MlflowClient(self.tracking_uri)
-        children = client.search_runs(
-            [self.experiment_id],
-            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
-            max_results=50_000,
-        )
-        for run in children:
+        for run in children(client, self.experiment_id, self.parent_run_id):
             if run.data.tags.get("trial_id") not in known:
                 client.delete_run(run.info.run_id)

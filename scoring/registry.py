@@ -1,0 +1,306 @@
+"""The sample-metric registry: each metric once, with its function, what it
+needs, its direction and whether it is scored per sampler.
+
+`evaluate_samples(samples, dataset)` scores generated data against the
+dataset's held-out split with every registered metric whose needs the data
+meets: images in the features and predictions of the dataset's extractor,
+2-D mixtures by distance to the mixture's modes. Trials, the name checks
+before a study starts, the plots and the report all read `METRICS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache, cached_property
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from datasources import Dataset, dataset_spec, load_dataset
+from scoring import arithmetic as a
+from scoring.features import Extractor, extractor_for, inception_extractor
+
+# what a metric may need, and when it is there
+NEEDS = {
+    "features": "image data: the extractor's features of samples and held-out split",
+    "classes": "image data: the extractor's class predictions",
+    "modes": "2-D mixture data: the mixture's centres and std",
+    "inception": "a local Inception v3 weights file (--set inception_weights=...)",
+    "clock": "the sampling time, measured by the caller",
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The held-out split on one device, with its features and their
+    statistics (images); computed once per process per dataset."""
+
+    data: Dataset
+    features: Tensor | None
+    mu: Tensor | None
+    cov: Tensor | None
+
+
+@cache
+def reference(dataset: str, device: str = "cpu") -> Reference:
+    data = load_dataset(dataset).to(device)
+    if not data.is_image:
+        return Reference(data, None, None, None)
+    feats = extractor_for(dataset, device).features(data.test_x)
+    return Reference(data, feats, *a.feature_stats(feats))
+
+
+@cache
+def _inception_reference(dataset: str, weights: str, device: str) -> tuple[Tensor, Tensor]:
+    data = load_dataset(dataset).to(device)
+    return a.feature_stats(inception_extractor(weights, device).features(data.test_x))
+
+
+class Scoring:
+    """One set of samples being scored: the pieces several metrics share are
+    computed once, on first use (one extractor pass serves every metric)."""
+
+    def __init__(
+        self, samples: Tensor, dataset: str, ref: Reference, inception: str, seconds: float | None
+    ) -> None:
+        self.samples, self.dataset, self.ref = samples, dataset, ref
+        self.inception, self.seconds = inception, seconds
+
+    @cached_property
+    def extractor(self) -> Extractor:
+        return extractor_for(self.dataset, str(self.samples.device))
+
+    @cached_property
+    def features(self) -> Tensor:
+        return self.extractor.features(self.samples)
+
+    @cached_property
+    def precision_recall(self) -> dict[str, float]:
+        return a.precision_recall(self.ref.features, self.features, k=3)
+
+    @cached_property
+    def density_coverage(self) -> dict[str, float]:
+        return a.density_coverage(self.ref.features, self.features, k=5)
+
+    @cached_property
+    def classes(self) -> dict[str, float]:
+        spec = dataset_spec(self.dataset)
+        pred = self.extractor.predict(self.samples)
+        return a.class_coverage(pred, spec.n_classes, spec.min_mode_count)
+
+    @cached_property
+    def mixture(self) -> dict[str, float]:
+        return a.mixture_quality(self.samples, self.ref.data.modes, self.ref.data.mode_std)
+
+    def fid(self) -> float:
+        return a.frechet_distance(self.ref.mu, self.ref.cov, *a.feature_stats(self.features))
+
+    def fid_inception(self) -> float:
+        device = str(self.samples.device)
+        inc = inception_extractor(self.inception, device).features(self.samples)
+        ref = _inception_reference(self.dataset, self.inception, device)
+        return a.frechet_distance(*ref, *a.feature_stats(inc))
+
+
+@dataclass(frozen=True)
+class SampleMetric:
+    name: str
+    compute: Callable[[Scoring], float]
+    needs: frozenset[str]  # keys of NEEDS
+    mode: str  # "min" or "max": which way is better
+    per_sampler: bool  # also logged as NAME_SAMPLER for each extra sampler
+    help: str
+
+
+METRICS: dict[str, SampleMetric] = {}
+
+
+def register(
+    name: str,
+    compute: Callable[[Scoring], float],
+    needs: str,
+    mode: str,
+    per_sampler: bool,
+    help: str,
+) -> SampleMetric:
+    """Add a sample metric; `needs` is space-separated keys of NEEDS."""
+    wanted = frozenset(needs.split())
+    if unknown := wanted - set(NEEDS):
+        raise ValueError(f"metric {name}: unknown needs {sorted(unknown)}")
+    if mode not in ("min", "max"):
+        raise ValueError(f"metric {name}: mode must be 'min' or 'max'")
+    METRICS[name] = SampleMetric(name, compute, wanted, mode, per_sampler, help)
+    return METRICS[name]
+
+
+register(
+    "fid", Scoring.fid, "features", "min", True, "Frechet distance of sample and held-out features"
+)
+register(
+    "kid",
+    lambda s: a.kid(s.ref.features, s.features),
+    "features",
+    "min",
+    True,
+    "unbiased MMD^2, cubic polynomial kernel, in the same features",
+)
+register(
+    "precision",
+    lambda s: s.precision_recall["precision"],
+    "features",
+    "max",
+    True,
+    "share of samples inside the real manifold (k = 3)",
+)
+register(
+    "recall",
+    lambda s: s.precision_recall["recall"],
+    "features",
+    "max",
+    True,
+    "share of real data inside the sample manifold (k = 3)",
+)
+register(
+    "density",
+    lambda s: s.density_coverage["density"],
+    "features",
+    "max",
+    False,
+    "real neighbourhoods holding each sample, on average (k = 5)",
+)
+register(
+    "coverage",
+    lambda s: s.density_coverage["coverage"],
+    "features",
+    "max",
+    False,
+    "share of real neighbourhoods holding a sample (k = 5)",
+)
+register(
+    "modes_covered",
+    lambda s: s.classes["modes_covered"],
+    "classes",
+    "max",
+    True,
+    "classes predicted for at least the dataset's minimum count of samples",
+)
+register(
+    "mode_kl",
+    lambda s: s.classes["mode_kl"],
+    "classes",
+    "min",
+    False,
+    "KL of the predicted-class histogram to uniform",
+)
+register(
+    "modes_captured",
+    lambda s: s.mixture["modes_captured"],
+    "modes",
+    "max",
+    True,
+    "mixture modes with a high-quality sample (PacGAN)",
+)
+register(
+    "hq_fraction",
+    lambda s: s.mixture["hq_fraction"],
+    "modes",
+    "max",
+    True,
+    "share of samples within 3 std of a mode",
+)
+register(
+    "reverse_kl",
+    lambda s: s.mixture["reverse_kl"],
+    "modes",
+    "min",
+    True,
+    "KL of the high-quality samples' mode histogram to uniform",
+)
+register(
+    "fid_inception",
+    Scoring.fid_inception,
+    "features inception",
+    "min",
+    False,
+    "Frechet distance in Inception v3 pool features",
+)
+register("sample_seconds", lambda s: s.seconds, "clock", "min", True, "wall time per 1000 samples")
+
+
+def needs_met(is_image: bool, inception: bool = False, clock: bool = False) -> frozenset[str]:
+    have = {"features", "classes"} if is_image else {"modes"}
+    return frozenset(
+        have | ({"inception"} if inception else set()) | ({"clock"} if clock else set())
+    )
+
+
+def metric_names(is_image: bool, inception: bool = True, clock: bool = True) -> list[str]:
+    """The sample metrics scored on such data (by default with every option on)."""
+    have = needs_met(is_image, inception, clock)
+    return [m.name for m in METRICS.values() if m.needs <= have]
+
+
+def split_sampler_metric(name: str) -> tuple[str, str] | None:
+    """'fid_ddim10_eta0' -> ('fid', 'ddim10_eta0') for per-sampler metrics."""
+    for m in sorted(METRICS.values(), key=lambda m: -len(m.name)):
+        if m.per_sampler and name.startswith(m.name + "_") and len(name) > len(m.name) + 1:
+            return m.name, name[len(m.name) + 1 :]
+    return None
+
+
+def _as_tensor(samples: Tensor | np.ndarray, device: str | None) -> Tensor:
+    x = torch.as_tensor(np.asarray(samples) if not isinstance(samples, Tensor) else samples)
+    return x.float().to(device or x.device)
+
+
+def evaluate_samples(
+    samples: Tensor | np.ndarray,
+    dataset: str = "mnist5k",
+    device: str | None = None,
+    inception_weights: str | None = None,
+    seconds: float | None = None,
+) -> dict[str, float]:
+    """Score generated samples against `dataset`'s held-out split with every
+    registered metric the data allows.
+
+    Images: (N, C, H, W) in [0, 1] -> fid, kid, precision, recall, density,
+    coverage, modes_covered, mode_kl; with `inception_weights` (a local
+    Inception v3 weights file) also fid_inception.
+    2-D mixtures: (N, 2) -> modes_captured, hq_fraction, reverse_kl.
+    With `seconds` (sampling time per 1000 samples): sample_seconds.
+    """
+    x = _as_tensor(samples, device)
+    ref = reference(dataset, str(x.device))
+    expected = tuple(ref.data.test_x.shape[1:])
+    if tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"samples of shape {tuple(x.shape)} do not match {dataset} samples (N, "
+            f"{', '.join(map(str, expected))})"
+        )
+    scoring = Scoring(x, dataset, ref, inception_weights or "", seconds)
+    have = needs_met(ref.data.is_image, bool(inception_weights), seconds is not None)
+    return {m.name: float(m.compute(scoring)) for m in METRICS.values() if m.needs <= have}
+
+
+def provenance(dataset: str, device: str = "cpu") -> dict[str, str]:
+    """What a run records beside its scores: which extractor, which weights,
+    which reference set, so numbers from different runs are known comparable."""
+    data = reference(dataset, device).data
+    out = {"fid_reference": f"{dataset}:test", "fid_n_real": str(len(data.test_x))}
+    if data.is_image:
+        ext = extractor_for(dataset, device)
+        out |= {
+            "fid_extractor": ext.name,
+            "fid_weights_sha256": ext.weights_sha256,
+            "classifier_test_accuracy": f"{ext.accuracy:.4f}",
+        }
+    return out
+
+
+def prepare_reference(dataset: str) -> None:
+    """Build the dataset's extractor and reference once, before any trial:
+    the first use of an image dataset trains its classifier (cached on disk),
+    which trials starting together would otherwise all wait for."""
+    reference(dataset, "cpu")

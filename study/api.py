@@ -1,0 +1,167 @@
+"""`run_study(request) -> StudyResult`: the typed entry point behind the CLI,
+the benchmarks and notebooks. Validates (a `UsageError` for bad input, before
+anything starts), runs the trials on Ray Tune with MLflow bookkeeping, and
+returns the end-of-study tables."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from datasources import load_dataset
+from models import FAMILIES, generates
+from scoring.registry import prepare_reference
+from study.callbacks import CloseRuns, Progress
+from study.plan import Plan, prepare
+from study.request import StudyRequest
+from study.summary import config_table, trial_rows
+from study.tracking import (
+    close_parent,
+    experiment_id,
+    init_store,
+    kill_running_children,
+    log_params,
+    open_parent,
+)
+from study.tune_run import fit, quiet_libraries, ray_cluster, trial_context
+
+
+@dataclass
+class StudyResult:
+    plan: Plan
+    parent_run_id: str
+    trials: pd.DataFrame  # one row per trial (empty when interrupted)
+    table: pd.DataFrame  # one row per configuration, best first
+    metrics: tuple[str, ...]  # the table's metric columns
+    interrupted: bool = False
+
+    @property
+    def summary_dir(self) -> Path:
+        return self.plan.run_dir / "summary"
+
+
+class StorageError(OSError):
+    """The disk filled up or storage went away mid-study; one line for the user."""
+
+
+def run_study(request: StudyRequest) -> StudyResult:
+    """Validate, run and summarise one study. Raises UsageError (and the
+    config, data and tracking errors) for bad input before anything starts,
+    StorageError when writing fails mid-study; an interrupt (Ctrl-C) returns
+    a result with `interrupted` set and the runs marked KILLED."""
+    plan = prepare(request)
+    try:
+        return execute(plan)
+    except OSError as e:
+        raise StorageError(
+            f"cannot write {e.filename or 'the study state'} ({e.strerror or e}); "
+            f"free the space and continue with --resume --name {plan.run_dir.name}"
+        ) from e
+
+
+def execute(plan: Plan) -> StudyResult:
+    quiet_libraries()
+    if generates(FAMILIES[plan.study.family]) and load_dataset(plan.dataset).is_image:
+        prepare_reference(plan.dataset)  # trains the feature classifier once, before any trial
+    with ray_cluster(plan) as concurrent:
+        client = MlflowClient(plan.tracking_uri)
+        init_store(plan.tracking_uri)
+        exp_id = experiment_id(client, plan.experiment)
+        print_header(plan, concurrent)
+        parent = open_parent(
+            client, exp_id, plan.parent_run_id, plan.run_dir.name, *parent_record(plan)
+        )
+        if plan.parent_run_id is None:
+            plan.parent_run_id = parent
+            plan.record_invocation()
+        print(
+            f"  MLflow: {plan.tracking_uri} · experiment '{plan.experiment}' · parent run "
+            f"{parent}\n",
+            flush=True,
+        )
+        callbacks = [
+            Progress(plan.trials, plan.study.metric, plan.study.mode, plan.searched),
+            CloseRuns(plan.tracking_uri, exp_id, parent),
+        ]
+        results = fit(plan, trial_context(plan, exp_id, parent), concurrent, callbacks)
+    if results is None:
+        kill_running_children(client, exp_id, parent)
+        close_parent(client, parent, None, "KILLED")
+        return StudyResult(plan, parent, pd.DataFrame(), pd.DataFrame(), (), interrupted=True)
+    return summarise(plan, client, parent, results)
+
+
+def summarise(plan: Plan, client: MlflowClient, parent: str, results) -> StudyResult:
+    """The tables, written beside Tune's state and attached to the parent run."""
+    study = plan.study
+    reported = {k for r in results for k in (r.metrics or {})}
+    # a sampler left out by --set samplers=... is no column
+    metrics = tuple(
+        m for m in study.table_metrics or (study.metric,) if m == study.metric or m in reported
+    )
+    trials = trial_rows(results, plan.searched, metrics)
+    table = config_table(trials, plan.searched, metrics, study.metric, study.mode)
+    out = plan.run_dir / "summary"
+    out.mkdir(exist_ok=True)
+    trials.to_csv(out / "trials.csv", index=False)
+    table.to_csv(out / "configurations.csv", index=False)
+    log_params(client, parent, {"trials": len(trials)})
+    close_parent(client, parent, out)
+    return StudyResult(plan, parent, trials, table, metrics)
+
+
+def print_header(plan: Plan, concurrent: int) -> None:
+    r, study = plan.request, plan.study
+    gpus = f", {r.gpus_per_trial:g} GPU" if r.gpus_per_trial else ""
+    print(f"{study.name}: {study.description}")
+    print(
+        f"  {plan.dataset} · {plan.configs} configurations x {plan.seeds} seeds = {plan.trials} "
+        f"trials · {plan.search} search · {concurrent} at once ({r.cpus_per_trial:g} CPU"
+        f"{gpus} each)"
+    )
+    print("  searched: " + ("; ".join(f"{k} {a}" for k, a in plan.resolved.axes.items()) or "-"))
+    print("  fixed: " + " ".join(f"{k}={v}" for k, v in sorted(plan.resolved.fixed.items())))
+
+
+def parent_record(plan: Plan) -> tuple[dict[str, str], dict[str, object]]:
+    """The parent run's tags and params: what was asked, where, at which commit."""
+    study = plan.study
+    tags = {
+        "study": study.name,
+        "command": shlex.join([sys.executable, "-m", "study.run", *plan.request.to_argv()]),
+        "mlflow.source.git.commit": git_commit(),
+        "run_dir": str(plan.run_dir),
+    }
+    params = {
+        "dataset": plan.dataset,
+        "configurations": plan.configs,
+        "seeds": plan.seeds,
+        "search": plan.search,
+        "scheduler": plan.request.scheduler,
+        "metric": study.metric,
+        "mode": study.mode,
+        **{f"space.{k}": str(a) for k, a in plan.resolved.axes.items()},
+        **{f"fixed.{k}": v for k, v in plan.resolved.fixed.items()},
+    }
+    return tags, params
+
+
+def git_commit() -> str:
+    """The checkout's commit, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        )
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -1,0 +1,236 @@
+"""From a `StudyRequest` to a validated `Plan`: every mistake a user can make
+is found here, before Ray starts or anything is written. This module also
+owns resuming: the invocation file a run leaves behind, and reading it back."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from datasources import DATASETS, Dataset, load_dataset
+from models import FAMILIES, generates
+from models.config import ConfigError
+from scoring.features import InceptionError, inception_extractor
+from scoring.registry import metric_names, split_sampler_metric
+from study import defaults as d
+from study.preflight import UsageError, check_ray_address, check_storage
+from study.request import StudyRequest
+from study.spec import Resolved, Study, resolve, split_settings
+from study.studies import STUDIES
+from study.tracking import check_tracking_uri, resolve_tracking_uri
+
+INVOCATION_FILE = "invocation.json"  # what --resume needs, beside Tune's own state
+
+
+@dataclass
+class Plan:
+    """A validated request: everything a run needs, nothing started yet."""
+
+    request: StudyRequest
+    study: Study
+    resolved: Resolved
+    dataset: str
+    search: str
+    configs: int
+    seeds: int
+    tracking_uri: str
+    experiment: str
+    run_dir: Path
+    parent_run_id: str | None = None  # set when resuming
+
+    @property
+    def searched(self) -> tuple[str, ...]:
+        return tuple(self.resolved.axes)
+
+    @property
+    def trials(self) -> int:
+        return self.configs * self.seeds
+
+    @property
+    def restorable(self) -> bool:
+        """Resuming, with Tune state to continue from (none when the driver
+        died within seconds of starting: then the study starts over)."""
+        from ray import tune
+
+        return self.request.resume and tune.Tuner.can_restore(str(self.run_dir))
+
+    def record_invocation(self) -> None:
+        """Create the run folder (only now, after every check passed) with
+        what --resume needs: the request, the store and the parent run."""
+        self.run_dir.mkdir(parents=True)
+        info = {
+            "study": self.study.name,
+            "parent_run_id": self.parent_run_id,
+            "tracking_uri": self.tracking_uri,
+            "experiment": self.experiment,
+            "request": self.request.to_json(),
+        }
+        (self.run_dir / INVOCATION_FILE).write_text(json.dumps(info, indent=2))
+
+    def resume_hint(self) -> str:
+        return (
+            f"python -m study.run {self.study.name} --resume --name {self.run_dir.name} "
+            f"--storage {self.run_dir.parent}"
+        )
+
+
+def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero) or math.isnan(value)):
+        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _check_numbers(r: StudyRequest) -> None:
+    for name in ("num_samples", "seeds", "epochs", "cpus_per_trial", "max_concurrent"):
+        _positive("--" + name.replace("_", "-"), getattr(r, name))
+    _positive("--gpus-per-trial", r.gpus_per_trial, allow_zero=True)
+    if r.search is not None and r.search not in d.SEARCHES:
+        raise UsageError(f"unknown search '{r.search}'; choose from: {', '.join(d.SEARCHES)}")
+    if r.scheduler not in d.SCHEDULERS:
+        raise UsageError(
+            f"unknown scheduler '{r.scheduler}'; choose from: {', '.join(d.SCHEDULERS)}"
+        )
+
+
+def _budget(r: StudyRequest, study: Study, resolved: Resolved, search: str) -> tuple[int, int]:
+    """(configurations, seeds). A grid search runs every point of its grid,
+    or the number asked for, drawn from it; never more than it has."""
+    seeds = r.seeds or (d.SMOKE_SEEDS if r.smoke else study.seeds)
+    if search != "grid":
+        return r.num_samples or (d.SMOKE_CONFIGS if r.smoke else study.num_samples), seeds
+    points = math.prod(len(a.grid()) for a in resolved.axes.values())
+    if r.num_samples and r.num_samples > points:
+        raise UsageError(
+            f"--num-samples {r.num_samples} but the grid has {points} point"
+            f"{'' if points == 1 else 's'}; ask for at most that many, or widen it with --sweep"
+        )
+    return r.num_samples or (min(points, d.SMOKE_GRID_POINTS) if r.smoke else points), seeds
+
+
+def prepare(request: StudyRequest) -> Plan:
+    r = resumed_request(request) if request.resume else request
+    if r.study not in STUDIES:
+        given = f"unknown study '{r.study}'" if r.study else "no study given"
+        raise UsageError(f"{given}; choose from: {', '.join(STUDIES)}")
+    study = STUDIES[r.study]
+    _check_numbers(r)
+    if r.dataset is not None and r.dataset not in DATASETS:
+        raise UsageError(f"unknown dataset '{r.dataset}'; choose from: {', '.join(DATASETS)}")
+    sets = dict(r.sets) | ({"epochs": str(r.epochs)} if r.epochs is not None else {})
+    resolved = resolve(study, sets, smoke=r.smoke, sweeps=r.sweeps)
+    search = r.search or study.search
+    configs, seeds = _budget(r, study, resolved, search)
+    tracking_uri = resolve_tracking_uri(r.tracking_uri)
+    check_tracking_uri(tracking_uri)
+    if r.address:
+        check_ray_address(r.address)
+    storage = Path(r.storage).expanduser().resolve()
+    check_storage(storage, tracking_uri)
+    plan = Plan(
+        r,
+        study,
+        resolved,
+        r.dataset or study.dataset,
+        search,
+        configs,
+        seeds,
+        tracking_uri,
+        r.experiment or study.name,
+        storage / (r.name or ""),
+    )
+    if r.resume:
+        info = json.loads((plan.run_dir / INVOCATION_FILE).read_text())
+        plan.parent_run_id = info["parent_run_id"]
+    else:
+        plan.run_dir = storage / (r.name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if plan.run_dir.exists():
+            raise UsageError(f"{plan.run_dir} exists; pick another --name or add --resume")
+    _check_model(plan, r.data_dir)
+    return plan
+
+
+def _check_model(plan: Plan, data_dir: str) -> None:
+    """The dataset loads (cached after), the model builds on it for every
+    searched choice, and the study's metrics are ones the family logs."""
+    inception = plan.resolved.fixed.get("inception_weights")
+    if inception:
+        try:
+            inception_extractor(inception)
+        except InceptionError as e:
+            raise UsageError(str(e)) from None
+    data = load_dataset(plan.dataset, data_dir).subset(4096)  # DataError if missing
+    try:
+        _check_builds(plan.study, plan.resolved, data)
+    except ConfigError as e:
+        raise UsageError(f"study {plan.study.name} on {plan.dataset}: {e}") from None
+    check_metric_names(plan.study, data)
+
+
+def _check_builds(study: Study, resolved: Resolved, data: Dataset) -> None:
+    """Build the model once per searched choice on a few samples, so a setting
+    that cannot work with this dataset fails here, not in every trial."""
+    variants = [{}] + [
+        {k: v} for k, a in resolved.axes.items() if hasattr(a, "values") for v in a.values
+    ]
+    base = {k: a.grid()[0] for k, a in resolved.axes.items()}
+    for extra in variants:
+        _, cfg = split_settings(study, {**resolved.fixed, **base, **extra})
+        FAMILIES[study.family](cfg, data.train_x, data.test_x)
+
+
+def check_metric_names(study: Study, data: Dataset) -> None:
+    """The study's objective and table columns must be metrics its family or
+    the sample-metric registry produce on this data: a typo would otherwise
+    give every trial the penalty."""
+    family = FAMILIES[study.family]
+    known = set(family.train_metrics | family.eval_metrics)
+    if generates(family):
+        known |= set(metric_names(data.is_image))
+    for name in (study.metric, *study.table_metrics):
+        split = split_sampler_metric(name)
+        per_sampler = split and split[0] in known and family.is_sampler(split[1])
+        if name not in known and not per_sampler:
+            raise UsageError(
+                f"study {study.name}: metric '{name}' is not logged by family "
+                f"{study.family} on {data.name}; it logs: {', '.join(sorted(known))}"
+            )
+
+
+def resumed_request(request: StudyRequest) -> StudyRequest:
+    """The original request of the run --name (or the study's latest) under
+    --storage: a resumed study keeps its settings, store and searcher."""
+    storage = Path(request.storage).expanduser().resolve()
+    if request.name:
+        run_dir = storage / request.name
+    else:
+        found = sorted(
+            (
+                p
+                for p in storage.glob(f"*/{INVOCATION_FILE}")
+                if json.loads(p.read_text()).get("study") == request.study
+            ),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if not found:
+            raise UsageError(f"nothing to resume: no {request.study} run under {storage}")
+        run_dir = found[-1].parent
+    saved = run_dir / INVOCATION_FILE
+    if not saved.exists():
+        raise UsageError(f"nothing to resume at {run_dir}")
+    info = json.loads(saved.read_text())
+    if request.study and info["study"] != request.study:
+        raise UsageError(f"{run_dir} holds study {info['study']}, not {request.study}")
+    original = StudyRequest.from_json(info["request"])
+    return replace(
+        original,
+        resume=True,
+        name=run_dir.name,
+        storage=str(storage),
+        tracking_uri=info["tracking_uri"],
+        experiment=info["experiment"],
+    )
+
+
+__all__ = ["INVOCATION_FILE", "Plan", "UsageError", "prepare"]

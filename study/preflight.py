@@ -1,0 +1,70 @@
+"""Checks of the world outside the request, made before anything starts: the
+storage folder, free disk, a Ray head to join, and what the cluster can give
+a trial. Each failure is a `UsageError` with one line for the user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from study import defaults as d
+
+
+class UsageError(Exception):
+    """A mistake in the request or a bad state found before starting; one line."""
+
+
+def check_ray_address(address: str, timeout: float = d.TIMEOUT_SECONDS) -> None:
+    """Ray retries an unreachable head for minutes; answer in seconds instead."""
+    if address == "auto" or "://" in address:  # Ray finds the local one itself, fast
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address expects HOST:PORT or 'auto', got '{address}'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UsageError(f"cannot join Ray at {address}: {e.strerror or e}") from None
+
+
+def check_free_space(folder: Path, what: str) -> None:
+    """A study that fills the disk dies half-way; refuse to start instead."""
+    need = float(os.environ.get("GENSTUDY_MIN_FREE_MB", d.MIN_FREE_MB))
+    free = shutil.disk_usage(folder).free / 2**20
+    if free < need:
+        raise UsageError(
+            f"{what} ({folder}) has {free:.0f} MB free, under the {need:.0f} MB a study "
+            "needs; free some space (or lower GENSTUDY_MIN_FREE_MB)"
+        )
+
+
+def check_storage(storage: Path, tracking_uri: str) -> None:
+    existing = next(p for p in (storage, *storage.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UsageError(f"--storage {storage} cannot be created or written ({existing})")
+    check_free_space(existing, "--storage")
+    if tracking_uri.startswith("sqlite:///"):
+        check_free_space(Path(tracking_uri[len("sqlite:///") :]).parent, "the MLflow store")
+
+
+def trials_at_once(
+    resources: dict[str, float], cpus_per_trial: float, gpus_per_trial: float
+) -> int:
+    """How many trials fit on the cluster at once: its CPUs, and its GPUs when
+    trials take some (Optuna should not suggest trials that can only wait)."""
+    fits = resources.get("CPU", 1) / cpus_per_trial
+    if gpus_per_trial:
+        fits = min(fits, resources.get("GPU", 0) / gpus_per_trial)
+    return max(1, int(fits + 1e-9))  # 0.7 / 0.1 is 6.999... in floating point
+
+
+def check_resources(resources: dict[str, float], gpus_per_trial: float) -> None:
+    """A trial asking for more than the cluster has would wait forever."""
+    gpus = resources.get("GPU", 0)
+    if gpus_per_trial > gpus:
+        raise UsageError(
+            f"--gpus-per-trial {gpus_per_trial:g} but the Ray cluster has "
+            f"{gpus:g} GPU{'' if gpus == 1 else 's'}, so no trial could start"
+        )

@@ -1,0 +1,152 @@
+"""Running a plan's trials on Ray Tune: starting or joining Ray, the searcher
+(Optuna behind Tune's Repeater, one suggestion per configuration, its seeds
+repeated), the scheduler, and the Tuner, new or restored."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from study import defaults as d
+from study.plan import Plan
+from study.preflight import UsageError, check_resources, trials_at_once
+from study.spec import split_settings
+from study.trainable import TrialContext, train
+
+
+def quiet_libraries() -> None:
+    """Ray, Optuna and MLflow talk a lot; the user wants our progress lines."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("TUNE_WARN_SLOW_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1e9")
+    warnings.filterwarnings("ignore")
+    for name in ("ray", "ray.tune", "optuna", "mlflow", "filelock"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextmanager
+def ray_cluster(plan: Plan) -> Iterator[int]:
+    """Ray started (or joined) for the plan; yields how many trials run at
+    once. A Ray this function started is shut down after; one already
+    running in this process (a notebook's) is left as it was."""
+    import ray
+
+    r = plan.request
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(
+                address=r.address,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                configure_logging=True,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UsageError(
+                f"cannot start or join Ray at {r.address or 'local'}: {first}"
+            ) from None
+    try:
+        resources = ray.cluster_resources()
+        check_resources(resources, r.gpus_per_trial)
+        yield r.max_concurrent or trials_at_once(resources, r.cpus_per_trial, r.gpus_per_trial)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _searcher(plan: Plan) -> Any:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.repeater import Repeater
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    axes = plan.resolved.axes
+    seed = int(plan.resolved.fixed.get("seed", 0))
+    samplers = {
+        "optuna": lambda: optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=max(2, min(10, plan.configs // 2))
+        ),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "grid": lambda: optuna.samplers.GridSampler(
+            {k: a.grid() for k, a in axes.items()}, seed=seed
+        ),
+    }
+    space = {k: a.optuna() for k, a in axes.items()}
+    searcher = OptunaSearch(
+        space, metric="objective", mode=plan.study.mode, sampler=samplers[plan.search]()
+    )
+    return Repeater(searcher, repeat=plan.seeds, set_index=True)
+
+
+def _scheduler(plan: Plan) -> Any:
+    if plan.request.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    epochs = split_settings(plan.study, plan.resolved.fixed)[0].epochs
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric="objective",
+        mode=plan.study.mode,
+        max_t=epochs,
+        grace_period=max(1, epochs // 4),
+    )
+
+
+def fit(plan: Plan, ctx: TrialContext, concurrent: int, callbacks: list) -> Any | None:
+    """Run (or continue) the plan's trials; the ResultGrid, or None when
+    interrupted (Ctrl-C: Tune stops its trials and returns early)."""
+    from ray import tune
+
+    r = plan.request
+    trainable = tune.with_resources(
+        tune.with_parameters(train, ctx=ctx), {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial}
+    )
+    try:
+        if plan.restorable:
+            tuner = tune.Tuner.restore(
+                str(plan.run_dir), trainable, resume_unfinished=True, resume_errored=True
+            )
+        else:
+            run_config = tune.RunConfig(
+                name=plan.run_dir.name,
+                storage_path=str(plan.run_dir.parent),
+                callbacks=callbacks,
+                verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=d.CHECKPOINTS_KEPT),
+                failure_config=tune.FailureConfig(max_failures=d.MAX_FAILURES),
+            )
+            tune_config = tune.TuneConfig(
+                search_alg=_searcher(plan),
+                scheduler=_scheduler(plan),
+                num_samples=plan.trials,
+                max_concurrent_trials=concurrent,
+            )
+            tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune_config)
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        return None
+    return results if results.num_terminated + results.num_errors >= plan.trials else None
+
+
+def trial_context(plan: Plan, exp_id: str, parent_run_id: str) -> TrialContext:
+    r = plan.request
+    return TrialContext(
+        study=plan.study.name,
+        dataset=plan.dataset,
+        data_dir=str(Path(r.data_dir).resolve()),
+        fixed=plan.resolved.fixed,
+        tracking_uri=plan.tracking_uri,
+        experiment_id=exp_id,
+        parent_run_id=parent_run_id,
+        threads=max(1, int(r.cpus_per_trial)),
+        searched=plan.searched,
+    )
