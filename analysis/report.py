@@ -23,6 +23,7 @@ import pandas as pd
 
 from analysis.runs import AnalysisError, load_history, load_runs
 from scoring.outcomes import OUTCOMES
+from scoring.registry import METRICS, split_sampler_metric
 from study.studies import STUDIES
 from study.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
@@ -80,6 +81,19 @@ def best_table(stats: pd.DataFrame, knob_cols: list[str], metrics: list[str]) ->
         axis=1,
     )
     return table
+
+
+def metric_glossary(columns: list[str]) -> pd.DataFrame:
+    """The registered sample metrics among these columns (per-sampler ones
+    under their base name): what each measures and which way is better."""
+    names = {c for c in columns if c in METRICS}
+    names |= {split[0] for c in columns if (split := split_sampler_metric(c))}
+    rows = [
+        {"metric": m.name, "better": "lower" if m.mode == "min" else "higher",
+         "per sampler": m.per_sampler, "meaning": m.help}
+        for m in METRICS.values() if m.name in names
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["metric", "better", "per sampler", "meaning"])
 
 
 def _table_html(df: pd.DataFrame, float_format: str = "{:.4g}") -> str:
@@ -146,6 +160,9 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
                     border=0, classes="t", na_rep="-", float_format="{:.0%}".format
                 )
             )  # fmt: skip
+    glossary = metric_glossary(list(runs.columns))
+    if len(glossary):
+        sections.append("<h2>Sample metrics</h2>" + _table_html(glossary))
     view = View(runs, history, study.metric, study.mode, tuple(metrics), knob_cols)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

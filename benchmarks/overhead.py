@@ -2,20 +2,23 @@
 
     python benchmarks/overhead.py [--repeats 3] [--epochs 12] [--threads 1] [--gpu]
 
-(a) a bare loop written here: the same networks, optimisers, loss, data and
-batch size, one thread, no logging; (b) the same configuration as a Ray Tune
-trial through study.trainable with MLflow logging on (a sqlite store in a
-temporary folder), evaluated only at the end, as the default study's last
-epoch is. The trial reports its training time apart from evaluation, so both
-sides time the same steps. Runs alternate, and the ratio is of the medians:
-the machine is shared and noisy, so only a ratio from one run means anything.
-Per-trial start-up (from Tuner.fit to the first training step) is printed
-separately. The last line is `ratio=<harness steps/s / bare steps/s>`.
+(a) a bare loop written here around the family's own networks: the same
+optimisers, loss, data and batch size, one thread, no logging; (b) the same
+configuration as a one-trial study through `study.run_study` with MLflow
+logging on (a sqlite store in a temporary folder), evaluated only at the end,
+as the default study's last epoch is. The trial reports its training time
+apart from evaluation, so both sides time the same steps. Runs alternate, and
+the ratio is of the medians: the machine is shared and noisy, so only a ratio
+from one run means anything. Per-trial start-up (from the study's start to
+the first training step) is printed separately. The last line is
+`ratio=<harness steps/s / bare steps/s>`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import statistics
 import tempfile
 import time
@@ -24,9 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models.gan import GANConfig, _mlp_discriminator, _mlp_generator
-from study.data import load_dataset
-from study.spec import resolve
+from datasources import load_dataset
+from models.gan import GAN, GANConfig
+from study import StudyRequest, run_study
 from study.studies import STUDIES
 
 STUDY = STUDIES["gan_stability"]
@@ -40,9 +43,8 @@ def bare_steps_per_second(epochs: int, threads: int, device: str) -> float:
     torch.manual_seed(0)
     cfg = GANConfig(width=STUDY.fixed["width"])
     x = load_dataset(STUDY.dataset).train_x.to(device)
-    shape = tuple(x.shape[1:])
-    g = _mlp_generator(cfg, shape).to(device)
-    d = _mlp_discriminator(cfg, shape).to(device)
+    gan = GAN(cfg, x, x)  # its networks only; the loop below is written out
+    g, d = gan.G, gan.D
     adam = {"betas": (cfg.beta1, cfg.beta2), "fused": True}
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, **adam)
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, **adam)
@@ -73,41 +75,23 @@ def bare_steps_per_second(epochs: int, threads: int, device: str) -> float:
 def harness_steps_per_second(
     epochs: int, threads: int, gpus: int, workdir: Path
 ) -> tuple[float, float]:
-    from mlflow import MlflowClient
-    from ray import tune
-
-    from study.tracking import experiment_id, start_parent
-    from study.trainable import TrialContext, train
-
-    overrides = {**DEFAULTS, "epochs": str(epochs), "eval_every": str(epochs)}
-    fixed = resolve(STUDY, overrides).fixed
-    uri = f"sqlite:///{workdir}/mlflow.db"
-    client = MlflowClient(uri)
-    exp = experiment_id(client, "overhead")
-    parent = start_parent(client, exp, "overhead", {}, {})
-    ctx = TrialContext(
-        study=STUDY.name,
-        dataset=STUDY.dataset,
-        data_dir="data",
-        fixed=fixed,
-        tracking_uri=uri,
-        experiment_id=exp,
-        parent_run_id=parent,
-        threads=threads,
-        searched=(),
+    workdir.mkdir(parents=True)
+    request = StudyRequest(
+        STUDY.name,
+        sets={**DEFAULTS, "epochs": str(epochs), "eval_every": str(epochs)},
+        num_samples=1,
+        seeds=1,
+        cpus_per_trial=threads,
+        gpus_per_trial=gpus,
+        tracking_uri=f"sqlite:///{workdir}/mlflow.db",
+        storage=str(workdir / "runs"),
+        name="overhead",
     )
-    trainable = tune.with_resources(
-        tune.with_parameters(train, ctx=ctx), {"cpu": threads, "gpu": gpus}
-    )
-    tuner = tune.Tuner(
-        trainable,
-        param_space={},
-        run_config=tune.RunConfig(storage_path=str(workdir / "runs"), verbose=0),
-    )
-    t_fit = time.time()
-    result = tuner.fit()[0].metrics
+    t_start = time.time()
+    with contextlib.redirect_stdout(io.StringIO()):  # the study's own progress lines
+        trial = run_study(request).trials.iloc[0]
     steps = epochs * (4000 // GANConfig().batch_size)
-    return steps / result["train_seconds"], result["started_at"] - t_fit
+    return steps / trial["train_seconds"], trial["started_at"] - t_start
 
 
 def main() -> None:
@@ -118,20 +102,6 @@ def main() -> None:
     p.add_argument("--gpu", action="store_true", help="both sides on one GPU")
     args = p.parse_args()
     device, gpus = ("cuda", 1) if args.gpu else ("cpu", 0)
-
-    import logging
-
-    import ray
-
-    from study.run import _quiet
-
-    _quiet()
-    ray.init(
-        num_cpus=args.threads,
-        include_dashboard=False,
-        logging_level=logging.ERROR,
-        log_to_driver=False,
-    )
     bare, harness, startup = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
@@ -147,7 +117,7 @@ def main() -> None:
     b, h = statistics.median(bare), statistics.median(harness)
     print(
         f"median: bare {b:.1f} steps/s, harness {h:.1f} steps/s; "
-        f"trial start-up {statistics.median(startup):.2f} s (Tuner.fit to first step)"
+        f"trial start-up {statistics.median(startup):.2f} s (study start to first step)"
     )
     print(f"ratio={h / b:.3f}")
 

@@ -98,6 +98,13 @@ def _budget(r: StudyRequest, study: Study, resolved: Resolved, search: str) -> t
     """(configurations, seeds). A grid search runs every point of its grid,
     or the number asked for, drawn from it; never more than it has."""
     seeds = r.seeds or (d.SMOKE_SEEDS if r.smoke else study.seeds)
+    if not resolved.axes:  # every axis fixed: one configuration, its seeds
+        if r.num_samples not in (None, 1):
+            raise UsageError(
+                f"--num-samples {r.num_samples} but nothing is searched (every axis is fixed), "
+                "so there is one configuration; --sweep a setting to compare several"
+            )
+        return 1, seeds
     if search != "grid":
         return r.num_samples or (d.SMOKE_CONFIGS if r.smoke else study.num_samples), seeds
     points = math.prod(len(a.grid()) for a in resolved.axes.values())

@@ -11,9 +11,12 @@ import pandas as pd
 from scoring.aggregate import per_configuration
 from scoring.outcomes import OUTCOMES, ended
 
+CLOCK = ("train_seconds", "eval_seconds", "started_at")  # each trial's own timing
+
 
 def trial_rows(results: Any, searched: tuple[str, ...], metrics: tuple[str, ...]) -> pd.DataFrame:
-    """One row per trial of a Tune ResultGrid: searched values, seed, outcome, metrics."""
+    """One row per trial of a Tune ResultGrid: searched values, seed, outcome,
+    metrics, and the trial's own clock (seconds training and evaluating)."""
     rows = []
     for r in results:
         last = r.metrics or {}
@@ -28,7 +31,7 @@ def trial_rows(results: Any, searched: tuple[str, ...], metrics: tuple[str, ...]
         for m in metrics:
             v = last.get(m)
             row[m] = v if outcome != "diverged" and isinstance(v, float) else math.nan
-        rows.append(row)
+        rows.append(row | {k: last.get(k, math.nan) for k in CLOCK})
     return pd.DataFrame(rows)
 
 

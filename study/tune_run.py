@@ -86,6 +86,17 @@ def _searcher(plan: Plan) -> Any:
     return Repeater(searcher, repeat=plan.seeds, set_index=True)
 
 
+def _space(plan: Plan) -> tuple[dict[str, Any], Any]:
+    """(param_space, searcher): the searcher draws the configurations; with
+    nothing to search, the one configuration's seeds are a grid instead."""
+    if plan.searched:
+        return {}, _searcher(plan)
+    from ray import tune
+    from ray.tune.search.repeater import TRIAL_INDEX
+
+    return {TRIAL_INDEX: tune.grid_search(list(range(plan.seeds)))}, None
+
+
 def _scheduler(plan: Plan) -> Any:
     if plan.request.scheduler != "asha":
         return None
@@ -124,13 +135,16 @@ def fit(plan: Plan, ctx: TrialContext, concurrent: int, callbacks: list) -> Any 
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=d.CHECKPOINTS_KEPT),
                 failure_config=tune.FailureConfig(max_failures=d.MAX_FAILURES),
             )
+            space, search = _space(plan)
             tune_config = tune.TuneConfig(
-                search_alg=_searcher(plan),
+                search_alg=search,
                 scheduler=_scheduler(plan),
-                num_samples=plan.trials,
+                num_samples=plan.trials if search else 1,
                 max_concurrent_trials=concurrent,
             )
-            tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune_config)
+            tuner = tune.Tuner(
+                trainable, param_space=space, run_config=run_config, tune_config=tune_config
+            )
         results = tuner.fit()
     except KeyboardInterrupt:
         return None

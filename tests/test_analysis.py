@@ -164,6 +164,9 @@ def test_report_cli_writes_html_csvs_and_attaches_them(smoke_store, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "Best configurations by fid" in page and "Outcomes" in page
+    # the registry's glossary: each sample metric shown once, with its direction
+    assert "<h2>Sample metrics</h2>" in page and "<td>fid</td>" in page
+    assert "<td>Frechet distance of sample and held-out features</td>" in page
     figures = set(re.findall(r'<img alt="(\w+)" src="data:image/png;base64,', page))
     assert FAMILY_FIGURES["gan_stability"] | {"outcome_rates", "budget"} <= figures
     assert not re.search(r'(src|href)="https?://', page)  # self-contained: nothing fetched

@@ -260,11 +260,3 @@ def test_sampler_names():
     for bad in ("ddim0_eta0", "ddim2000_eta0", "ddim10_eta2", "euler"):
         with pytest.raises(ConfigError):
             parse_sampler(bad, 1000)
-
-
-@pytest.mark.parametrize(("cls", "cfg", "key", "steps"), [OVERFIT[i] for i in (0, 3, 4, 6, 7)])
-def test_training_and_held_out_metrics_never_share_a_name(batch, cls, cfg, key, steps):
-    """Both are logged at the same step: a shared name would log two values
-    per epoch and leave MLflow to keep either."""
-    family = cls(cfg, batch, batch)
-    assert not set(family.train_epoch()) & set(family.evaluate())
