@@ -70,8 +70,8 @@ def execute(plan: Plan) -> StudyResult:
     if generates(FAMILIES[plan.study.family]) and load_dataset(plan.dataset).is_image:
         prepare_reference(plan.dataset)  # trains the feature classifier once, before any trial
     with ray_cluster(plan) as concurrent:
+        init_store(plan.tracking_uri)  # before any client: a client creates the store
         client = MlflowClient(plan.tracking_uri)
-        init_store(plan.tracking_uri)
         exp_id = experiment_id(client, plan.experiment)
         print_header(plan, concurrent)
         parent = open_parent(
