@@ -111,12 +111,65 @@ figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}img{max-width:100%}
 """
 
 
+def _what_matters(study, runs: pd.DataFrame, knob_cols: list[str], out: Path) -> list[str]:
+    """Budget curve, knob importance and a stability map (with their CSVs),
+    where the study tried more than one configuration."""
+    from analysis.stats import budget_curve, importance, stability_map
+
+    sections: list[str] = []
+    if study.metric not in runs or runs["config_id"].nunique() < 2:
+        return sections
+    curve = budget_curve(runs, study.metric, study.mode)
+    curve.to_csv(out / "budget_curve.csv", index=False)
+    imp = importance(runs, study.metric, knob_cols)
+    imp.to_csv(out / "importance.csv", index=False)
+    sections.append(
+        f"<h2>What matters for {html.escape(study.metric)}</h2><p>Permutation "
+        "importance of a random forest over the knobs (sums to 1).</p>" + _table_html(imp)
+    )
+    numeric = [k for k in imp["param"] if pd.api.types.is_numeric_dtype(runs[k])]
+    pair = ["lr_g", "lr_d"] if {"lr_g", "lr_d"} <= set(knob_cols) else numeric[:2]
+    if len(pair) == 2:
+        smap = stability_map(runs, pair[0], pair[1])
+        smap.to_csv(out / "stability_map.csv")
+        sections.append(
+            f"<h2>Stability map</h2><p>Share of trials ending ok over {pair[0]} "
+            f"(columns) by {pair[1]} (rows).</p>" + smap.to_html(
+                border=0, classes="t", na_rep="-", float_format="{:.0%}".format
+            )
+        )  # fmt: skip
+    return sections
+
+
+def _figures(
+    study, runs: pd.DataFrame, history: pd.DataFrame, metrics: list[str], knob_cols: list[str]
+) -> list[str]:
+    """The sample-metric glossary and the family's figures, embedded."""
+    from analysis.plots import View, figures
+
+    sections: list[str] = []
+    glossary = metric_glossary(list(runs.columns))
+    if len(glossary):
+        sections.append("<h2>Sample metrics</h2>" + _table_html(glossary))
+    view = View(runs, history, study.metric, study.mode, tuple(metrics), knob_cols)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        figs = figures(study.family, view)
+    sections.append("<h2>Figures</h2>")
+    for name, fig in figs:
+        caption = fig._suptitle.get_text() if fig._suptitle else name.replace("_", " ")
+        sections.append(
+            f'<figure><img alt="{name}" src="data:image/png;base64,{_png(fig)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    return sections
+
+
 def build_report(study_name: str, tracking_uri: str | None, experiment: str | None,
                  out: Path) -> tuple[Path, str, dict]:  # fmt: skip
     """Write report.html and its CSVs into out; return (html path, the parent
     run to attach to, a summary of what it found)."""
-    from analysis.plots import View, figures
-    from analysis.stats import budget_curve, config_stats, importance, knobs, stability_map
+    from analysis.stats import config_stats, knobs
 
     study = STUDIES[study_name]
     runs = load_runs(study_name, tracking_uri, experiment)
@@ -140,40 +193,9 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
         f"<p>mean ± std [min, max] over seeds; {len(stats)} configurations, "
         f"{len(runs)} trials.</p>" + _table_html(best_table(stats, knob_cols, metrics))
     )
-    if study.metric in runs and runs["config_id"].nunique() > 1:
-        curve = budget_curve(runs, study.metric, study.mode)
-        curve.to_csv(out / "budget_curve.csv", index=False)
-        imp = importance(runs, study.metric, knob_cols)
-        imp.to_csv(out / "importance.csv", index=False)
-        sections.append(
-            f"<h2>What matters for {html.escape(study.metric)}</h2><p>Permutation "
-            "importance of a random forest over the knobs (sums to 1).</p>" + _table_html(imp)
-        )
-        numeric = [k for k in imp["param"] if pd.api.types.is_numeric_dtype(runs[k])]
-        pair = ["lr_g", "lr_d"] if {"lr_g", "lr_d"} <= set(knob_cols) else numeric[:2]
-        if len(pair) == 2:
-            smap = stability_map(runs, pair[0], pair[1])
-            smap.to_csv(out / "stability_map.csv")
-            sections.append(
-                f"<h2>Stability map</h2><p>Share of trials ending ok over {pair[0]} "
-                f"(columns) by {pair[1]} (rows).</p>" + smap.to_html(
-                    border=0, classes="t", na_rep="-", float_format="{:.0%}".format
-                )
-            )  # fmt: skip
-    glossary = metric_glossary(list(runs.columns))
-    if len(glossary):
-        sections.append("<h2>Sample metrics</h2>" + _table_html(glossary))
-    view = View(runs, history, study.metric, study.mode, tuple(metrics), knob_cols)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        figs = figures(study.family, view)
-    sections.append("<h2>Figures</h2>")
-    for name, fig in figs:
-        caption = fig._suptitle.get_text() if fig._suptitle else name.replace("_", " ")
-        sections.append(
-            f'<figure><img alt="{name}" src="data:image/png;base64,{_png(fig)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+    sections += _what_matters(study, runs, knob_cols, out)
+    figure_sections = _figures(study, runs, history, metrics, knob_cols)
+    sections += figure_sections
     parent = runs.loc[runs["start_time"].idxmax(), "parent_run_id"]  # the latest invocation
     uri = resolve_tracking_uri(tracking_uri)
     page = (
@@ -188,7 +210,8 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
     )  # fmt: skip
     path = out / "report.html"
     path.write_text(page)
-    summary = {"trials": len(runs), "configurations": len(stats), "figures": len(figs)}
+    n_figures = sum(f.startswith("<figure>") for f in figure_sections)
+    summary = {"trials": len(runs), "configurations": len(stats), "figures": n_figures}
     return path, parent, summary
 
 

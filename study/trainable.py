@@ -206,7 +206,6 @@ def _train_loop(
     if progress is None:
         return
     clock, last_eval = progress.clock, progress.last_eval
-    penalty = PENALTY if study.mode == "min" else -PENALTY
     clock["started_at"] = time.time()  # when training (re)starts: after every set-up cost
     base, loop_start = dict(clock), time.perf_counter()
     for epoch in range(progress.epoch + 1, trial_cfg.epochs + 1):
@@ -227,8 +226,6 @@ def _train_loop(
         outcome, reason = (
             final_outcome(diverged, last_eval, data.n_classes) if final else (RUNNING, "")
         )
-        score = last_eval.get(study.metric, penalty)
-        objective = score if outcome != "diverged" and math.isfinite(score) else penalty
         # training time is all loop time but evaluation: it includes the harness's
         # own work (metric reads, logging, flushes, the earlier checkpoints)
         spent = time.perf_counter() - loop_start - (clock["eval_seconds"] - base["eval_seconds"])
@@ -238,16 +235,11 @@ def _train_loop(
             **last_eval,
             **clock,
             "epoch": epoch,
-            "objective": objective,
             "outcome": outcome,
+            "objective": _objective(study, last_eval, outcome),
             "config_id": cid,
             "seed": seed,
         }
-        if final:
-            run.log_json(result, "final_metrics.json")
-            run.finish(outcome, reason)
-        else:
-            run.flush()
         state = {
             "family": family.state_dict(),
             "rng": torch.get_rng_state(),
@@ -257,9 +249,28 @@ def _train_loop(
             "result": result,
             "reason": reason,
         }
-        session.report(result, state)
+        _record(run, session, result, state, final)
         if final:
             return
+
+
+def _objective(study: Study, last_eval: dict[str, float], outcome: str) -> float:
+    """What the searcher sees: the study's metric, or the penalty when the
+    trial diverged or the metric is missing or not finite."""
+    penalty = PENALTY if study.mode == "min" else -PENALTY
+    score = last_eval.get(study.metric, penalty)
+    return score if outcome != "diverged" and math.isfinite(score) else penalty
+
+
+def _record(run: TrialRun, session: TrialSession, result: dict, state: dict, final: bool) -> None:
+    """Write MLflow first, then report with the checkpoint: a trial restored
+    from this checkpoint never finds epochs missing from MLflow."""
+    if final:
+        run.log_json(result, "final_metrics.json")
+        run.finish(result["outcome"], state["reason"])
+    else:
+        run.flush()
+    session.report(result, state)
 
 
 __all__ = ["TrialContext", "evaluate", "run_trial", "train"]
