@@ -229,6 +229,11 @@ def resumed_request(request: StudyRequest) -> StudyRequest:
     info = json.loads(saved.read_text())
     if request.study and info["study"] != request.study:
         raise UsageError(f"{run_dir} holds study {info['study']}, not {request.study}")
+    if "request" not in info:
+        raise UsageError(
+            f"{saved} was written by an earlier genstudy (no saved request); "
+            "resume it with that version, or start the study afresh"
+        )
     original = StudyRequest.from_json(info["request"])
     return replace(
         original,

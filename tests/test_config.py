@@ -1,7 +1,12 @@
+import json
+
 import pytest
 
 from models.config import ConfigError, build, coerce
 from models.gan import GANConfig
+from study.plan import INVOCATION_FILE, resumed_request
+from study.preflight import UsageError
+from study.request import StudyRequest
 from study.spec import Choice, LogUniform, resolve, split_settings
 from study.studies import STUDIES
 
@@ -55,3 +60,21 @@ def test_axes_give_optuna_distributions_and_grids():
     assert axis.grid() == pytest.approx([1e-5, 10**-3.5, 1e-2])
     assert axis.optuna().log
     assert Choice((1, 2)).grid() == [1, 2]
+
+
+def test_resume_reads_the_saved_request_and_refuses_a_folder_it_cannot_read(tmp_path):
+    run = tmp_path / "gan_stability-1"
+    run.mkdir()
+    original = StudyRequest("gan_stability", seeds=5, sets={"loss": "hinge"}, smoke=True)
+    info = {"study": "gan_stability", "parent_run_id": "p", "tracking_uri": "sqlite:///x.db",
+            "experiment": "e", "request": original.to_json()}  # fmt: skip
+    (run / INVOCATION_FILE).write_text(json.dumps(info))
+    # the resumed command names nothing but the study: the rest comes back
+    again = resumed_request(StudyRequest("gan_stability", storage=str(tmp_path), resume=True))
+    assert (again.seeds, again.sets, again.smoke) == (5, {"loss": "hinge"}, True)
+    assert (again.name, again.tracking_uri, again.experiment) == (run.name, "sqlite:///x.db", "e")
+    assert again.to_argv()[:3] == ["gan_stability", "--seeds", "5"]
+    old = {k: v for k, v in info.items() if k != "request"} | {"argv": ["gan_stability"]}
+    (run / INVOCATION_FILE).write_text(json.dumps(old))  # an earlier version's folder
+    with pytest.raises(UsageError, match="written by an earlier genstudy"):
+        resumed_request(StudyRequest("gan_stability", storage=str(tmp_path), name=run.name))
