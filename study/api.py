@@ -16,11 +16,12 @@ from mlflow import MlflowClient
 
 from datasources import load_dataset
 from models import FAMILIES, generates
+from scoring.aggregate import per_configuration
 from scoring.registry import prepare_reference
 from study.callbacks import CloseRuns, Progress
 from study.plan import Plan, prepare
 from study.request import StudyRequest
-from study.summary import config_table, trial_rows
+from study.summary import trial_rows
 from study.tracking import (
     close_parent,
     experiment_id,
@@ -43,7 +44,7 @@ class StudyResult:
 
     @property
     def summary_dir(self) -> Path:
-        return self.plan.run_dir / "summary"
+        return self.plan.summary_dir
 
 
 class StorageError(OSError):
@@ -106,8 +107,8 @@ def summarise(plan: Plan, client: MlflowClient, parent: str, results) -> StudyRe
         m for m in study.table_metrics or (study.metric,) if m == study.metric or m in reported
     )
     trials = trial_rows(results, plan.searched, metrics)
-    table = config_table(trials, plan.searched, metrics, study.metric, study.mode)
-    out = plan.run_dir / "summary"
+    table = per_configuration(trials, plan.searched, metrics, study.mode, study.metric)
+    out = plan.summary_dir
     out.mkdir(exist_ok=True)
     trials.to_csv(out / "trials.csv", index=False)
     table.to_csv(out / "configurations.csv", index=False)

@@ -50,6 +50,11 @@ class Plan:
         return self.configs * self.seeds
 
     @property
+    def summary_dir(self) -> Path:
+        """The end-of-study tables, beside Tune's state."""
+        return self.run_dir / "summary"
+
+    @property
     def restorable(self) -> bool:
         """Resuming, with Tune state to continue from (none when the driver
         died within seconds of starting: then the study starts over)."""

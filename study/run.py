@@ -16,6 +16,7 @@ from study import defaults as d
 from study.preflight import UsageError
 from study.request import StudyRequest
 from study.studies import STUDIES
+from study.summary import format_table, outcome_line
 from study.tracking import TrackingError
 
 EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 3, 130
@@ -103,8 +104,6 @@ def print_end(result) -> None:
     study, out = result.plan.study, result.summary_dir
     better = "lower" if study.mode == "min" else "higher"
     print(f"\nBest configurations by {study.metric} ({better} is better; mean ± std over seeds)")
-    from study.summary import format_table, outcome_line
-
     table = result.table
     print(
         format_table(table, result.plan.searched, result.metrics)

@@ -8,7 +8,6 @@ from typing import Any
 
 import pandas as pd
 
-from scoring.aggregate import per_configuration
 from scoring.outcomes import OUTCOMES, ended
 
 CLOCK = ("train_seconds", "eval_seconds", "started_at")  # each trial's own timing
@@ -33,17 +32,6 @@ def trial_rows(results: Any, searched: tuple[str, ...], metrics: tuple[str, ...]
             row[m] = v if outcome != "diverged" and isinstance(v, float) else math.nan
         rows.append(row | {k: last.get(k, math.nan) for k in CLOCK})
     return pd.DataFrame(rows)
-
-
-def config_table(
-    trials: pd.DataFrame,
-    searched: tuple[str, ...],
-    metrics: tuple[str, ...],
-    sort_by: str,
-    mode: str,
-) -> pd.DataFrame:
-    """Per configuration over its seeds, best first by `sort_by`."""
-    return per_configuration(trials, searched, metrics, mode, sort_by)
 
 
 def _num(v: Any) -> str:
