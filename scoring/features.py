@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, wraps
 from pathlib import Path
 
 import torch
@@ -148,7 +148,21 @@ EXTRACTORS: dict[str, Callable[[str, torch.device], Extractor]] = {
 }
 
 
+def _own_rng(build: Callable[..., Extractor]) -> Callable[..., Extractor]:
+    """Building an extractor (module init, a first-use training) leaves the
+    caller's torch random stream as it was: a trial's results must not depend
+    on whether its process built the extractor or found it cached."""
+
+    @wraps(build)
+    def wrapped(*args: object) -> Extractor:
+        with torch.random.fork_rng(devices=[]):
+            return build(*args)
+
+    return wrapped
+
+
 @cache
+@_own_rng
 def extractor_for(dataset: str, device: str = "cpu") -> Extractor:
     """The extractor the dataset's spec names (its own classifier by default);
     the first call per machine trains and caches the classifier."""
@@ -163,6 +177,7 @@ class InceptionError(ValueError):
 
 
 @cache
+@_own_rng
 def inception_extractor(weights: str, device: str = "cpu") -> Extractor:
     """Inception v3 pool features (2048-d) from a local torchvision weights file
     (e.g. inception_v3_google-0cc3c7bd.pth). Never downloads: weights=None

@@ -7,6 +7,8 @@ with one line on stderr and exit code 2, and nothing is started or written.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -141,5 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Everything is written and closed and Ray is shut down: skip the
+    interpreter's teardown of torch, Ray and MLflow (1.5 s on 2 cores)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -86,6 +86,13 @@ Axis = LogUniform | Uniform | Choice
 class TrialConfig:
     epochs: int = param(20, low=1, high=100_000, help="training epochs")
     eval_every: int = param(5, low=1, high=100_000, help="epochs between evaluations")
+    checkpoint_seconds: float = param(
+        10.0,
+        low=0.0,
+        high=1e9,
+        help="checkpoint at an evaluation once this long has passed since the last (0: at every"
+        " evaluation); a retry redoes at most this much work",
+    )
     eval_samples: int = param(1000, low=10, high=1_000_000, help="samples scored per evaluation")
     train_size: int = param(0, low=0, high=10**9, help="use the first N training samples (0: all)")
     max_loss: float = param(1e5, low=1e-12, high=1e30, help="|loss| above this counts as diverged")
@@ -170,7 +177,11 @@ def split_settings(study: Study, values: dict[str, Any]) -> tuple[TrialConfig, A
     return build(TrialConfig, trial), build(study.family_config, family)
 
 
+NOT_IN_ID = ("seed", "checkpoint_seconds")
+
+
 def config_id(values: dict[str, Any]) -> str:
-    """Stable id shared by the seeds of one configuration."""
-    rest = {k: v for k, v in sorted(values.items()) if k != "seed"}
+    """Stable id shared by the seeds of one configuration (how often a trial
+    checkpoints does not make it another)."""
+    rest = {k: v for k, v in sorted(values.items()) if k not in NOT_IN_ID}
     return hashlib.sha1(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -9,8 +9,9 @@ from typing import Any
 import pandas as pd
 
 from scoring.outcomes import OUTCOMES, ended
+from study.clock import PHASES, STAMPS
 
-CLOCK = ("train_seconds", "eval_seconds", "started_at")  # each trial's own timing
+CLOCK = (*PHASES, *STAMPS)  # each trial's own timing
 
 
 def trial_rows(results: Any, searched: tuple[str, ...], metrics: tuple[str, ...]) -> pd.DataFrame:

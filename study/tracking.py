@@ -165,8 +165,10 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 
 
 class TrialRun:
-    """One trial's child run. Metrics are buffered and written together at each
-    checkpoint, so MLflow never holds epochs that a restored trial will redo."""
+    """One trial's child run. Metrics are buffered and written in one batch at
+    each evaluation. A retry continues from its last checkpoint, which may be
+    older than what MLflow holds: a reopened run skips the steps it has, so
+    every epoch is written once."""
 
     def __init__(self, client: MlflowClient, run_id: str, reopened: bool = False) -> None:
         self.client = client
@@ -185,18 +187,27 @@ class TrialRun:
         trial_id: str,
         name: str,
         params: dict[str, Any],
+        tags: dict[str, str],
     ) -> TrialRun:
-        """The trial's run: the existing one when the trial is retried or
-        resumed (found by its trial id), so no trial is ever logged twice."""
+        """The trial's run, with `tags` set: the existing one when the trial is
+        retried or resumed (found by its trial id), so no trial is ever logged
+        twice."""
         found = find_trial_run(client, exp_id, parent_run_id, trial_id)
         if found and _same_trial(found.data.params, params):
             client.update_run(found.info.run_id, status="RUNNING")
-            return cls(client, found.info.run_id, reopened=True)
+            run = cls(client, found.info.run_id, reopened=True)
+            run.set_tags(tags)
+            return run
         if found:
             # a trial id reused for another config: the driver died before Tune
             # saved the trial it first named so; that attempt is void
             client.delete_run(found.info.run_id)
-        tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, "trial_id": trial_id, MLFLOW_RUN_NAME: name}
+        tags = {
+            MLFLOW_PARENT_RUN_ID: parent_run_id,
+            "trial_id": trial_id,
+            MLFLOW_RUN_NAME: name,
+            **tags,
+        }
         run = client.create_run(exp_id, run_name=name, tags=tags)
         log_params(client, run.info.run_id, params)
         return cls(client, run.info.run_id)
@@ -217,9 +228,14 @@ class TrialRun:
             self._logged[key] = {m.step for m in history}
         return step in self._logged[key]
 
-    def flush(self) -> None:
-        for i in range(0, len(self._pending), _BATCH):
-            self.client.log_batch(self.run_id, metrics=self._pending[i : i + _BATCH])
+    def flush(self, tags: dict[str, str] | None = None) -> None:
+        """The pending metrics, and `tags`, in as few requests as MLflow takes."""
+        batches = [self._pending[i : i + _BATCH] for i in range(0, len(self._pending), _BATCH)]
+        last = [RunTag(k, v) for k, v in (tags or {}).items()]
+        for i, batch in enumerate(batches or [[]]):
+            with_tags = last if i == max(len(batches) - 1, 0) else []
+            if batch or with_tags:
+                self.client.log_batch(self.run_id, metrics=batch, tags=with_tags)
         self._pending = []
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
@@ -235,5 +251,5 @@ class TrialRun:
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def finish(self, outcome: str, reason: str, status: str = "FINISHED") -> None:
-        self.flush()
-        close_run(self.client, self.run_id, outcome, reason, status)
+        self.flush({"outcome": outcome, "outcome_reason": reason})
+        self.client.set_terminated(self.run_id, status)

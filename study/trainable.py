@@ -13,7 +13,8 @@ import math
 import random
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import cache
 from socket import gethostname
 from typing import Any
 
@@ -26,6 +27,7 @@ from datasources import Dataset, load_dataset
 from models import FAMILIES, Family, generates
 from scoring.outcomes import RUNNING, divergence, final_outcome
 from scoring.registry import METRICS, evaluate_samples, provenance
+from study.clock import Clock
 from study.defaults import PENALTY
 from study.sample_grid import log_samples
 from study.session import TrialSession, TuneSession
@@ -82,6 +84,13 @@ def speed_ups(family: Family, cfg: TrialConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
 
+@cache
+def tracking_client(uri: str) -> MlflowClient:
+    """One client per process and store: a reused trial process keeps its
+    connection pool (a sqlite engine, or HTTP sessions) from trial to trial."""
+    return MlflowClient(uri)
+
+
 def run_name(values: dict[str, Any], searched: tuple[str, ...], seed: int) -> str:
     def fmt(v: Any) -> str:
         return f"{v:.2g}" if isinstance(v, float) else str(v)
@@ -124,6 +133,9 @@ def train(config: dict[str, Any], ctx: TrialContext) -> None:
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> None:
+    clock = Clock()
+    clock.stamp("entered_at")
+    clock.seconds["process_seconds"] = session.process_seconds
     study = STUDIES[ctx.study]
     values = {**ctx.fixed, **{k: v for k, v in config.items() if k != TRIAL_INDEX}}
     trial_cfg, family_cfg = split_settings(study, values)
@@ -133,12 +145,15 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
     resolved = {**asdict(trial_cfg), **asdict(family_cfg), "dataset": ctx.dataset}
     cid = config_id(resolved)
     torch.set_num_threads(ctx.threads)
-    seed_everything(seed)
     device = trial_device()
-    data = load_dataset(ctx.dataset, ctx.data_dir)
-    if trial_cfg.train_size:
-        data = data.subset(trial_cfg.train_size)
-    data = data.to(device)
+    with clock.phase("data_seconds"):
+        data = load_dataset(ctx.dataset, ctx.data_dir)
+        if trial_cfg.train_size:
+            data = data.subset(trial_cfg.train_size)
+        data = data.to(device)
+        scored_in = (
+            provenance(ctx.dataset, str(device)) if generates(FAMILIES[study.family]) else {}
+        )
     params = {
         **resolved,
         "seed": seed,
@@ -146,17 +161,22 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
         "family": study.family,
         "device": str(device),
         "threads": ctx.threads,
-        **(provenance(ctx.dataset, str(device)) if generates(FAMILIES[study.family]) else {}),
+        **scored_in,
     }
-    name = run_name(values, ctx.searched, seed)
-    client = MlflowClient(ctx.tracking_uri)
-    run = TrialRun.open(
-        client, ctx.experiment_id, ctx.parent_run_id, session.trial_id, name, params
-    )
-    # where this attempt runs; a retry may land elsewhere, so a tag, not a param
-    run.set_tags({"ray_node": session.node_id, "host": gethostname()})
+    with clock.phase("mlflow_seconds"):
+        run = TrialRun.open(
+            tracking_client(ctx.tracking_uri),
+            ctx.experiment_id,
+            ctx.parent_run_id,
+            session.trial_id,
+            run_name(values, ctx.searched, seed),
+            params,
+            # where this attempt runs; a retry may land elsewhere, so tags, not params
+            tags={"ray_node": session.node_id, "host": gethostname()},
+        )
+    trial = _Trial(study, trial_cfg, family_cfg, data, seed, cid, run, session, clock)
     try:
-        _train_loop(study, trial_cfg, family_cfg, data, seed, cid, run, session)
+        trial.start()
     except Exception as e:
         run.finish("failed", f"{type(e).__name__}: {e}"[:5000], status="FAILED")
         run.log_json({"traceback": traceback.format_exc()}, "failure.json")
@@ -164,94 +184,120 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
 
 
 @dataclass
-class _Progress:
-    """What a checkpoint carries besides the model: where the trial is."""
+class _Trial:
+    """One attempt at a trial, its set-up done: builds (or restores) the
+    model, then trains, evaluates, logs and checkpoints epoch by epoch."""
 
-    epoch: int = 0
-    last_eval: dict[str, float] | None = None
-    clock: dict[str, float] | None = None
+    study: Study
+    cfg: TrialConfig
+    family_cfg: Any
+    data: Dataset
+    seed: int
+    cid: str
+    run: TrialRun
+    session: TrialSession
+    clock: Clock
+    _checkpointed: float = field(default=0.0, init=False)  # monotonic time of the last
 
-
-def _restore(
-    family: Family, device: torch.device, run: TrialRun, session: TrialSession
-) -> _Progress | None:
-    """Continue from the session's checkpoint; None when the trial had ended
-    (it died before its end was recorded: the end is reported again)."""
-    state = session.restore(device)
-    if state is None:
-        return _Progress(clock={"train_seconds": 0.0, "eval_seconds": 0.0}, last_eval={})
-    run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible in MLflow
-    if state["result"]["outcome"] != RUNNING:
-        run.finish(state["result"]["outcome"], state["reason"])
-        session.report(state["result"], None)
-        return None
-    family.load_state_dict(state["family"])
-    torch.set_rng_state(state["rng"])
-    return _Progress(state["epoch"], state["last_eval"], state["clock"])
-
-
-def _train_loop(
-    study: Study,
-    trial_cfg: TrialConfig,
-    family_cfg: Any,
-    data: Dataset,
-    seed: int,
-    cid: str,
-    run: TrialRun,
-    session: TrialSession,
-) -> None:
-    family = FAMILIES[study.family](family_cfg, data.train_x, data.test_x)
-    autocast = speed_ups(family, trial_cfg, data.train_x.device)
-    progress = _restore(family, data.train_x.device, run, session)
-    if progress is None:
-        return
-    clock, last_eval = progress.clock, progress.last_eval
-    clock["started_at"] = time.time()  # when training (re)starts: after every set-up cost
-    base, loop_start = dict(clock), time.perf_counter()
-    for epoch in range(progress.epoch + 1, trial_cfg.epochs + 1):
-        with autocast:
-            train_metrics = read_scalars(family.train_epoch())
-        run.add(epoch, train_metrics)
-        diverged = divergence(train_metrics, trial_cfg.max_loss)
-        final = diverged is not None or epoch == trial_cfg.epochs
-        if not (final or epoch % trial_cfg.eval_every == 0):
-            continue
-        t_eval = time.perf_counter()
-        if diverged is None:
-            last_eval, samples = evaluate(family, data, trial_cfg, seed)
-            run.add(epoch, last_eval)
-            if samples is not None:
-                log_samples(run, samples, epoch, data.modes)
-        clock["eval_seconds"] += time.perf_counter() - t_eval
-        outcome, reason = (
-            final_outcome(diverged, last_eval, data.n_classes) if final else (RUNNING, "")
-        )
-        # training time is all loop time but evaluation: it includes the harness's
-        # own work (metric reads, logging, flushes, the earlier checkpoints)
-        spent = time.perf_counter() - loop_start - (clock["eval_seconds"] - base["eval_seconds"])
-        clock["train_seconds"] = base["train_seconds"] + spent
-        result = {
-            **train_metrics,
-            **last_eval,
-            **clock,
-            "epoch": epoch,
-            "outcome": outcome,
-            "objective": _objective(study, last_eval, outcome),
-            "config_id": cid,
-            "seed": seed,
-        }
-        state = {
-            "family": family.state_dict(),
-            "rng": torch.get_rng_state(),
-            "epoch": epoch,
-            "last_eval": last_eval,
-            "clock": clock,
-            "result": result,
-            "reason": reason,
-        }
-        _record(run, session, result, state, final)
-        if final:
+    def start(self) -> None:
+        with self.clock.phase("model_seconds"):
+            # seeded after every set-up step, right before the model: what a
+            # process loaded or cached earlier (a reused one) cannot shift its streams
+            seed_everything(self.seed)
+            family = FAMILIES[self.study.family](
+                self.family_cfg, self.data.train_x, self.data.test_x
+            )
+            autocast = speed_ups(family, self.cfg, self.data.train_x.device)
+            progress = self._restore(family)
+        if progress is None:
             return
+        first, last_eval = progress
+        self.clock.stamp("started_at")  # when training (re)starts: after every set-up cost
+        self._checkpointed = time.monotonic()
+        for epoch in range(first, self.cfg.epochs + 1):
+            with self.clock.phase("train_seconds"), autocast:
+                train_metrics = read_scalars(family.train_epoch())
+            self.run.add(epoch, train_metrics)
+            diverged = divergence(train_metrics, self.cfg.max_loss)
+            final = diverged is not None or epoch == self.cfg.epochs
+            if not (final or epoch % self.cfg.eval_every == 0):
+                continue
+            if diverged is None:
+                last_eval = self._evaluate(family, epoch)
+            outcome, reason = (
+                final_outcome(diverged, last_eval, self.data.n_classes) if final else (RUNNING, "")
+            )
+            result = {
+                **train_metrics,
+                **last_eval,
+                "epoch": epoch,
+                "outcome": outcome,
+                "objective": _objective(self.study, last_eval, outcome),
+                "config_id": self.cid,
+                "seed": self.seed,
+            }
+            self._record(family, result, last_eval, reason, final)
+            if final:
+                return
+
+    def _restore(self, family: Family) -> tuple[int, dict[str, float]] | None:
+        """(first epoch, last evaluation) to continue from the session's
+        checkpoint; None when the trial had ended (it died before its end was
+        recorded: the end is reported again)."""
+        state = self.session.restore(self.data.train_x.device)
+        if state is None:
+            return 1, {}
+        self.run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible
+        if state["result"]["outcome"] != RUNNING:
+            self.run.finish(state["result"]["outcome"], state["reason"])
+            self.session.report(state["result"], None)
+            return None
+        family.load_state_dict(state["family"])
+        torch.set_rng_state(state["rng"])
+        self.clock.add(state["clock"])
+        return state["epoch"] + 1, state["last_eval"]
+
+    def _evaluate(self, family: Family, epoch: int) -> dict[str, float]:
+        with self.clock.phase("eval_seconds"):
+            metrics, samples = evaluate(family, self.data, self.cfg, self.seed)
+        self.run.add(epoch, metrics)
+        if samples is not None:
+            with self.clock.phase("log_seconds"):
+                log_samples(self.run, samples, epoch, self.data.modes)
+        return metrics
+
+    def _record(
+        self, family: Family, result: dict, last_eval: dict, reason: str, final: bool
+    ) -> None:
+        """Write MLflow first, then report: a retry never finds epochs missing
+        from MLflow (the ones it redoes are already there and not written
+        again). The report carries a checkpoint at the end and whenever
+        `checkpoint_seconds` have passed since the last one."""
+        with self.clock.phase("log_seconds"):
+            if final:
+                self.run.log_json(result, "final_metrics.json")
+                self.run.finish(result["outcome"], reason)
+            else:
+                self.run.flush()
+        if final:
+            self.clock.stamp("ended_at")
+        result |= self.clock.as_dict()
+        due = final or time.monotonic() - self._checkpointed >= self.cfg.checkpoint_seconds
+        state = None
+        if due:
+            state = {
+                "family": family.state_dict(),
+                "rng": torch.get_rng_state(),
+                "epoch": result["epoch"],
+                "last_eval": last_eval,
+                "clock": self.clock.seconds,
+                "result": result,
+                "reason": reason,
+            }
+            self._checkpointed = time.monotonic()
+        # this report's own time shows in the next result (the last's, nowhere)
+        with self.clock.phase("report_seconds"):
+            self.session.report(result, state)
 
 
 def _objective(study: Study, last_eval: dict[str, float], outcome: str) -> float:
@@ -260,17 +306,6 @@ def _objective(study: Study, last_eval: dict[str, float], outcome: str) -> float
     penalty = PENALTY if study.mode == "min" else -PENALTY
     score = last_eval.get(study.metric, penalty)
     return score if outcome != "diverged" and math.isfinite(score) else penalty
-
-
-def _record(run: TrialRun, session: TrialSession, result: dict, state: dict, final: bool) -> None:
-    """Write MLflow first, then report with the checkpoint: a trial restored
-    from this checkpoint never finds epochs missing from MLflow."""
-    if final:
-        run.log_json(result, "final_metrics.json")
-        run.finish(result["outcome"], state["reason"])
-    else:
-        run.flush()
-    session.report(result, state)
 
 
 __all__ = ["TrialContext", "evaluate", "run_trial", "train"]

@@ -141,6 +141,9 @@ def fit(plan: Plan, ctx: TrialContext, concurrent: int, callbacks: list) -> Any 
                 scheduler=_scheduler(plan),
                 num_samples=plan.trials if search else 1,
                 max_concurrent_trials=concurrent,
+                # a trial process stays for the next trial: torch, the datasets,
+                # the feature classifier and the MLflow client stay loaded
+                reuse_actors=True,
             )
             tuner = tune.Tuner(
                 trainable, param_space=space, run_config=run_config, tune_config=tune_config

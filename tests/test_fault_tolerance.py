@@ -58,6 +58,8 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
         "eval_every=2",
         "--set",
         "eval_samples=100",
+        "--set",
+        "checkpoint_seconds=0",  # a checkpoint at every evaluation, to resume from
     ]
     cli = start_cli(args, tmp_path)
     try:
@@ -149,12 +151,20 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
         "dk",
         "--set",
         "arch=mlp",
+        # long enough that the kill below finds trials ended and trials
+        # half-way (reused trial processes start the next trial at once)
         "--set",
-        "epochs=12",
+        "epochs=30",
         "--set",
-        "eval_every=3",
+        "eval_every=10",
+        "--set",
+        "train_size=4000",
+        "--set",
+        "width=256",
         "--set",
         "eval_samples=100",
+        "--set",
+        "checkpoint_seconds=0",
     ]
     cli = start_cli(args, tmp_path, stderr=subprocess.STDOUT)
     lines: list[str] = []
@@ -207,12 +217,12 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
     seeds = Counter(r.data.params["config_id"] for r in children)
     assert sorted(seeds.values()) == [2, 2, 2], seeds
     for run in children:
-        assert _steps(client, run.info.run_id, "d_loss") == list(range(1, 13))
-        assert _steps(client, run.info.run_id, "fid") == [3, 6, 9, 12]
+        assert _steps(client, run.info.run_id, "d_loss") == list(range(1, 31))
+        assert _steps(client, run.info.run_id, "fid") == [10, 20, 30]
     # finished trials were not trained again; some trial continued from a checkpoint
     restored = {r.info.run_id: r.data.tags.get("restored_from_epoch") for r in children}
     assert ended_before <= set(restored)
-    assert all(restored[r] in (None, "12") for r in ended_before)
+    assert all(restored[r] in (None, "30") for r in ended_before)
     assert any(v is not None for v in restored.values()), restored
 
 
