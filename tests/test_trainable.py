@@ -57,3 +57,40 @@ def test_compile_keeps_checkpoint_keys_and_trains():
     assert set(gan.state_dict()["G"]) == keys  # checkpoints stay loadable either way
     assert gan.G._compiled_call_impl is not None and gan.D._compiled_call_impl is not None
     assert all(math.isfinite(v) for v in read_scalars(gan.train_epoch()).values())
+
+
+def test_a_trial_gives_the_same_results_in_a_fresh_or_a_reused_process(tmp_path):
+    """Tune reuses trial processes: what a process built for an earlier trial
+    (the feature classifier, cached) must not shift a later trial's random
+    streams. Building the classifier draws from torch's generator; before the
+    trial was seeded after all set-up, a fresh process gave other numbers."""
+    from mlflow import MlflowClient
+
+    from scoring import features, registry
+    from study.session import LocalSession
+    from study.spec import resolve
+    from study.studies import STUDIES
+    from study.tracking import experiment_id, init_store, start_parent
+    from study.trainable import TrialContext, run_trial
+
+    uri = f"sqlite:///{tmp_path}/store.db"
+    init_store(uri)
+    client = MlflowClient(uri)
+    exp = experiment_id(client, "reuse")
+    parent = start_parent(client, exp, "reuse", {}, {})
+    study = STUDIES["gan_stability"]
+    fixed = resolve(study, {"arch": "mlp"}, smoke=True).fixed
+    ctx = TrialContext(study.name, "digits", str(tmp_path), fixed, uri, exp, parent,
+                       threads=1, searched=())  # fmt: skip
+
+    def trial(name: str, config: dict) -> dict:
+        session = LocalSession(name)
+        run_trial(config, ctx, session)
+        return {k: v for k, v in session.results[-1].items() if isinstance(v, float)}
+
+    features.extractor_for.cache_clear()  # as in a fresh process
+    registry.reference.cache_clear()
+    fresh = trial("fresh", {})
+    trial("other", {"lr_g": 1e-3})  # the process runs another trial first
+    reused = trial("reused", {})
+    assert fresh["fid"] == reused["fid"] and fresh["g_loss"] == reused["g_loss"]
