@@ -1,8 +1,15 @@
-"""Harness overhead: the default GAN trial as a bare PyTorch loop and as a trial.
+"""Harness overhead: where a default study's time goes, and the default GAN
+trial as a bare PyTorch loop and as a trial.
 
-    python benchmarks/overhead.py [--repeats 3] [--epochs 12] [--threads 1] [--gpu]
+    python benchmarks/overhead.py [--study sparse_ae] [--repeats 3] [--epochs 12]
+                                  [--threads 1] [--gpu]
 
-(a) a bare loop written here around the family's own networks: the same
+First, the study named by --study runs with its defaults (`python -m
+study.run`, see study_clock.py) and its core-seconds (wall x slots) are split
+by phase: the driver's start, the trial processes' start, each trial's own
+phases from its clock (data, MLflow set-up, model, training, evaluation,
+MLflow writes, checkpoint and report), the gaps between trials and the tail.
+Then (a) a bare loop written here around the family's own networks: the same
 optimisers, loss, data and batch size, one thread, no logging; (b) the same
 configuration as a one-trial study through `study.run_study` with MLflow
 logging on (a sqlite store in a temporary folder), evaluated only at the end,
@@ -24,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import study_clock
 import torch
 import torch.nn.functional as F
 
@@ -96,12 +104,16 @@ def harness_steps_per_second(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--study", default="sparse_ae", help="the study whose time is broken down")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=STUDY.fixed["epochs"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--gpu", action="store_true", help="both sides on one GPU")
     args = p.parse_args()
     device, gpus = ("cuda", 1) if args.gpu else ("cpu", 0)
+    study = study_clock.run([args.study, *(["--gpus-per-trial", "1"] if args.gpu else [])])
+    study_clock.print_breakdown(study)
+    print(f"busy share (training and evaluation): {study_clock.busy_share(study):.3f}\n")
     bare, harness, startup = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):

@@ -82,8 +82,8 @@ def run(args: list[str]) -> StudyRun:
 
 
 LABELS = {
-    "before": "before the first trials: CLI, checks, Ray, MLflow, trial processes",
-    "process_seconds": "trial processes started later: Ray worker, imports",
+    "before": "driver start: CLI imports, checks, Ray's start, MLflow set-up, Tune",
+    "process_seconds": "trial processes' start: Ray worker, imports (torch, MLflow, Tune)",
     "data_seconds": "dataset onto the device, feature classifier",
     "mlflow_seconds": "MLflow run opened, params and tags",
     "model_seconds": "model built (restored on a retry)",
@@ -122,8 +122,11 @@ def breakdown(study: StudyRun) -> pd.DataFrame:
         if not slot:
             secs["after"] += study.wall
             continue
-        secs["before"] += slot[0]["entered_at"] - study.launch  # its process's start included
-        secs["process_seconds"] -= slot[0]["process_seconds"]
+        # a first trial's process was started by Tune once the driver was ready
+        waited = slot[0]["entered_at"] - study.launch
+        started = min(slot[0]["process_seconds"], waited)
+        secs["before"] += waited - started
+        secs["process_seconds"] -= slot[0]["process_seconds"] - started
         for prev, cur in zip(slot, slot[1:], strict=False):
             secs["between"] += cur["entered_at"] - prev["ended_at"] - cur["process_seconds"]
         secs["after"] += study.end - slot[-1]["ended_at"]

@@ -1,0 +1,49 @@
+"""The study-time breakdown of benchmarks/study_clock.py: every core-second of
+wall x slots lands in exactly one phase, and gaps land where they happened."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pandas as pd
+import pytest
+
+from study.clock import PHASES
+from tests.conftest import ROOT
+
+
+def _study_clock():
+    spec = importlib.util.spec_from_file_location(
+        "study_clock", ROOT / "benchmarks" / "study_clock.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["study_clock"] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _trial(entered: float, ended: float, process: float = 0.0, train: float = 0.0) -> dict:
+    return {**dict.fromkeys(PHASES, 0.0), "process_seconds": process, "train_seconds": train,
+            "entered_at": entered, "started_at": entered, "ended_at": ended}  # fmt: skip
+
+
+def test_the_breakdown_adds_up_to_wall_times_slots_and_places_each_gap():
+    sc = _study_clock()
+    # two slots from t=100 to t=130: slot A runs trials [110, 118] (its process
+    # started 3 s before) and [119, 125]; slot B runs [112, 128] (process 4 s)
+    trials = pd.DataFrame([
+        _trial(110, 118, process=3, train=7), _trial(119, 125, train=5),
+        _trial(112, 128, process=4, train=15),
+    ])  # fmt: skip
+    run = sc.StudyRun("", 100.0, 130.0, trials, 2, 0.0, 0.0)
+    table = sc.breakdown(run).set_index("phase")["core_seconds"]
+    assert table.sum() == pytest.approx(60.0)  # 2 slots x 30 s
+    label = sc.LABELS
+    assert table[label["before"]] == pytest.approx((110 - 100 - 3) + (112 - 100 - 4))
+    assert table[label["process_seconds"]] == pytest.approx(7)
+    assert table[label["train_seconds"]] == pytest.approx(27)
+    assert table[label["untimed"]] == pytest.approx(3)  # 8 + 6 + 16 in trials, 27 timed
+    assert table[label["between"]] == pytest.approx(1)  # 118 -> 119 on slot A
+    assert table[label["after"]] == pytest.approx((130 - 125) + (130 - 128))
+    assert sc.busy_share(run) == pytest.approx(27 / 60)
