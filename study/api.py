@@ -8,6 +8,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from study.summary import trial_rows
 from study.tracking import (
     close_parent,
     experiment_id,
+    import_store,
     init_store,
     kill_running_children,
     log_params,
@@ -68,6 +70,7 @@ def run_study(request: StudyRequest) -> StudyResult:
 
 def execute(plan: Plan) -> StudyResult:
     quiet_libraries()
+    threading.Thread(target=import_store, args=(plan.tracking_uri,), daemon=True).start()
     if generates(FAMILIES[plan.study.family]) and load_dataset(plan.dataset).is_image:
         prepare_reference(plan.dataset)  # trains the feature classifier once, before any trial
     with ray_cluster(plan) as concurrent:
