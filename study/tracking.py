@@ -239,11 +239,12 @@ class TrialRun:
     def flush(self, tags: dict[str, str] | None = None) -> None:
         """The pending metrics, and `tags`, in as few requests as MLflow takes."""
         batches = [self._pending[i : i + _BATCH] for i in range(0, len(self._pending), _BATCH)]
-        last = [RunTag(k, v) for k, v in (tags or {}).items()]
-        for i, batch in enumerate(batches or [[]]):
-            with_tags = last if i == max(len(batches) - 1, 0) else []
-            if batch or with_tags:
-                self.client.log_batch(self.run_id, metrics=batch, tags=with_tags)
+        *full, last = batches or [[]]
+        for batch in full:
+            self.client.log_batch(self.run_id, metrics=batch)
+        tag_list = [RunTag(k, v) for k, v in (tags or {}).items()]
+        if last or tag_list:
+            self.client.log_batch(self.run_id, metrics=last, tags=tag_list)
         self._pending = []
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
