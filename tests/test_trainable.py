@@ -94,3 +94,38 @@ def test_a_trial_gives_the_same_results_in_a_fresh_or_a_reused_process(tmp_path)
     trial("other", {"lr_g": 1e-3})  # the process runs another trial first
     reused = trial("reused", {})
     assert fresh["fid"] == reused["fid"] and fresh["g_loss"] == reused["g_loss"]
+
+
+def test_a_short_trial_checkpoints_at_its_end_only_unless_asked_for_more(tmp_path):
+    """checkpoint_seconds (default 10): a trial of a few seconds reports every
+    evaluation but carries a checkpoint only with its last; 0 checkpoints at
+    every evaluation. MLflow gets every evaluation either way."""
+    from mlflow import MlflowClient
+
+    from study.session import LocalSession
+    from study.spec import resolve
+    from study.studies import STUDIES
+    from study.tracking import experiment_id, find_trial_run, init_store, start_parent
+    from study.trainable import TrialContext, run_trial
+
+    class Counting(LocalSession):
+        def report(self, result, state):
+            self.checkpointed = [*getattr(self, "checkpointed", []), state is not None]
+            super().report(result, state)
+
+    uri = f"sqlite:///{tmp_path}/store.db"
+    init_store(uri)
+    client = MlflowClient(uri)
+    exp = experiment_id(client, "ckpt")
+    parent = start_parent(client, exp, "ckpt", {}, {})
+    study = STUDIES["gan_stability"]
+    for seconds, expected in ((10.0, [False, False, True]), (0.0, [True, True, True])):
+        fixed = resolve(study, {"arch": "mlp", "epochs": "3", "checkpoint_seconds": str(seconds)},
+                        smoke=True).fixed  # fmt: skip
+        ctx = TrialContext(study.name, "digits", str(tmp_path), fixed, uri, exp, parent,
+                           threads=1, searched=())  # fmt: skip
+        session = Counting(f"every-{seconds}")
+        run_trial({}, ctx, session)
+        assert session.checkpointed == expected
+        run = find_trial_run(client, exp, parent, f"every-{seconds}")
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "fid")] == [1, 2, 3]
