@@ -20,6 +20,7 @@ from models import FAMILIES, generates
 from scoring.aggregate import per_configuration
 from scoring.registry import prepare_reference
 from study.callbacks import CloseRuns, Progress
+from study.optuna_store import fail_stale_trials
 from study.plan import Plan, prepare
 from study.request import StudyRequest
 from study.summary import trial_rows
@@ -85,10 +86,11 @@ def execute(plan: Plan) -> StudyResult:
             plan.parent_run_id = parent
             plan.record_invocation()
         print(
-            f"  MLflow: {plan.tracking_uri} · experiment '{plan.experiment}' · parent run "
-            f"{parent}\n",
-            flush=True,
+            f"  MLflow: {plan.tracking_uri} · experiment '{plan.experiment}' · parent run {parent}",
         )
+        if plan.optuna_url:
+            print(f"  Optuna: {plan.optuna_url} · study '{plan.run_dir.name}'")
+        print(flush=True)
         callbacks = [
             Progress(plan.trials, plan.study.metric, plan.study.mode, plan.searched),
             CloseRuns(plan.tracking_uri, exp_id, parent),
@@ -116,6 +118,8 @@ def summarise(plan: Plan, client: MlflowClient, parent: str, results) -> StudyRe
     trials.to_csv(out / "trials.csv", index=False)
     table.to_csv(out / "configurations.csv", index=False)
     log_params(client, parent, {"trials": len(trials)})
+    if plan.optuna_url:
+        fail_stale_trials(plan.optuna_url, plan.run_dir.name)
     close_parent(client, parent, out)
     return StudyResult(plan, parent, trials, table, metrics)
 
@@ -142,6 +146,8 @@ def parent_record(plan: Plan) -> tuple[dict[str, str], dict[str, object]]:
         "mlflow.source.git.commit": git_commit(),
         "run_dir": str(plan.run_dir),
     }
+    if plan.optuna_url:  # where Optuna's tools find the searcher's history
+        tags |= {"optuna_storage": plan.optuna_url, "optuna_study": plan.run_dir.name}
     params = {
         "dataset": plan.dataset,
         "configurations": plan.configs,

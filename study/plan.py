@@ -16,6 +16,7 @@ from models.config import ConfigError
 from scoring.features import InceptionError, inception_extractor
 from scoring.registry import metric_names, split_sampler_metric
 from study import defaults as d
+from study.optuna_store import check_url, default_url, resolve_url
 from study.preflight import UsageError, check_ray_address, check_storage
 from study.request import StudyRequest
 from study.spec import Resolved, Study, resolve, split_settings
@@ -48,6 +49,13 @@ class Plan:
     @property
     def trials(self) -> int:
         return self.configs * self.seeds
+
+    @property
+    def optuna_url(self) -> str | None:
+        """Where the searcher's history goes; None when nothing is searched."""
+        if not self.searched:
+            return None
+        return self.request.optuna_storage or default_url(self.run_dir)
 
     @property
     def summary_dir(self) -> Path:
@@ -140,6 +148,9 @@ def prepare(request: StudyRequest) -> Plan:
         check_ray_address(r.address)
     storage = Path(r.storage).expanduser().resolve()
     check_storage(storage, tracking_uri)
+    if r.optuna_storage:
+        r = replace(r, optuna_storage=resolve_url(r.optuna_storage))
+        check_url(r.optuna_storage)
     plan = Plan(
         r,
         study,

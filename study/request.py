@@ -30,6 +30,7 @@ class StudyRequest:
     experiment: str | None = None  # None: the study name
     storage: str = d.STORAGE
     name: str | None = None  # run folder under storage; None: STUDY-DATE-TIME
+    optuna_storage: str | None = None  # the searcher's history; None: a file in the run folder
     resume: bool = False
     smoke: bool = False
 

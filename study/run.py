@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--storage", default=d.STORAGE, help="folder for Tune state and checkpoints")
     add("--name", help="name of this run's folder under --storage")
     add(
+        "--optuna-storage",
+        metavar="URL",
+        help="database for the searcher's history, e.g. sqlite:///optuna.db or postgresql://... "
+        "(default: optuna.db in the run's folder)",
+    )
+    add(
         "--resume",
         action="store_true",
         help="continue the run named --name (default: the study's latest)",
@@ -117,6 +123,8 @@ def print_end(result) -> None:
     uri = result.plan.tracking_uri
     print("Browse the runs:")
     print(f"  open {uri}" if uri.startswith("http") else f"  mlflow ui --backend-store-uri {uri}")
+    if result.plan.optuna_url:
+        print(f"  optuna-dashboard {result.plan.optuna_url}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
+# no "View run ... at" lines from a tracking server's client, in the driver or
+# a trial (each would also cost a request per finished run)
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics and 100 params per log_batch
 
@@ -85,17 +88,26 @@ def init_store(uri: str) -> None:
             MlflowClient(uri).search_experiments(max_results=1)
 
 
+# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces,
+# latency, tokens); with it, on the runs table with the trials nested
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
+    """The study's experiment, created or restored, tagged as model training."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
         except MlflowException:  # another study created it a moment ago
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    key, kind = EXPERIMENT_KIND
+    if exp.tags.get(key) != kind:  # an experiment made before, or by hand
+        client.set_experiment_tag(exp.experiment_id, key, kind)
     return exp.experiment_id
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from study import defaults as d
+from study import optuna_store
 from study.plan import Plan
 from study.preflight import UsageError, check_resources, trials_at_once
 from study.spec import split_settings
@@ -22,6 +23,8 @@ from study.trainable import TrialContext, train
 def quiet_libraries() -> None:
     """Ray, Optuna and MLflow talk a lot; the user wants our progress lines."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's JSON and CSV result files are kept (ExperimentAnalysis reads them),
+    # added explicitly in `fit`: its automatic set would add TensorBoard files too
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("TUNE_WARN_SLOW_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1e9")
@@ -81,7 +84,12 @@ def _searcher(plan: Plan) -> Any:
     }
     space = {k: a.optuna() for k, a in axes.items()}
     searcher = OptunaSearch(
-        space, metric="objective", mode=plan.study.mode, sampler=samplers[plan.search]()
+        space,
+        metric="objective",
+        mode=plan.study.mode,
+        sampler=samplers[plan.search](),
+        study_name=plan.run_dir.name,
+        storage=optuna_store.storage(plan.optuna_url),
     )
     return Repeater(searcher, repeat=plan.seeds, set_index=True)
 
@@ -116,6 +124,7 @@ def fit(plan: Plan, ctx: TrialContext, concurrent: int, callbacks: list) -> Any 
     """Run (or continue) the plan's trials; the ResultGrid, or None when
     interrupted (Ctrl-C: Tune stops its trials and returns early)."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     r = plan.request
     trainable = tune.with_resources(
@@ -130,7 +139,7 @@ def fit(plan: Plan, ctx: TrialContext, concurrent: int, callbacks: list) -> Any 
             run_config = tune.RunConfig(
                 name=plan.run_dir.name,
                 storage_path=str(plan.run_dir.parent),
-                callbacks=callbacks,
+                callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
                 verbose=0,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=d.CHECKPOINTS_KEPT),
                 failure_config=tune.FailureConfig(max_failures=d.MAX_FAILURES),
