@@ -4,7 +4,7 @@ PY := .venv/bin/python
 STUDY ?= gan_stability
 ARGS ?=
 
-.PHONY: study test lint venv clean
+.PHONY: study test lint venv clean notebooks
 
 venv: .venv/.installed
 
@@ -19,6 +19,10 @@ study: venv
 
 test: venv lint
 	$(PY) -m pytest -q
+
+# JupyterLab on analysis/notebooks, reading STORE (default: ./mlflow.db)
+notebooks: venv
+	$(PY) -m analysis.lab $(if $(STORE),--store $(STORE)) $(ARGS)
 
 lint: venv
 	$(PY) -m ruff check .

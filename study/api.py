@@ -39,6 +39,7 @@ from study.tune_run import fit, quiet_libraries, ray_cluster, trial_context
 @dataclass
 class StudyResult:
     plan: Plan
+    experiment_id: str
     parent_run_id: str
     trials: pd.DataFrame  # one row per trial (empty when interrupted)
     table: pd.DataFrame  # one row per configuration, best first
@@ -99,11 +100,13 @@ def execute(plan: Plan) -> StudyResult:
     if results is None:
         kill_running_children(client, exp_id, parent)
         close_parent(client, parent, None, "KILLED")
-        return StudyResult(plan, parent, pd.DataFrame(), pd.DataFrame(), (), interrupted=True)
-    return summarise(plan, client, parent, results)
+        return StudyResult(
+            plan, exp_id, parent, pd.DataFrame(), pd.DataFrame(), (), interrupted=True
+        )
+    return summarise(plan, client, exp_id, parent, results)
 
 
-def summarise(plan: Plan, client: MlflowClient, parent: str, results) -> StudyResult:
+def summarise(plan: Plan, client: MlflowClient, exp_id: str, parent: str, results) -> StudyResult:
     """The tables, written beside Tune's state and attached to the parent run."""
     study = plan.study
     reported = {k for r in results for k in (r.metrics or {})}
@@ -121,7 +124,7 @@ def summarise(plan: Plan, client: MlflowClient, parent: str, results) -> StudyRe
     if plan.optuna_url:
         fail_stale_trials(plan.optuna_url, plan.run_dir.name)
     close_parent(client, parent, out)
-    return StudyResult(plan, parent, trials, table, metrics)
+    return StudyResult(plan, exp_id, parent, trials, table, metrics)
 
 
 def print_header(plan: Plan, concurrent: int) -> None:

@@ -19,7 +19,7 @@ from study.preflight import UsageError
 from study.request import StudyRequest
 from study.studies import STUDIES
 from study.summary import format_table, outcome_line
-from study.tracking import TrackingError
+from study.tracking import TrackingError, ui_url
 
 EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -122,7 +122,9 @@ def print_end(result) -> None:
     print(f"Tables: {out}/configurations.csv, {out}/trials.csv")
     uri = result.plan.tracking_uri
     print("Browse the runs:")
-    print(f"  open {uri}" if uri.startswith("http") else f"  mlflow ui --backend-store-uri {uri}")
+    if not uri.startswith("http"):
+        print(f"  mlflow ui --backend-store-uri {uri}")
+    print(f"  open {ui_url(uri, result.experiment_id)}")
     if result.plan.optuna_url:
         print(f"  optuna-dashboard {result.plan.optuna_url}")
 

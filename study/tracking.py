@@ -88,9 +88,18 @@ def init_store(uri: str) -> None:
             MlflowClient(uri).search_experiments(max_results=1)
 
 
-# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces,
-# latency, tokens); with it, on the runs table with the trials nested
+# What the study's experiments are, for MLflow's clients and UI. (The 3.17 UI
+# reads the kind from a per-browser switch instead, GenAI unless the address
+# says otherwise: hence `ui_url`.)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves
+
+
+def ui_url(tracking_uri: str, exp_id: str) -> str:
+    """The experiment's runs table in the MLflow UI: `workflowType` makes the
+    3.17 UI open on the runs (and remember it), not on its GenAI overview."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else UI_DEFAULT
+    return f"{base}/#/experiments/{exp_id}?workflowType=machine_learning"
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

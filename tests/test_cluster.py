@@ -137,6 +137,8 @@ def test_study_on_a_two_node_cluster_logs_everything_to_the_tracking_server(
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 at once" in out.stdout  # the cluster's two CPUs, one per node
+    # the output is the harness's own: no MLflow client's "View run ... at" lines
+    assert "View run" not in out.stdout and "View experiment" not in out.stdout
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("gan_stability")
     runs = client.search_runs([exp.experiment_id])

@@ -11,6 +11,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from tests.conftest import run_cli, start_cli
+from tests.test_clients import assert_optuna_matches_mlflow
 
 
 def _descendants(pid: int) -> list[tuple[int, str]]:
@@ -219,6 +220,10 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
     for run in children:
         assert _steps(client, run.info.run_id, "d_loss") == list(range(1, 31))
         assert _steps(client, run.info.run_id, "fid") == [10, 20, 30]
+    # the Optuna study holds each configuration once, finished, with its seed mean
+    # (those the killed driver had asked for and Tune never saved are marked failed)
+    exp_id = after_parents[0].info.experiment_id
+    assert_optuna_matches_mlflow(client, exp_id, after_parents[0], "gan_stability")
     # finished trials were not trained again; some trial continued from a checkpoint
     restored = {r.info.run_id: r.data.tags.get("restored_from_epoch") for r in children}
     assert ended_before <= set(restored)

@@ -86,3 +86,17 @@ def test_mlflow_ui_shows_nested_readable_runs_their_metrics_and_sample_grids(smo
     assert re.search(rf'<img alt="{grid}" src="blob:', page), re.findall(r"<img[^>]*>", page)
     with urllib.request.urlopen(f"{ui}/get-artifact?path={grid}&run_uuid={child.info.run_id}") as r:
         assert r.headers["Content-Type"] == "image/png" and r.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_printed_link_opens_the_experiment_on_its_runs_table(smoke_store, ui):
+    """MLflow 3.17's UI opens an experiment on its GenAI overview (traces,
+    latency, tokens) unless the address asks for machine learning; the link
+    the study prints does, and lands on the runs with the trials nested."""
+    client = MlflowClient(smoke_store.uri)
+    exp = client.get_experiment_by_name("sparse_ae")
+    runs = client.search_runs([exp.experiment_id])
+    printed = re.search(r"open (\S+)", smoke_store.outputs["sparse_ae"].stdout).group(1)
+    assert printed.startswith("http://127.0.0.1:5000/#/experiments/")  # `mlflow ui`'s default
+    landing = _text(_render(printed.replace("http://127.0.0.1:5000", ui)))
+    assert f"{len(runs)} matching runs" in landing, landing[-3000:]
+    assert "smoke-sparse_ae" in landing and "Token Usage" not in landing
