@@ -17,7 +17,7 @@ from scoring.features import InceptionError, inception_extractor
 from scoring.registry import metric_names, split_sampler_metric
 from study import defaults as d
 from study.optuna_store import check_url, default_url, resolve_url
-from study.preflight import UsageError, check_ray_address, check_storage
+from study.preflight import UsageError, check_folder_name, check_ray_address, check_storage
 from study.request import StudyRequest
 from study.spec import Resolved, Study, resolve, split_settings
 from study.studies import STUDIES
@@ -130,6 +130,8 @@ def _budget(r: StudyRequest, study: Study, resolved: Resolved, search: str) -> t
 
 
 def prepare(request: StudyRequest) -> Plan:
+    if request.name is not None:
+        check_folder_name("--name", request.name)
     r = resumed_request(request) if request.resume else request
     if r.study not in STUDIES:
         given = f"unknown study '{r.study}'" if r.study else "no study given"

@@ -60,11 +60,37 @@ def trials_at_once(
     return max(1, int(fits + 1e-9))  # 0.7 / 0.1 is 6.999... in floating point
 
 
-def check_resources(resources: dict[str, float], gpus_per_trial: float) -> None:
-    """A trial asking for more than the cluster has would wait forever."""
-    gpus = resources.get("GPU", 0)
-    if gpus_per_trial > gpus:
+def check_folder_name(flag: str, name: str) -> None:
+    """A value that becomes one folder under --storage must stay inside it."""
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise UsageError(
-            f"--gpus-per-trial {gpus_per_trial:g} but the Ray cluster has "
-            f"{gpus:g} GPU{'' if gpus == 1 else 's'}, so no trial could start"
+            f"{flag} must be one plain folder name (no '/', '\\', '..' or empty name), got '{name}'"
         )
+
+
+def _largest_node(nodes: list[dict], resource: str) -> float:
+    return max((n["Resources"].get(resource, 0.0) for n in nodes if n.get("Alive")), default=0.0)
+
+
+def check_resources(
+    nodes: list[dict],
+    asks: dict[str, tuple[str, float]],
+    ceiling: dict[str, float] | None = None,
+) -> list[str]:
+    """A trial runs on one node: one asking for more of a resource than the
+    largest node has would wait forever, so that is a UsageError. On a cluster
+    an autoscaler can grow (`ceiling`: the most of each resource its node
+    types give one node), a request the ceiling fits is a warning instead.
+    `asks` maps a Ray resource to (its flag, the amount). Returns the warnings."""
+    warnings = []
+    for resource, (flag, want) in asks.items():
+        have = _largest_node(nodes, resource)
+        if not want or want <= have + 1e-9:
+            continue
+        unit = resource if have == 1 else resource + "s"
+        problem = f"{flag} {want:g} but the largest node of the Ray cluster has {have:g} {unit}"
+        if ceiling is not None and ceiling.get(resource, 0) >= want:
+            warnings.append(f"{problem}; trials wait until the autoscaler adds a node")
+        else:
+            raise UsageError(problem + ", so no trial could start")
+    return warnings

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,12 +58,37 @@ def ray_cluster(plan: Plan) -> Iterator[int]:
                 f"cannot start or join Ray at {r.address or 'local'}: {first}"
             ) from None
     try:
+        asks = {
+            "CPU": ("--cpus-per-trial", r.cpus_per_trial),
+            "GPU": ("--gpus-per-trial", r.gpus_per_trial),
+        }
+        for warning in check_resources(ray.nodes(), asks, autoscaler_ceiling()):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
         resources = ray.cluster_resources()
-        check_resources(resources, r.gpus_per_trial)
         yield r.max_concurrent or trials_at_once(resources, r.cpus_per_trial, r.gpus_per_trial)
     finally:
         if started:
             ray.shutdown()
+
+
+def autoscaler_ceiling() -> dict[str, float] | None:
+    """The most of each resource one node can have on a cluster that an
+    autoscaler can grow (its node types, from the cluster config it publishes
+    in Ray's GCS); None on a fixed cluster."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # a private API: without it, treat the cluster as fixed
+        return None
+    if config is None:
+        return None
+    ceiling: dict[str, float] = {}
+    for group in config.node_group_configs:
+        if group.max_count != 0:
+            for key, value in group.resources.items():
+                ceiling[key] = max(ceiling.get(key, 0.0), float(value))
+    return ceiling or None
 
 
 def _searcher(plan: Plan) -> Any:

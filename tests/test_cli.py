@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from study.preflight import trials_at_once
+from study.preflight import UsageError, check_resources, trials_at_once
 from tests.conftest import run_cli
 
 
@@ -227,7 +227,27 @@ BAD = [
     (
         ["gan_stability", "--smoke", "--gpus-per-trial", "64"],
         _nothing,
-        "--gpus-per-trial 64 but the Ray cluster has",
+        "--gpus-per-trial 64 but the largest node of the Ray cluster has 0 GPUs",
+    ),
+    (
+        ["gan_stability", "--smoke", "--cpus-per-trial", "99"],
+        _nothing,
+        "--cpus-per-trial 99 but the largest node of the Ray cluster has",
+    ),
+    # values that become a folder under --storage must stay inside it
+    (["gan_stability", "--smoke", "--name", "../../etc/x"], _nothing, "got '../../etc/x'"),
+    (["gan_stability", "--smoke", "--name", "/tmp/abs"], _nothing, "got '/tmp/abs'"),
+    (["gan_stability", "--smoke", "--name", ".."], _nothing, "got '..'"),
+    (["gan_stability", "--smoke", "--name", ""], _nothing, "plain folder name"),
+    (
+        ["gan_stability", "--resume", "--name", "../x"],
+        _nothing,
+        "--name must be one plain folder name",
+    ),
+    (
+        ["gan_stability", "--smoke", "--optuna-storage", "optuna.db"],
+        _nothing,
+        "--optuna-storage expects a database URL",
     ),
     (["gan_modes", "--num-samples", "5"], _nothing, "--num-samples 5 but the grid has 3 points"),
     (
@@ -328,6 +348,26 @@ def test_trials_at_once_counts_cpus_and_gpus():
     assert trials_at_once({"CPU": 2.0}, 1, 0) == 2
     assert trials_at_once({"CPU": 3.0, "GPU": 8.0}, 2, 1) == 1
     assert trials_at_once({"CPU": 64.0, "GPU": 0.7}, 1, 0.1) == 7  # not 6 from 6.999...
+
+
+def test_a_trial_must_fit_on_one_node_or_on_one_the_autoscaler_can_add():
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 2.0}},
+        {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}},
+        {"Alive": False, "Resources": {"CPU": 64.0}},  # a lost node counts for nothing
+    ]
+    cpus = {"CPU": ("--cpus-per-trial", 2.0)}
+    assert check_resources(nodes, cpus) == []
+    # 4 CPUs in all, but no node has 3: such a trial could never start
+    with pytest.raises(UsageError, match="--cpus-per-trial 3 but the largest node .* 2 CPUs"):
+        check_resources(nodes, {"CPU": ("--cpus-per-trial", 3.0)})
+    with pytest.raises(UsageError, match="has 1 GPU, so no trial"):
+        check_resources(nodes, {"GPU": ("--gpus-per-trial", 2.0)})
+    # an autoscaler whose node types reach 8 GPUs: the trials wait for it
+    warnings = check_resources(nodes, {"GPU": ("--gpus-per-trial", 2.0)}, {"GPU": 8.0})
+    assert len(warnings) == 1 and "autoscaler" in warnings[0]
+    with pytest.raises(UsageError, match="no trial could start"):
+        check_resources(nodes, {"GPU": ("--gpus-per-trial", 16.0)}, {"GPU": 8.0})
 
 
 def test_asha_stops_a_poor_trial_and_closes_its_run(tmp_path):
