@@ -33,3 +33,19 @@ def cached_file(name: str, build: Callable[[Path], None]) -> Path:
             finally:
                 tmp.unlink(missing_ok=True)
     return path
+
+
+def install(name: str, blob: bytes) -> Path:
+    """Make cache entry `name` hold exactly `blob` (what a study's driver
+    built, shipped to a node whose own cache may hold other bytes or none)."""
+    path = cache_dir() / name
+    if path.exists() and path.read_bytes() == blob:
+        return path
+    with FileLock(str(path) + ".lock"):
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        try:
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path

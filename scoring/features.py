@@ -96,6 +96,11 @@ class Extractor:
         return torch.cat([self._logits(c).argmax(-1) for c in x.split(_BATCH)])
 
 
+# cache entries this process's extractors were built from: a study's driver
+# ships them to every trial, so every node scores in the same feature space
+USED_CACHE_FILES: dict[str, Path] = {}
+
+
 def _classifier_file(dataset: str) -> Path:
     def build(tmp: Path) -> None:
         print(f"training the {dataset} feature classifier (once; cached for every trial)")
@@ -105,7 +110,9 @@ def _classifier_file(dataset: str) -> Path:
         state["shape"] = [data.train_x.shape[1], data.n_classes]
         torch.save(state, tmp)
 
-    return cached_file(f"classifier-{dataset}-v{_VERSION}.pt", build)
+    name = f"classifier-{dataset}-v{_VERSION}.pt"
+    USED_CACHE_FILES[name] = path = cached_file(name, build)
+    return path
 
 
 def _classifier(dataset: str, device: torch.device) -> tuple[DomainClassifier, str, float]:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from datasources import Dataset, dataset_spec, load_dataset
 from scoring import arithmetic as a
-from scoring.features import Extractor, extractor_for, inception_extractor
+from scoring.features import USED_CACHE_FILES, Extractor, extractor_for, inception_extractor
 
 # what a metric may need, and when it is there
 NEEDS = {
@@ -299,8 +299,11 @@ def provenance(dataset: str, device: str = "cpu") -> dict[str, str]:
     return out
 
 
-def prepare_reference(dataset: str) -> None:
+def prepare_reference(dataset: str) -> dict[str, bytes]:
     """Build the dataset's extractor and reference once, before any trial:
     the first use of an image dataset trains its classifier (cached on disk),
-    which trials starting together would otherwise all wait for."""
+    which trials starting together would otherwise all wait for. Returns the
+    cache entries the extractor was built from, name -> bytes, for the
+    trials to install (`datasources.cache.install`) wherever they run."""
     reference(dataset, "cpu")
+    return {name: path.read_bytes() for name, path in USED_CACHE_FILES.items()}

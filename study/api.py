@@ -73,8 +73,10 @@ def run_study(request: StudyRequest) -> StudyResult:
 def execute(plan: Plan) -> StudyResult:
     quiet_libraries()
     threading.Thread(target=import_store, args=(plan.tracking_uri,), daemon=True).start()
+    shipped = {}
     if generates(FAMILIES[plan.study.family]) and load_dataset(plan.dataset).is_image:
-        prepare_reference(plan.dataset)  # trains the feature classifier once, before any trial
+        # the feature classifier, trained once before any trial, goes to every trial
+        shipped = prepare_reference(plan.dataset)
     with ray_cluster(plan) as concurrent:
         init_store(plan.tracking_uri)  # before any client: a client creates the store
         client = MlflowClient(plan.tracking_uri)
@@ -96,7 +98,7 @@ def execute(plan: Plan) -> StudyResult:
             Progress(plan.trials, plan.study.metric, plan.study.mode, plan.searched),
             CloseRuns(plan.tracking_uri, exp_id, parent),
         ]
-        results = fit(plan, trial_context(plan, exp_id, parent), concurrent, callbacks)
+        results = fit(plan, trial_context(plan, exp_id, parent, shipped), concurrent, callbacks)
     if results is None:
         kill_running_children(client, exp_id, parent)
         close_parent(client, parent, None, "KILLED")

@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from datasources import Dataset, load_dataset
+from datasources.cache import install
 from models import FAMILIES, Family, generates
 from scoring.outcomes import RUNNING, divergence, final_outcome
 from scoring.registry import METRICS, evaluate_samples, provenance
@@ -49,6 +50,10 @@ class TrialContext:
     parent_run_id: str
     threads: int
     searched: tuple[str, ...]  # the axes, to name runs by what varies
+    # cache entries (the feature classifier) the driver built, name -> bytes:
+    # installed on whatever node a trial runs, so one study scores in one
+    # feature space whatever each node's own cache holds
+    cache_files: dict[str, bytes] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -147,6 +152,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
     torch.set_num_threads(ctx.threads)
     device = trial_device()
     with clock.phase("data_seconds"):
+        for name, blob in ctx.cache_files.items():
+            install(name, blob)
         data = load_dataset(ctx.dataset, ctx.data_dir)
         if trial_cfg.train_size:
             data = data.subset(trial_cfg.train_size)

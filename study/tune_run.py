@@ -189,7 +189,9 @@ def fit(plan: Plan, ctx: TrialContext, concurrent: int, callbacks: list) -> Any 
     return results if results.num_terminated + results.num_errors >= plan.trials else None
 
 
-def trial_context(plan: Plan, exp_id: str, parent_run_id: str) -> TrialContext:
+def trial_context(
+    plan: Plan, exp_id: str, parent_run_id: str, cache_files: dict[str, bytes]
+) -> TrialContext:
     r = plan.request
     return TrialContext(
         study=plan.study.name,
@@ -201,4 +203,5 @@ def trial_context(plan: Plan, exp_id: str, parent_run_id: str) -> TrialContext:
         parent_run_id=parent_run_id,
         threads=max(1, int(r.cpus_per_trial)),
         searched=plan.searched,
+        cache_files=cache_files,
     )

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -17,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
+from scoring.features import _classifier_file
 from tests.conftest import cli_env, run_cli, wait_http
 
 BIN = Path(sys.executable).parent
@@ -56,19 +59,21 @@ def ray_env(tmp_path) -> dict[str, str]:
 
 
 @pytest.fixture
-def ray_cluster(ray_env) -> Iterator[str]:
-    """A head and one worker raylet, one CPU each; yields the head's address."""
+def ray_cluster(ray_env, tmp_path) -> Iterator[str]:
+    """A head and one worker raylet, one CPU each, each with its own empty
+    genstudy cache (tmp_path/cache-head, cache-worker), as separate machines
+    would have; yields the head's address."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit
     port = _free_port()
     common = ["--num-cpus=1", "--disable-usage-stats", f"--temp-dir={temp}"]
     try:
-        for extra in (
-            ["--head", f"--port={port}", "--include-dashboard=false"],
-            [f"--address=127.0.0.1:{port}"],
+        for node, extra in (
+            ("head", ["--head", f"--port={port}", "--include-dashboard=false"]),
+            ("worker", [f"--address=127.0.0.1:{port}"]),
         ):
             subprocess.run(
                 [str(BIN / "ray"), "start", *extra, *common],
-                env=ray_env,
+                env={**ray_env, "GENSTUDY_CACHE": str(tmp_path / f"cache-{node}")},
                 check=True,
                 capture_output=True,
                 timeout=120,
@@ -113,10 +118,21 @@ def mlflow_server(tmp_path) -> Iterator[tuple[str, Path]]:
         server.wait()
 
 
+def _other_classifier(driver_file: Path, node_cache: Path) -> None:
+    """The worker node's cache holds a classifier of other weights, as one
+    trained on other hardware could (same name, other bytes)."""
+    blob = torch.load(driver_file, weights_only=True)
+    blob["state"] = {k: v + 0.01 for k, v in blob["state"].items()}
+    node_cache.mkdir()
+    torch.save(blob, node_cache / driver_file.name)
+
+
 def test_study_on_a_two_node_cluster_logs_everything_to_the_tracking_server(
     tmp_path, ray_env, ray_cluster, mlflow_server
 ):
     uri, artifacts = mlflow_server
+    driver_file = _classifier_file("mnist5k")  # the driver's (this machine's) cache
+    _other_classifier(driver_file, tmp_path / "cache-worker")
     out = run_cli(
         [
             "gan_stability",
@@ -145,8 +161,14 @@ def test_study_on_a_two_node_cluster_logs_everything_to_the_tracking_server(
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 4
-    # the trials ran on both raylets
+    # the trials ran on both raylets, all scoring with the driver's classifier:
+    # each node's cache now holds exactly its bytes, the worker's own replaced
     assert len({r.data.tags["ray_node"] for r in children}) == 2
+    sha = hashlib.sha256(driver_file.read_bytes()).hexdigest()
+    assert {r.data.params["fid_weights_sha256"] for r in children} == {sha}
+    for node in ("head", "worker"):
+        installed = tmp_path / f"cache-{node}" / driver_file.name
+        assert installed.read_bytes() == driver_file.read_bytes()
     for run in children:
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "fid")] == [1, 2]
