@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +71,28 @@ def wait_http(url: str, process: subprocess.Popen, seconds: float = 90) -> None:
             assert process.poll() is None, f"the server behind {url} exited"
             assert time.monotonic() < deadline, f"{url} did not answer in {seconds:g} s"
             time.sleep(0.5)
+
+
+@contextmanager
+def http_server(
+    argv: list[str], url: str, health: str, cwd: Path | None = None, env: dict | None = None
+) -> Iterator[str]:
+    """A server (its own process group) started with argv; yields url once
+    url + health answers, and kills the server and its children after."""
+    server = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env or cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_http(url + health, server)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 # one smoke run of each study into one store, shared by every test that reads

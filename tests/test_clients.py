@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import urllib.request
 from collections import defaultdict
@@ -22,7 +19,7 @@ from mlflow import MlflowClient
 from study.defaults import PENALTY
 from study.studies import STUDIES
 from study.tracking import EXPERIMENT_KIND
-from tests.conftest import ROOT, cli_env, wait_http
+from tests.conftest import ROOT, cli_env, http_server
 from tests.test_cluster import BIN, _free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -80,23 +77,16 @@ def test_optuna_storage_holds_the_searchers_history(smoke_store):
 def test_optuna_dashboard_serves_the_study(smoke_store):
     _, _, parent = _smoke(smoke_store, "gan_stability")
     port = _free_port()
-    server = subprocess.Popen(
+    with http_server(
         [str(BIN / "optuna-dashboard"), parent.data.tags["optuna_storage"],
          "--host", "127.0.0.1", "--port", str(port)],
-        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/api/studies", server)
+        f"http://127.0.0.1:{port}", "/api/studies",
+    ) as url:  # fmt: skip
         with urllib.request.urlopen(url + "/api/studies") as r:
             studies = json.load(r)["study_summaries"]
         assert [s["study_name"] for s in studies] == ["smoke-gan_stability"]
         with urllib.request.urlopen(f"{url}/api/studies/{studies[0]['study_id']}") as r:
             trials = json.load(r)["trials"]
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
     assert [t["state"] for t in trials] == ["Complete", "Complete"]  # 2 configurations
     assert {p["name"] for p in trials[0]["params"]} == set(STUDIES["gan_stability"].axes)
 
@@ -135,20 +125,13 @@ def lab(smoke_store, tmp_path) -> Iterator[str]:
         "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
     }
-    server = subprocess.Popen(
+    with http_server(
         [sys.executable, "-m", "analysis.lab", "--store", smoke_store.uri, "--no-browser",
          f"--port={port}", "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=",
          "--LabApp.expose_app_in_browser=True", "--notebooks", str(tmp_path / "notebooks")],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/api/status", server)
+        f"http://127.0.0.1:{port}", "/api/status", cwd=tmp_path, env=env,
+    ) as url:  # fmt: skip
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt install chromium)")

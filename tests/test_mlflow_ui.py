@@ -5,10 +5,8 @@ must show."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import urllib.request
@@ -17,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import cli_env, wait_http
+from tests.conftest import http_server
 from tests.test_cluster import BIN, _free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,19 +25,12 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt in
 @pytest.fixture
 def ui(smoke_store) -> Iterator[str]:
     port = _free_port()
-    server = subprocess.Popen(
+    with http_server(
         [str(BIN / "mlflow"), "ui", "--backend-store-uri", smoke_store.uri,
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=smoke_store.root, env=cli_env(), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health", server)
+        f"http://127.0.0.1:{port}", "/health", cwd=smoke_store.root,
+    ) as url:  # fmt: skip
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
 
 
 def _render(url: str) -> str:
