@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,3 +131,16 @@ def smoke_store(tmp_path_factory) -> SmokeStore:
     for study, out in outputs.items():
         assert out.returncode == 0, f"{study}: {out.stderr[-3000:]}"
     return SmokeStore(uri, root, outputs)
+
+
+def steps(client, run_id, key):
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def study_runs(uri: str, experiment: str = "gan_stability"):
+    """(parent runs, child runs) of an experiment, deleted runs left out."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.conftest import run_cli, start_cli
+from tests.conftest import run_cli, start_cli, steps, study_runs
 from tests.test_clients import assert_optuna_matches_mlflow
 
 
@@ -34,10 +34,6 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
             out.append((child, cmd.decode(errors="replace")))
             todo.append(child)
     return out
-
-
-def _steps(client, run_id, key):
-    return [m.step for m in client.get_metric_history(run_id, key)]
 
 
 def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_path):
@@ -82,7 +78,7 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
                 else []
             )
             checkpoints = list((tmp_path / "runs").glob("*/train_*/checkpoint_*"))
-            if runs and checkpoints and _steps(client, runs[0].info.run_id, "fid"):
+            if runs and checkpoints and steps(client, runs[0].info.run_id, "fid"):
                 run_id = runs[0].info.run_id
                 break
             time.sleep(0.5)
@@ -102,8 +98,8 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["outcome"] in ("ok", "collapsed")
     # every epoch exactly once, across the kill
-    assert _steps(client, run_id, "d_loss") == list(range(1, 41))
-    assert _steps(client, run_id, "fid") == list(range(2, 41, 2))
+    assert steps(client, run_id, "d_loss") == list(range(1, 41))
+    assert steps(client, run_id, "fid") == list(range(2, 41, 2))
     assert "Outcomes: 1 trials" in stdout
     # it continued from a checkpoint: a restart from scratch would not say so
     restored = int(run.data.tags["restored_from_epoch"])
@@ -126,15 +122,6 @@ def _wait_gone(pids: list[int], seconds: float) -> None:
     while alive() and time.monotonic() < deadline:
         time.sleep(1)
     assert not alive(), f"still running: {alive()}"
-
-
-def _study_runs(uri: str, experiment: str = "gan_stability"):
-    """(parent runs, child runs) of an experiment, deleted runs left out."""
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id]) if exp else []
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
 
 def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
@@ -194,7 +181,7 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
     finally:
         if cli.poll() is None:
             cli.kill()
-    parents, before = _study_runs(uri)
+    parents, before = study_runs(uri)
     ended_before = {r.info.run_id for r in before if r.info.status == "FINISHED"}
     assert ended_before and len(parents) == 1
     # the local Ray cluster the driver started goes with it: the trial workers,
@@ -209,7 +196,7 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
 
     _wait_gone([p for p, _ in ray_processes], 90)
     client = MlflowClient(uri)
-    after_parents, children = _study_runs(uri)
+    after_parents, children = study_runs(uri)
     assert [r.info.run_id for r in after_parents] == [parents[0].info.run_id]
     assert after_parents[0].info.status == "FINISHED"
     assert len(children) == 6 and len({r.data.tags["trial_id"] for r in children}) == 6
@@ -218,8 +205,8 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
     seeds = Counter(r.data.params["config_id"] for r in children)
     assert sorted(seeds.values()) == [2, 2, 2], seeds
     for run in children:
-        assert _steps(client, run.info.run_id, "d_loss") == list(range(1, 31))
-        assert _steps(client, run.info.run_id, "fid") == [10, 20, 30]
+        assert steps(client, run.info.run_id, "d_loss") == list(range(1, 31))
+        assert steps(client, run.info.run_id, "fid") == [10, 20, 30]
     # the Optuna study holds each configuration once, finished, with its seed mean
     # (those the killed driver had asked for and Tune never saved are marked failed)
     exp_id = after_parents[0].info.experiment_id
@@ -240,7 +227,7 @@ def test_ctrl_c_ends_with_130_the_resume_hint_and_no_running_run(tmp_path):
         while not any("ImplicitFunc" in cmd for _, cmd in _descendants(cli.pid)):
             assert cli.poll() is None and time.monotonic() < deadline, "no trial started"
             time.sleep(0.5)
-        while not _study_runs(uri)[1]:  # the trials have opened their runs
+        while not study_runs(uri)[1]:  # the trials have opened their runs
             assert time.monotonic() < deadline, "no trial run in MLflow"
             time.sleep(0.5)
         cli.send_signal(signal.SIGINT)
@@ -250,6 +237,6 @@ def test_ctrl_c_ends_with_130_the_resume_hint_and_no_running_run(tmp_path):
             cli.kill()
     assert cli.returncode == 130, stderr[-3000:]
     assert "--resume --name ci" in stderr
-    parents, children = _study_runs(uri)
+    parents, children = study_runs(uri)
     assert parents[0].info.status == "KILLED"
     assert children and all(r.info.status == "KILLED" for r in children)
