@@ -49,7 +49,7 @@ def check_url(url: str) -> None:
 
 
 def storage(url: str) -> Any:
-    """Optuna's RDB storage; retried on a locked sqlite file or a blip."""
+    """Optuna's RDB storage at url (pickled with the searcher; reconnects on load)."""
     import optuna
 
     return optuna.storages.RDBStorage(url, heartbeat_interval=None)
