@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 
 from study.preflight import UsageError, check_resources, trials_at_once
 from tests.conftest import run_cli
+from tests.test_clients import assert_optuna_matches_mlflow
 
 
 def _children(uri):
@@ -122,9 +123,11 @@ def test_exploding_loss_ends_the_trial_as_diverged(tmp_path):
         tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    client, _, children = _children(uri)
+    client, (parent,), children = _children(uri)
     (run,) = children
     assert run.data.tags["outcome"] == "diverged"
+    # the searcher was told the penalty, and Optuna's storage holds just that
+    assert_optuna_matches_mlflow(client, parent.info.experiment_id, parent, "gan_stability")
     assert "exceeds max_loss" in run.data.tags["outcome_reason"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")] == [1]
     assert "fid" not in run.data.metrics  # a diverged model is not scored
