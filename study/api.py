@@ -60,7 +60,12 @@ def run_study(request: StudyRequest) -> StudyResult:
     config, data and tracking errors) for bad input before anything starts,
     StorageError when writing fails mid-study; an interrupt (Ctrl-C) returns
     a result with `interrupted` set and the runs marked KILLED."""
-    plan = prepare(request)
+    return run_plan(prepare(request))
+
+
+def run_plan(plan: Plan) -> StudyResult:
+    """Run a validated plan (`prepare`); the CLI validates first, so a bad
+    invocation never pays for importing Ray."""
     try:
         return execute(plan)
     except OSError as e:

@@ -15,6 +15,7 @@ from typing import NoReturn
 from datasources import DataError
 from models.config import ConfigError
 from study import defaults as d
+from study.plan import prepare
 from study.preflight import UsageError
 from study.request import StudyRequest
 from study.studies import STUDIES
@@ -136,10 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         for s in STUDIES.values():
             print(f"{s.name:{width}s}  {s.description}")
         return 0
-    from study.api import StorageError, run_study
+    try:
+        plan = prepare(to_request(args))
+    except (UsageError, ConfigError, DataError, TrackingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    from study.api import StorageError, run_plan  # Ray's import: only for a valid plan
 
     try:
-        result = run_study(to_request(args))
+        result = run_plan(plan)
     except (UsageError, ConfigError, DataError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

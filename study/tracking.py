@@ -26,6 +26,7 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration cha
 # a trial (each would also cost a request per finished run)
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
+FINAL_METRICS = "final_metrics.json"  # the artifact holding a trial's last result
 _BATCH = 900  # MLflow accepts at most 1000 metrics and 100 params per log_batch
 
 
@@ -223,8 +224,11 @@ class TrialRun:
         twice."""
         found = find_trial_run(client, exp_id, parent_run_id, trial_id)
         if found and _same_trial(found.data.params, params):
-            client.update_run(found.info.run_id, status="RUNNING")
             run = cls(client, found.info.run_id, reopened=True)
+            # a run that ended stays ended (its end is reported again, see
+            # recorded_end); any other is running again
+            if found.info.status != "FINISHED" or "outcome" not in found.data.tags:
+                client.update_run(found.info.run_id, status="RUNNING")
             run.set_tags(tags)
             return run
         if found:
@@ -240,6 +244,23 @@ class TrialRun:
         run = client.create_run(exp_id, run_name=name, tags=tags)
         log_params(client, run.info.run_id, params)
         return cls(client, run.info.run_id)
+
+    def recorded_end(self) -> tuple[dict[str, Any], str] | None:
+        """(final result, reason) when this run had already ended: the driver
+        died after the trial finished and before Tune saved that, so Tune
+        retries it from an older checkpoint. None for any other run."""
+        if self._logged is None:
+            return None
+        run = self.client.get_run(self.run_id)
+        if run.info.status != "FINISHED" or "outcome" not in run.data.tags:
+            return None
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                path = self.client.download_artifacts(self.run_id, FINAL_METRICS, d)
+            except (MlflowException, OSError):
+                return None  # ended without a final result (stopped early): train
+            result = json.loads(Path(path).read_text())
+        return result, run.data.tags.get("outcome_reason", "")
 
     def add(self, step: int, metrics: dict[str, float]) -> None:
         ts = int(time.time() * 1000)

@@ -34,7 +34,7 @@ from study.sample_grid import log_samples
 from study.session import TrialSession, TuneSession
 from study.spec import Study, TrialConfig, config_id, split_settings
 from study.studies import STUDIES
-from study.tracking import TrialRun
+from study.tracking import FINAL_METRICS, TrialRun
 
 
 @dataclass(frozen=True)
@@ -249,8 +249,14 @@ class _Trial:
 
     def _restore(self, family: Family) -> tuple[int, dict[str, float]] | None:
         """(first epoch, last evaluation) to continue from the session's
-        checkpoint; None when the trial had ended (it died before its end was
-        recorded: the end is reported again)."""
+        checkpoint; None when the trial had ended (it, or the driver, died
+        before Tune saved its end: the end is reported again, not retrained)."""
+        ended = self.run.recorded_end()
+        if ended is not None:
+            result, reason = ended
+            self.run.set_tags({"restored_from_epoch": str(result["epoch"])})
+            self.session.report(result | self.clock.as_dict(), None)
+            return None
         state = self.session.restore(self.data.train_x.device)
         if state is None:
             return 1, {}
@@ -282,7 +288,7 @@ class _Trial:
         `checkpoint_seconds` have passed since the last one."""
         with self.clock.phase("log_seconds"):
             if final:
-                self.run.log_json(result, "final_metrics.json")
+                self.run.log_json(result, FINAL_METRICS)
                 self.run.finish(result["outcome"], reason)
             else:
                 self.run.flush()

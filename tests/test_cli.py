@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from study.preflight import UsageError, check_resources, trials_at_once
-from tests.conftest import run_cli
+from study.tracking import FINAL_METRICS
+from tests.conftest import cli_env, run_cli
 from tests.test_clients import assert_optuna_matches_mlflow
 
 
@@ -92,7 +95,7 @@ def test_smoke_study_end_to_end(smoke_store, tmp_path):
                 assert steps == [1, 2], (key, steps)  # step=epoch, no duplicates
             pngs = [a.path for a in client.list_artifacts(rid, "samples")]
             assert pngs == ["samples/samples_epoch0001.png", "samples/samples_epoch0002.png"]
-        path = client.download_artifacts(rid, "final_metrics.json", str(tmp_path))
+        path = client.download_artifacts(rid, FINAL_METRICS, str(tmp_path))
         final = json.loads(Path(path).read_text())
         assert final["outcome"] == tags["outcome"] and final["config_id"] == params["config_id"]
     # 2 configurations x 2 seeds, the seeds sharing their configuration's id
@@ -288,6 +291,19 @@ def test_bad_input_or_state_gets_one_line_and_exit_code_2(bad_runs, message):
     assert message in lines[0]
     assert "Traceback" not in out.stderr and out.stdout == ""
     assert after == before  # nothing started, nothing written
+
+
+def test_a_bad_invocation_is_refused_before_ray_is_imported(tmp_path):
+    """Validation comes first: a typo costs the user seconds, not Ray's import."""
+    code = (
+        "import sys; from study.run import main; "
+        "code = main(['gan_stability', '--set', 'lr_g=x']); "
+        "print(code, 'ray' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.stdout.split() == ["2", "False"], out.stderr[-2000:]
+    assert "lr_g" in out.stderr
 
 
 def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path):

@@ -215,6 +215,11 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
     restored = {r.info.run_id: r.data.tags.get("restored_from_epoch") for r in children}
     assert ended_before <= set(restored)
     assert all(restored[r] in (None, "30") for r in ended_before)
+    # and their runs were not reopened: each ended when it first did
+    ended_at = {r.info.run_id: r.info.end_time for r in before if r.info.run_id in ended_before}
+    assert {
+        r: e for r, e in ((c.info.run_id, c.info.end_time) for c in children) if r in ended_before
+    } == ended_at
     assert any(v is not None for v in restored.values()), restored
 
 

@@ -129,3 +129,53 @@ def test_a_short_trial_checkpoints_at_its_end_only_unless_asked_for_more(tmp_pat
         assert session.checkpointed == expected
         run = find_trial_run(client, exp, parent, f"every-{seconds}")
         assert [m.step for m in client.get_metric_history(run.info.run_id, "fid")] == [1, 2, 3]
+
+
+def test_a_trial_retried_after_its_end_reports_that_end_and_trains_nothing(tmp_path):
+    """The driver can die after a trial ended (its run FINISHED in MLflow) and
+    before Tune saved that: the resumed study retries it from an older
+    checkpoint. The retry reports the recorded end; it neither trains nor
+    reopens the run."""
+    from mlflow import MlflowClient
+
+    from study.session import LocalSession
+    from study.spec import resolve
+    from study.studies import STUDIES
+    from study.tracking import experiment_id, find_trial_run, init_store, start_parent
+    from study.trainable import TrialContext, run_trial
+
+    class Keeping(LocalSession):
+        def report(self, result, state):
+            if state is not None:
+                self.states = [*getattr(self, "states", []), state]
+            super().report(result, state)
+
+    uri = f"sqlite:///{tmp_path}/store.db"
+    init_store(uri)
+    client = MlflowClient(uri)
+    exp = experiment_id(client, "ended")
+    parent = start_parent(client, exp, "ended", {}, {})
+    study = STUDIES["gan_stability"]
+    fixed = resolve(study, {"arch": "mlp", "epochs": "3", "checkpoint_seconds": "0"},
+                    smoke=True).fixed  # fmt: skip
+    ctx = TrialContext(study.name, "digits", str(tmp_path), fixed, uri, exp, parent,
+                       threads=1, searched=())  # fmt: skip
+    first = Keeping("t1")
+    run_trial({}, ctx, first)
+    assert [s["epoch"] for s in first.states] == [1, 2, 3]
+    before = find_trial_run(client, exp, parent, "t1")
+
+    retry = Keeping("t1")
+    retry.report({}, first.states[0])  # Tune hands the retry the epoch-1 checkpoint
+    retry.results.clear()
+    run_trial({}, ctx, retry)
+    assert len(retry.results) == 1  # the end, once; no epoch trained or evaluated
+    end = first.results[-1]
+    assert {k: retry.results[0][k] for k in ("epoch", "fid", "objective", "outcome")} == {
+        k: end[k] for k in ("epoch", "fid", "objective", "outcome")
+    }
+    after = find_trial_run(client, exp, parent, "t1")
+    assert after.info.status == "FINISHED" and after.info.end_time == before.info.end_time
+    assert after.data.tags["restored_from_epoch"] == "3"
+    history = client.get_metric_history(after.info.run_id, "d_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
