@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from datasources import load_dataset
 from models import FAMILIES, generates
@@ -25,6 +26,7 @@ from study.plan import Plan, prepare
 from study.request import StudyRequest
 from study.summary import trial_rows
 from study.tracking import (
+    answers,
     close_parent,
     experiment_id,
     import_store,
@@ -68,6 +70,13 @@ def run_plan(plan: Plan) -> StudyResult:
     invocation never pays for importing Ray."""
     try:
         return execute(plan)
+    except MlflowException as e:
+        if answers(plan.tracking_uri):
+            raise  # not an outage: a bug to see in full
+        raise StorageError(
+            f"the tracking store {plan.tracking_uri} stopped answering mid-study; "
+            f"once it is back, continue with --resume --name {plan.run_dir.name}"
+        ) from e
     except OSError as e:
         raise StorageError(
             f"cannot write {e.filename or 'the study state'} ({e.strerror or e}); "

@@ -5,11 +5,14 @@ own (stopped early by a scheduler, or killed)."""
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from ray import tune
 
 from scoring.outcomes import RUNNING, SCORED, ended
@@ -110,11 +113,24 @@ class CloseRuns(tune.Callback):
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
 
+    def _tracked(self, what: str, write: Callable[[MlflowClient], None]) -> None:
+        """One write to MLflow; past the client's retries (an outage) a
+        warning, not a crash of the study: what is left undone, --resume does."""
+        try:
+            write(MlflowClient(self.tracking_uri))
+        except (MlflowException, OSError) as e:
+            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            if "Max retries exceeded" in why:
+                why = "no answer within the client's retries"
+            print(f"warning: could not {what} in MLflow ({why})", file=sys.stderr, flush=True)
+
     def _close(self, trial: Any, outcome: str, reason: str, status: str) -> None:
-        client = MlflowClient(self.tracking_uri)
-        found = find_trial_run(client, self.experiment_id, self.parent_run_id, trial.trial_id)
-        if found and found.info.status == "RUNNING":
-            close_run(client, found.info.run_id, outcome, reason, status)
+        def close(client: MlflowClient) -> None:
+            found = find_trial_run(client, self.experiment_id, self.parent_run_id, trial.trial_id)
+            if found and found.info.status == "RUNNING":
+                close_run(client, found.info.run_id, outcome, reason, status)
+
+        self._tracked(f"close the run of trial {trial.trial_id}", close)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
@@ -130,7 +146,10 @@ class CloseRuns(tune.Callback):
         last saved state when the driver died, they were run again under new
         ids on --resume, and each trial must appear in MLflow once."""
         known = {t.trial_id for t in trials}
-        client = MlflowClient(self.tracking_uri)
-        for run in children(client, self.experiment_id, self.parent_run_id):
-            if run.data.tags.get("trial_id") not in known:
-                client.delete_run(run.info.run_id)
+
+        def delete_unknown(client: MlflowClient) -> None:
+            for run in children(client, self.experiment_id, self.parent_run_id):
+                if run.data.tags.get("trial_id") not in known:
+                    client.delete_run(run.info.run_id)
+
+        self._tracked("delete the runs of trials Tune does not know", delete_unknown)

@@ -61,4 +61,5 @@ def format_table(
 def outcome_line(trials: pd.DataFrame) -> str:
     counts = trials["outcome"].value_counts()
     parts = [f"{o} {int(counts.get(o, 0))}" for o in OUTCOMES if counts.get(o, 0)]
-    return f"{len(trials)} trials: " + ", ".join(parts)
+    noun = "trial" if len(trials) == 1 else "trials"
+    return f"{len(trials)} {noun}: " + ", ".join(parts)

@@ -25,6 +25,13 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration cha
 # no "View run ... at" lines from a tracking server's client, in the driver or
 # a trial (each would also cost a request per finished run)
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# The client's retries are what carry a trial across a tracking-server outage.
+# Set here, deliberately, for the driver and every trial: 7 retries, backoff
+# factor 2 (urllib3 caps one wait at 120 s) keep a request trying for
+# 0+4+8+16+32+64+120 = 244 s. An environment that sets them wins.
+RETRIES, BACKOFF = 7, 2
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(RETRIES))
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(BACKOFF))
 
 FINAL_METRICS = "final_metrics.json"  # the artifact holding a trial's last result
 _BATCH = 900  # MLflow accepts at most 1000 metrics and 100 params per log_batch
@@ -94,6 +101,24 @@ def init_store(uri: str) -> None:
 # says otherwise: hence `ui_url`.)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves
+
+
+def retry_window() -> float:
+    """Seconds one MLflow request keeps retrying a server that does not
+    answer, with the retry settings in force (urllib3's backoff, jitter left
+    out): the longest outage a trial rides out without failing."""
+    retries = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    factor = float(os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
+    return sum(min(120.0, factor * 2 ** (n - 1)) for n in range(2, retries + 1))
+
+
+def answers(uri: str) -> bool:
+    """Whether the tracking store can be reached now."""
+    try:
+        check_tracking_uri(uri)
+    except TrackingError:
+        return False
+    return True
 
 
 def ui_url(tracking_uri: str, exp_id: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from datasources import Dataset, load_dataset
@@ -184,6 +185,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
     trial = _Trial(study, trial_cfg, family_cfg, data, seed, cid, run, session, clock)
     try:
         trial.start()
+    except MlflowException:
+        # MLflow itself failed (past the client's retries: an outage); writing
+        # the failure there would wait out the retries again. The driver
+        # closes the run, or --resume continues it.
+        raise
     except Exception as e:
         run.finish("failed", f"{type(e).__name__}: {e}"[:5000], status="FAILED")
         run.log_json({"traceback": traceback.format_exc()}, "failure.json")

@@ -30,8 +30,11 @@ def quiet_libraries() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("TUNE_WARN_SLOW_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1e9")
     warnings.filterwarnings("ignore")
-    for name in ("ray", "ray.tune", "optuna", "mlflow", "filelock"):
+    for name in ("ray", "optuna", "mlflow", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # a failed trial is a progress line pointing at its error file; Tune's
+    # traceback and its "Trials did not complete" would repeat it
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
 
 @contextmanager

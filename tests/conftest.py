@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import torch
 from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's console scripts: ray, mlflow, ...
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -48,13 +50,15 @@ def run_cli(
     )
 
 
-def start_cli(args: list[str], cwd: Path, stderr: int = subprocess.PIPE) -> subprocess.Popen:
+def start_cli(
+    args: list[str], cwd: Path, stderr: int = subprocess.PIPE, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """The CLI started in the background, output piped, for tests that act on
     it while it runs (kill it, interrupt it, look at its processes)."""
     return subprocess.Popen(
         [sys.executable, "-m", "study.run", *args],
         cwd=cwd,
-        env=cli_env(),
+        env={**cli_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
@@ -72,6 +76,22 @@ def wait_http(url: str, process: subprocess.Popen, seconds: float = 90) -> None:
             assert process.poll() is None, f"the server behind {url} exited"
             assert time.monotonic() < deadline, f"{url} did not answer in {seconds:g} s"
             time.sleep(0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mlflow_server_argv(port: int, root: Path) -> list[str]:
+    """A local `mlflow server` on root/server.db that stores artifacts itself
+    (proxied uploads) under root/server_artifacts."""
+    return [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/server.db",
+        "--artifacts-destination", str(root / "server_artifacts"),
+    ]  # fmt: skip
 
 
 @contextmanager

@@ -19,8 +19,7 @@ from mlflow import MlflowClient
 from study.defaults import PENALTY
 from study.studies import STUDIES
 from study.tracking import EXPERIMENT_KIND
-from tests.conftest import ROOT, cli_env, http_server
-from tests.test_cluster import BIN, _free_port
+from tests.conftest import BIN, ROOT, cli_env, free_port, http_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -76,7 +75,7 @@ def test_optuna_storage_holds_the_searchers_history(smoke_store):
 
 def test_optuna_dashboard_serves_the_study(smoke_store):
     _, _, parent = _smoke(smoke_store, "gan_stability")
-    port = _free_port()
+    port = free_port()
     with http_server(
         [str(BIN / "optuna-dashboard"), parent.data.tags["optuna_storage"],
          "--host", "127.0.0.1", "--port", str(port)],
@@ -118,7 +117,7 @@ def test_every_study_experiment_opens_as_model_training(smoke_store):
 def lab(smoke_store, tmp_path) -> Iterator[str]:
     """`python -m analysis.lab` (what `make notebooks` runs) on the smoke store,
     serving a copy of the notebooks: JupyterLab autosaves what it runs."""
-    port = _free_port()
+    port = free_port()
     shutil.copytree(ROOT / "analysis" / "notebooks", tmp_path / "notebooks")
     env = {
         **cli_env(),

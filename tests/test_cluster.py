@@ -10,9 +10,7 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,15 +21,14 @@ from mlflow import MlflowClient
 
 from datasources.cache import cache_dir
 from scoring.registry import prepare_reference
-from tests.conftest import cli_env, run_cli, wait_http
-
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import (
+    BIN,
+    cli_env,
+    free_port,
+    http_server,
+    mlflow_server_argv,
+    run_cli,
+)
 
 
 def _kill_matching(marker: str) -> None:
@@ -65,7 +62,7 @@ def ray_cluster(ray_env, tmp_path) -> Iterator[str]:
     genstudy cache (tmp_path/cache-head, cache-worker), as separate machines
     would have; yields the head's address."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit
-    port = _free_port()
+    port = free_port()
     common = ["--num-cpus=1", "--disable-usage-stats", f"--temp-dir={temp}"]
     try:
         for node, extra in (
@@ -87,36 +84,10 @@ def ray_cluster(ray_env, tmp_path) -> Iterator[str]:
 
 @pytest.fixture
 def mlflow_server(tmp_path) -> Iterator[tuple[str, Path]]:
-    """A local `mlflow server` that stores artifacts itself (proxied uploads)."""
-    port, artifacts = _free_port(), tmp_path / "server_artifacts"
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
-            "--artifacts-destination",
-            str(artifacts),
-        ],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(uri + "/health", server)
-        yield uri, artifacts
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with http_server(mlflow_server_argv(port, tmp_path), url, "/health", cwd=tmp_path):
+        yield url, tmp_path / "server_artifacts"
 
 
 def _other_classifier(driver_file: Path, node_cache: Path) -> None:

@@ -100,7 +100,7 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
     # every epoch exactly once, across the kill
     assert steps(client, run_id, "d_loss") == list(range(1, 41))
     assert steps(client, run_id, "fid") == list(range(2, 41, 2))
-    assert "Outcomes: 1 trials" in stdout
+    assert "Outcomes: 1 trial:" in stdout
     # it continued from a checkpoint: a restart from scratch would not say so
     restored = int(run.data.tags["restored_from_epoch"])
     assert restored % 2 == 0 and 2 <= restored < 40

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import http_server
-from tests.test_cluster import BIN, _free_port
+from tests.conftest import BIN, free_port, http_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt install chromium)")
@@ -24,7 +23,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt in
 
 @pytest.fixture
 def ui(smoke_store) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     with http_server(
         [str(BIN / "mlflow"), "ui", "--backend-store-uri", smoke_store.uri,
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
