@@ -1,6 +1,6 @@
 """Load on an MLflow tracking server from N trials logging at once.
 
-    python benchmarks/tracking_load.py [--loggers 8 32 64] [--epochs 10] [--workers 4]
+    python benchmarks/tracking_load.py [--loggers 8 32 64] [--epochs 10] [--workers 4] [--pool P]
 
 For each N, a fresh `mlflow server` on the default sqlite store (artifacts
 served by the server, as the scaling-out recipe runs it) takes N concurrent
@@ -192,7 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loggers", type=int, nargs="+", default=[8, 32, 64])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--workers", type=int, default=4, help="the server's worker processes")
+    p.add_argument(
+        "--pool",
+        type=int,
+        help="the server's database connections per worker (pool size, and as many "
+        "overflow); default: SQLAlchemy's 5 + 10",
+    )
     args = p.parse_args(argv)
+    if args.pool:  # the server inherits them
+        os.environ["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] = str(args.pool)
+        os.environ["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] = str(args.pool)
     rows = []
     for n in args.loggers:
         print(f"{n} loggers ...", file=sys.stderr, flush=True)

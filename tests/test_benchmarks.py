@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from study.clock import PHASES
 from tests.conftest import ROOT
@@ -47,3 +51,23 @@ def test_the_breakdown_adds_up_to_wall_times_slots_and_places_each_gap():
     assert table[label["between"]] == pytest.approx(1)  # 118 -> 119 on slot A
     assert table[label["after"]] == pytest.approx((130 - 125) + (130 - 128))
     assert sc.busy_share(run) == pytest.approx(27 / 60)
+
+
+def test_the_tracking_load_benchmark_counts_requests_and_finds_lost_points():
+    spec = importlib.util.spec_from_file_location(
+        "tracking_load", ROOT / "benchmarks" / "tracking_load.py"
+    )
+    tl = importlib.util.module_from_spec(spec)
+    sys.modules["tracking_load"] = tl  # its dataclass looks itself up there
+    spec.loader.exec_module(tl)
+    row = tl.load(2, epochs=2, workers=1)
+    # per logger: run, params, 2 metric batches, 1 PNG, final JSON, end
+    assert row["requests"] == 2 * 7 and row["errors"] == 0
+    assert row["lost_points"] == 0 and row["lost_files"] == 0
+    with tempfile.TemporaryDirectory() as d, tl.mlflow_server(Path(d), 1) as url:
+        client = MlflowClient(url)
+        run = client.create_run(client.create_experiment("x")).info.run_id
+        client.log_batch(run, metrics=[Metric("metric_0", 1.0, 0, 1)])
+        # a point and a file the server acknowledged that are not there
+        claimed = {"run": run, "points": 2, "files": ["samples/missing.png"]}
+        assert tl.lost(url, [claimed]) == (1, 1)
