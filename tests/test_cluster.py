@@ -11,7 +11,9 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,8 @@ from tests.conftest import (
     http_server,
     mlflow_server_argv,
     run_cli,
+    steps,
+    study_runs,
 )
 
 
@@ -157,3 +161,78 @@ def test_study_on_a_two_node_cluster_logs_everything_to_the_tracking_server(
     stored = list(artifacts.rglob("samples_epoch0002.png"))
     assert len(stored) == 4
     assert not (tmp_path / "mlruns").exists()
+
+
+def _node_processes(marker: bytes) -> list[int]:
+    """Every process whose environment holds marker: a node's raylet, its
+    agents and the trial workers it started."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes():
+                pids.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _results_seen(run_dir: Path, trial_id: str) -> int:
+    """How many of a trial's reports the driver has processed: its result
+    logger appends one line to the trial's result.json for each."""
+    files = list(run_dir.glob(f"train_{trial_id}_*/result.json"))
+    return len(files[0].read_text().splitlines()) if files else 0
+
+
+def test_losing_a_worker_node_mid_study_finishes_every_trial_once(tmp_path, ray_env, ray_cluster):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    args = [
+        "gan_stability", "--smoke", "--num-samples", "2", "--seeds", "2", "--address",
+        ray_cluster, "--tracking-uri", uri, "--name", "nodeloss", "--set", "arch=mlp",
+        "--set", "epochs=12", "--set", "eval_every=2", "--set", "train_size=2000",
+        "--set", "eval_samples=100", "--set", "checkpoint_seconds=0",
+    ]  # fmt: skip
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "study.run", *args],
+        cwd=tmp_path, env=ray_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        # the worker node dies (raylet, agents and trial process at once) once
+        # the driver has processed two checkpointed reports of the trial running
+        # there: it knows a checkpoint to continue from, on the surviving node
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            _, children = study_runs(uri)
+            running = [r for r in children if r.info.status == "RUNNING"]
+            nodes = {r.data.tags["ray_node"] for r in running}
+            seen = {
+                r.data.tags["ray_node"]: _results_seen(tmp_path / "runs" / "nodeloss",
+                                                       r.data.tags["trial_id"])
+                for r in running
+            }  # fmt: skip
+            if len(nodes) == 2 and min(seen.values()) >= 2:
+                break
+            assert cli.poll() is None, cli.stdout.read()[-3000:]
+            time.sleep(0.5)
+        else:
+            raise AssertionError("no trial ran on each node in time")
+        lost = _node_processes(f"GENSTUDY_CACHE={tmp_path / 'cache-worker'}".encode())
+        assert lost
+        for pid in lost:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        out, _ = cli.communicate(timeout=300)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, out[-3000:]
+    assert "Outcomes: 4 trials" in out  # the table is complete
+    client = MlflowClient(uri)
+    _, children = study_runs(uri)
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    for run in children:
+        assert steps(client, run.info.run_id, "d_loss") == list(range(1, 13))
+        assert steps(client, run.info.run_id, "fid") == [2, 4, 6, 8, 10, 12]
+    # the lost node's trial continued from its checkpoint on the surviving node
+    restored = [int(r.data.tags["restored_from_epoch"]) for r in children
+                if "restored_from_epoch" in r.data.tags]  # fmt: skip
+    assert restored and min(restored) >= 4, restored
