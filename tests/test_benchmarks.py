@@ -17,14 +17,17 @@ from study.clock import PHASES
 from tests.conftest import ROOT
 
 
-def _study_clock():
-    spec = importlib.util.spec_from_file_location(
-        "study_clock", ROOT / "benchmarks" / "study_clock.py"
-    )
+def _benchmark(name: str):
+    """A script of benchmarks/ imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["study_clock"] = module  # its dataclass looks itself up there
+    sys.modules[name] = module  # its dataclasses look themselves up there
     spec.loader.exec_module(module)
     return module
+
+
+def _study_clock():
+    return _benchmark("study_clock")
 
 
 def _trial(entered: float, ended: float, process: float = 0.0, train: float = 0.0) -> dict:
@@ -54,12 +57,7 @@ def test_the_breakdown_adds_up_to_wall_times_slots_and_places_each_gap():
 
 
 def test_the_tracking_load_benchmark_counts_requests_and_finds_lost_points():
-    spec = importlib.util.spec_from_file_location(
-        "tracking_load", ROOT / "benchmarks" / "tracking_load.py"
-    )
-    tl = importlib.util.module_from_spec(spec)
-    sys.modules["tracking_load"] = tl  # its dataclass looks itself up there
-    spec.loader.exec_module(tl)
+    tl = _benchmark("tracking_load")
     row = tl.load(2, epochs=2, workers=1)
     # per logger: run, params, 2 metric batches, 1 PNG, final JSON, end
     assert row["requests"] == 2 * 7 and row["errors"] == 0

@@ -59,29 +59,41 @@ def test_compile_keeps_checkpoint_keys_and_trains():
     assert all(math.isfinite(v) for v in read_scalars(gan.train_epoch()).values())
 
 
+def _store(tmp_path, name: str):
+    """(client, experiment id, parent run id) in a fresh sqlite store."""
+    from mlflow import MlflowClient
+
+    from study.tracking import experiment_id, init_store, start_parent
+
+    uri = f"sqlite:///{tmp_path}/store.db"
+    init_store(uri)
+    client = MlflowClient(uri)
+    exp = experiment_id(client, name)
+    return client, exp, start_parent(client, exp, name, {}, {})
+
+
+def _gan_context(tmp_path, client, exp: str, parent: str, settings: dict):
+    """A smoke gan_stability trial's context (digits data, one thread)."""
+    from study.spec import resolve
+    from study.studies import STUDIES
+    from study.trainable import TrialContext
+
+    study = STUDIES["gan_stability"]
+    fixed = resolve(study, settings, smoke=True).fixed
+    return TrialContext(study.name, "digits", str(tmp_path), fixed, client.tracking_uri, exp,
+                        parent, threads=1, searched=())  # fmt: skip
+
+
 def test_a_trial_gives_the_same_results_in_a_fresh_or_a_reused_process(tmp_path):
     """Tune reuses trial processes: what a process built for an earlier trial
     (the feature classifier, cached) must not shift a later trial's random
     streams. Building the classifier draws from torch's generator; before the
     trial was seeded after all set-up, a fresh process gave other numbers."""
-    from mlflow import MlflowClient
-
     from scoring import features, registry
     from study.session import LocalSession
-    from study.spec import resolve
-    from study.studies import STUDIES
-    from study.tracking import experiment_id, init_store, start_parent
-    from study.trainable import TrialContext, run_trial
+    from study.trainable import run_trial
 
-    uri = f"sqlite:///{tmp_path}/store.db"
-    init_store(uri)
-    client = MlflowClient(uri)
-    exp = experiment_id(client, "reuse")
-    parent = start_parent(client, exp, "reuse", {}, {})
-    study = STUDIES["gan_stability"]
-    fixed = resolve(study, {"arch": "mlp"}, smoke=True).fixed
-    ctx = TrialContext(study.name, "digits", str(tmp_path), fixed, uri, exp, parent,
-                       threads=1, searched=())  # fmt: skip
+    ctx = _gan_context(tmp_path, *_store(tmp_path, "reuse"), {"arch": "mlp"})
 
     def trial(name: str, config: dict) -> dict:
         session = LocalSession(name)
@@ -100,30 +112,19 @@ def test_a_short_trial_checkpoints_at_its_end_only_unless_asked_for_more(tmp_pat
     """checkpoint_seconds (default 10): a trial of a few seconds reports every
     evaluation but carries a checkpoint only with its last; 0 checkpoints at
     every evaluation. MLflow gets every evaluation either way."""
-    from mlflow import MlflowClient
-
     from study.session import LocalSession
-    from study.spec import resolve
-    from study.studies import STUDIES
-    from study.tracking import experiment_id, find_trial_run, init_store, start_parent
-    from study.trainable import TrialContext, run_trial
+    from study.tracking import find_trial_run
+    from study.trainable import run_trial
 
     class Counting(LocalSession):
         def report(self, result, state):
             self.checkpointed = [*getattr(self, "checkpointed", []), state is not None]
             super().report(result, state)
 
-    uri = f"sqlite:///{tmp_path}/store.db"
-    init_store(uri)
-    client = MlflowClient(uri)
-    exp = experiment_id(client, "ckpt")
-    parent = start_parent(client, exp, "ckpt", {}, {})
-    study = STUDIES["gan_stability"]
+    client, exp, parent = _store(tmp_path, "ckpt")
     for seconds, expected in ((10.0, [False, False, True]), (0.0, [True, True, True])):
-        fixed = resolve(study, {"arch": "mlp", "epochs": "3", "checkpoint_seconds": str(seconds)},
-                        smoke=True).fixed  # fmt: skip
-        ctx = TrialContext(study.name, "digits", str(tmp_path), fixed, uri, exp, parent,
-                           threads=1, searched=())  # fmt: skip
+        settings = {"arch": "mlp", "epochs": "3", "checkpoint_seconds": str(seconds)}
+        ctx = _gan_context(tmp_path, client, exp, parent, settings)
         session = Counting(f"every-{seconds}")
         run_trial({}, ctx, session)
         assert session.checkpointed == expected
@@ -136,13 +137,9 @@ def test_a_trial_retried_after_its_end_reports_that_end_and_trains_nothing(tmp_p
     before Tune saved that: the resumed study retries it from an older
     checkpoint. The retry reports the recorded end; it neither trains nor
     reopens the run."""
-    from mlflow import MlflowClient
-
     from study.session import LocalSession
-    from study.spec import resolve
-    from study.studies import STUDIES
-    from study.tracking import experiment_id, find_trial_run, init_store, start_parent
-    from study.trainable import TrialContext, run_trial
+    from study.tracking import find_trial_run
+    from study.trainable import run_trial
 
     class Keeping(LocalSession):
         def report(self, result, state):
@@ -150,16 +147,9 @@ def test_a_trial_retried_after_its_end_reports_that_end_and_trains_nothing(tmp_p
                 self.states = [*getattr(self, "states", []), state]
             super().report(result, state)
 
-    uri = f"sqlite:///{tmp_path}/store.db"
-    init_store(uri)
-    client = MlflowClient(uri)
-    exp = experiment_id(client, "ended")
-    parent = start_parent(client, exp, "ended", {}, {})
-    study = STUDIES["gan_stability"]
-    fixed = resolve(study, {"arch": "mlp", "epochs": "3", "checkpoint_seconds": "0"},
-                    smoke=True).fixed  # fmt: skip
-    ctx = TrialContext(study.name, "digits", str(tmp_path), fixed, uri, exp, parent,
-                       threads=1, searched=())  # fmt: skip
+    client, exp, parent = _store(tmp_path, "ended")
+    settings = {"arch": "mlp", "epochs": "3", "checkpoint_seconds": "0"}
+    ctx = _gan_context(tmp_path, client, exp, parent, settings)
     first = Keeping("t1")
     run_trial({}, ctx, first)
     assert [s["epoch"] for s in first.states] == [1, 2, 3]
