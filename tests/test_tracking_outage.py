@@ -17,7 +17,6 @@ from tests.conftest import (
     free_port,
     http_server,
     mlflow_server_argv,
-    run_cli,
     start_cli,
     steps,
     study_runs,
@@ -90,6 +89,8 @@ def test_an_outage_within_the_retry_window_is_ridden_out_and_one_past_it_resumes
     time.sleep(max(0.0, 30 - (time.monotonic() - stopped)))  # at least a 30 s outage
     with http_server(argv, url, "/health", cwd=tmp_path):
         outage, back = time.monotonic() - stopped, time.time() * 1000
+        # `past` resumes while `within` still waits for its next retry
+        resumed = start_cli(["gan_stability", "--resume", "--name", "past"], tmp_path / "past")
         assert within.wait(timeout=400) == 0, "".join(within_out)[-3000:]
         assert "Outcomes: 1 trial:" in "".join(within_out)
         client = MlflowClient(url)
@@ -99,10 +100,10 @@ def test_an_outage_within_the_retry_window_is_ridden_out_and_one_past_it_resumes
             assert max(m.timestamp for m in fid) > back
             assert "restored_from_epoch" not in run.data.tags
 
-        again = run_cli(["gan_stability", "--resume", "--name", "past"], tmp_path / "past")
-        assert again.returncode == 0, again.stderr[-3000:]
-        assert "Outcomes: 1 trial:" in again.stdout
-        # each continued from its checkpoint in its own run, not from scratch
+        stdout, stderr = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, stderr[-3000:]
+        assert "Outcomes: 1 trial:" in stdout
+        # it continued from its checkpoint in its own run, not from scratch
         for run in _every_epoch_once(url, "past", 8):
             assert int(run.data.tags["restored_from_epoch"]) >= EVAL_EVERY
     assert 30 <= outage < retry_window()
