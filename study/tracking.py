@@ -225,9 +225,12 @@ class TrialRun:
     older than what MLflow holds: a reopened run skips the steps it has, so
     every epoch is written once."""
 
-    def __init__(self, client: MlflowClient, run_id: str, reopened: bool = False) -> None:
+    def __init__(
+        self, client: MlflowClient, run_id: str, reopened: bool = False, ended: str | None = None
+    ) -> None:
         self.client = client
         self.run_id = run_id
+        self._ended = ended  # the outcome reason of a reopened run that had ended
         self._pending: list[Metric] = []
         # A reopened run may hold epochs logged after its last checkpoint (the
         # trial died between the two); those steps are kept, not written twice.
@@ -249,10 +252,13 @@ class TrialRun:
         twice."""
         found = find_trial_run(client, exp_id, parent_run_id, trial_id)
         if found and _same_trial(found.data.params, params):
-            run = cls(client, found.info.run_id, reopened=True)
+            tags_found = found.data.tags
+            ended = found.info.status == "FINISHED" and "outcome" in tags_found
+            reason = tags_found.get("outcome_reason", "") if ended else None
+            run = cls(client, found.info.run_id, reopened=True, ended=reason)
             # a run that ended stays ended (its end is reported again, see
             # recorded_end); any other is running again
-            if found.info.status != "FINISHED" or "outcome" not in found.data.tags:
+            if not ended:
                 client.update_run(found.info.run_id, status="RUNNING")
             run.set_tags(tags)
             return run
@@ -274,10 +280,7 @@ class TrialRun:
         """(final result, reason) when this run had already ended: the driver
         died after the trial finished and before Tune saved that, so Tune
         retries it from an older checkpoint. None for any other run."""
-        if self._logged is None:
-            return None
-        run = self.client.get_run(self.run_id)
-        if run.info.status != "FINISHED" or "outcome" not in run.data.tags:
+        if self._ended is None:
             return None
         with tempfile.TemporaryDirectory() as d:
             try:
@@ -285,7 +288,7 @@ class TrialRun:
             except (MlflowException, OSError):
                 return None  # ended without a final result (stopped early): train
             result = json.loads(Path(path).read_text())
-        return result, run.data.tags.get("outcome_reason", "")
+        return result, self._ended
 
     def add(self, step: int, metrics: dict[str, float]) -> None:
         ts = int(time.time() * 1000)
