@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +18,15 @@ from scoring.features import InceptionError, inception_extractor
 from scoring.registry import metric_names, split_sampler_metric
 from study import defaults as d
 from study.optuna_store import check_url, default_url, resolve_url
-from study.preflight import UsageError, check_folder_name, check_ray_address, check_storage
+from study.preflight import (
+    UsageError,
+    check_folder_name,
+    check_ray_address,
+    check_resources,
+    check_storage,
+    resource_asks,
+    this_machine,
+)
 from study.request import StudyRequest
 from study.spec import Resolved, Study, resolve, split_settings
 from study.studies import STUDIES
@@ -148,6 +157,8 @@ def prepare(request: StudyRequest) -> Plan:
     check_tracking_uri(tracking_uri)
     if r.address:
         check_ray_address(r.address)
+    elif not os.environ.get("RAY_ADDRESS"):  # Ray starts here: check this machine now
+        check_resources(this_machine(), resource_asks(r.cpus_per_trial, r.gpus_per_trial))
     storage = Path(r.storage).expanduser().resolve()
     check_storage(storage, tracking_uri)
     if r.optuna_storage:

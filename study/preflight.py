@@ -68,6 +68,27 @@ def check_folder_name(flag: str, name: str) -> None:
         )
 
 
+def resource_asks(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, tuple[str, float]]:
+    """What one trial asks of a node: Ray resource -> (its flag, the amount)."""
+    return {
+        "CPU": ("--cpus-per-trial", cpus_per_trial),
+        "GPU": ("--gpus-per-trial", gpus_per_trial),
+    }
+
+
+def this_machine() -> list[dict]:
+    """This machine as the one node of a local Ray, with the resources Ray
+    would see at most (its CPU count before any container quota; the GPUs
+    CUDA shows): checked before starting Ray, a request no local node could
+    fit fails in seconds. Ray's own count is checked again once it is up."""
+    import multiprocessing
+
+    import torch
+
+    cpus, gpus = multiprocessing.cpu_count(), torch.cuda.device_count()
+    return [{"Alive": True, "Resources": {"CPU": float(cpus), "GPU": float(gpus)}}]
+
+
 def _largest_node(nodes: list[dict], resource: str) -> float:
     return max((n["Resources"].get(resource, 0.0) for n in nodes if n.get("Alive")), default=0.0)
 

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from study import defaults as d
 from study import optuna_store
 from study.plan import Plan
-from study.preflight import UsageError, check_resources, trials_at_once
+from study.preflight import UsageError, check_resources, resource_asks, trials_at_once
 from study.spec import split_settings
 from study.trainable import TrialContext, train
 
@@ -47,24 +47,9 @@ def ray_cluster(plan: Plan) -> Iterator[int]:
     r = plan.request
     started = not ray.is_initialized()
     if started:
-        try:
-            ray.init(
-                address=r.address,
-                include_dashboard=False,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-                configure_logging=True,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UsageError(
-                f"cannot start or join Ray at {r.address or 'local'}: {first}"
-            ) from None
+        start_ray(r.address, ray.init, ray.shutdown)
     try:
-        asks = {
-            "CPU": ("--cpus-per-trial", r.cpus_per_trial),
-            "GPU": ("--gpus-per-trial", r.gpus_per_trial),
-        }
+        asks = resource_asks(r.cpus_per_trial, r.gpus_per_trial)
         for warning in check_resources(ray.nodes(), asks, autoscaler_ceiling()):
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         resources = ray.cluster_resources()
@@ -72,6 +57,44 @@ def ray_cluster(plan: Plan) -> Iterator[int]:
     finally:
         if started:
             ray.shutdown()
+
+
+# Ray waits a fixed 30 s for a starting node's raylet to register; on a
+# loaded machine (several studies starting at once) it can miss that
+RAY_START_TIMEOUT = "timed out during startup"
+
+
+def start_ray(address: str | None, init: Callable[..., Any], shutdown: Callable[[], None]) -> None:
+    """ray.init, started or joined; one more try when a local start times
+    out, then a UsageError (nothing has started or been written yet)."""
+    where = address or "local"
+    for attempt in (1, 2):
+        try:
+            init(
+                address=address,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                configure_logging=True,
+            )
+            return
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UsageError(f"cannot start or join Ray at {where}: {first}") from None
+        except Exception as e:
+            if RAY_START_TIMEOUT not in str(e):
+                raise
+            shutdown()  # what did start of this node goes, before the next try
+            if attempt == 2:
+                raise UsageError(
+                    f"cannot start or join Ray at {where}: its node did not come up in "
+                    "30 s, twice (is the machine overloaded?)"
+                ) from None
+            print(
+                "warning: Ray's node did not come up in 30 s; trying once more",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def autoscaler_ceiling() -> dict[str, float] | None:

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from study.preflight import UsageError, check_resources, trials_at_once
 from study.tracking import FINAL_METRICS
+from study.tune_run import start_ray
 from tests.conftest import cli_env, run_cli
 from tests.test_clients import assert_optuna_matches_mlflow
 
@@ -295,15 +296,14 @@ def test_bad_input_or_state_gets_one_line_and_exit_code_2(bad_runs, message):
 
 def test_a_bad_invocation_is_refused_before_ray_is_imported(tmp_path):
     """Validation comes first: a typo costs the user seconds, not Ray's import."""
-    code = (
-        "import sys; from study.run import main; "
-        "code = main(['gan_stability', '--set', 'lr_g=x']); "
-        "print(code, 'ray' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(),
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert out.stdout.split() == ["2", "False"], out.stderr[-2000:]
-    assert "lr_g" in out.stderr
+    code = "import sys; from study.run import main; print(main(sys.argv[1:]), 'ray' in sys.modules)"
+    # a typo, and a trial larger than this machine (a local Ray would start)
+    for args, message in ((["--set", "lr_g=x"], "lr_g"), (["--cpus-per-trial", "999"], "999")):
+        argv = [sys.executable, "-c", code, "gan_stability", *args]
+        out = subprocess.run(argv, cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert out.stdout.split() == ["2", "False"], out.stderr[-2000:]
+        assert message in out.stderr
 
 
 def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path):
@@ -387,6 +387,36 @@ def test_a_trial_must_fit_on_one_node_or_on_one_the_autoscaler_can_add():
     assert len(warnings) == 1 and "autoscaler" in warnings[0]
     with pytest.raises(UsageError, match="no trial could start"):
         check_resources(nodes, {"GPU": ("--gpus-per-trial", 16.0)}, {"GPU": 8.0})
+
+
+def test_a_local_ray_that_times_out_starting_is_tried_once_more_then_refused(capsys):
+    """Ray gives a starting node a fixed 30 s; several studies starting at once
+    on a small machine can miss it. The message is the one Ray raises."""
+    timeout = Exception(
+        "The current node timed out during startup. This could happen because some of "
+        "the raylet failed to startup or the GCS has become overloaded."
+    )
+    calls: list[str] = []
+
+    def init_failing(times: int):
+        def init(**kwargs):
+            calls.append("init")
+            if calls.count("init") <= times:
+                raise timeout
+
+        return init
+
+    start_ray(None, init_failing(1), lambda: calls.append("shutdown"))
+    assert calls == ["init", "shutdown", "init"]  # the half-started node went first
+    assert "trying once more" in capsys.readouterr().err
+    calls.clear()
+    with pytest.raises(UsageError, match="did not come up in 30 s, twice"):
+        start_ray(None, init_failing(2), lambda: calls.append("shutdown"))
+    assert calls == ["init", "shutdown", "init", "shutdown"]
+    calls.clear()
+    with pytest.raises(UsageError, match="cannot start or join Ray at 10.0.0.1:6379: refused"):
+        start_ray("10.0.0.1:6379", lambda **kw: (_ for _ in ()).throw(ConnectionError("refused")),
+                  lambda: None)  # fmt: skip
 
 
 def test_asha_stops_a_poor_trial_and_closes_its_run(tmp_path):
