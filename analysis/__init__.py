@@ -8,6 +8,7 @@ nothing below it imports analysis.
     config_stats(runs, ["fid"])
 """
 
+from analysis.confirm import confirmation, rank_confidence, search_phase
 from analysis.plots import PLOTS, View, figures, sampler_table
 from analysis.runs import AnalysisError, load_history, load_runs
 from analysis.stats import budget_curve, config_stats, importance, knobs, stability_map
@@ -19,12 +20,15 @@ __all__ = [
     "View",
     "budget_curve",
     "config_stats",
+    "confirmation",
     "evaluate_samples",
     "figures",
     "importance",
     "knobs",
     "load_history",
     "load_runs",
+    "rank_confidence",
     "sampler_table",
+    "search_phase",
     "stability_map",
 ]

@@ -21,8 +21,10 @@ from typing import NoReturn
 import matplotlib
 import pandas as pd
 
+from analysis.confirm import search_phase
 from analysis.runs import AnalysisError, load_history, load_runs
 from scoring.outcomes import OUTCOMES
+from scoring.ranking import rank_table
 from scoring.registry import METRICS, split_sampler_metric
 from study.studies import STUDIES
 from study.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
@@ -141,6 +143,50 @@ def _what_matters(study, runs: pd.DataFrame, knob_cols: list[str], out: Path) ->
     return sections
 
 
+PAIRWISE = 5  # top configurations compared pairwise
+
+
+def _ranking_sections(study, runs: pd.DataFrame, knob_cols: list[str], out: Path) -> list[str]:
+    """How sure the search's order is (each of its top configurations
+    against the next, bootstrapped over seeds), and where the study
+    confirmed its best on fresh seeds, both estimates side by side."""
+    from analysis.confirm import confirmation
+
+    search = search_phase(runs)
+    if study.metric not in runs or search["config_id"].nunique() < 2:
+        return []
+    ranked = rank_table(search, knob_cols, study.metric, study.mode).head(PAIRWISE)
+    ranked.to_csv(out / "pairwise.csv", index=False)
+    m = study.metric
+    shown = ranked[["config_id", *knob_cols, "seeds", f"{m}_mean", f"{m}_std"]].copy()
+    shown["next minus this [95%]"] = [
+        "-"
+        if pd.isna(r.diff_next)
+        else f"{r.diff_next:.3g} [{r.diff_next_low:.3g}, {r.diff_next_high:.3g}]"
+        for r in ranked.itertuples()
+    ]
+    shown["beats next"] = ranked["p_beats_next"].map(lambda p: "-" if pd.isna(p) else f"{p:.0%}")
+    shown["P(best)"] = ranked["p_best"]
+    shown["spread > gap"] = ranked["spread_over_gap"].map({True: "yes", False: ""})
+    sections = [
+        f"<h2>How sure the order is</h2><p>The search's top {len(ranked)} by {html.escape(m)}: "
+        "each against the next, the difference of their means with a 95% bootstrap interval "
+        "(seeds drawn again with replacement), the share of resamples in which it is better, "
+        "and where its seeds' std is larger than the gap to the next mean (their order "
+        "is not to be trusted).</p>" + _table_html(shown)
+    ]
+    if "phase" in runs and (runs["phase"] == "confirm").any():
+        table = confirmation(runs)
+        table.to_csv(out / "confirmation.csv", index=False)
+        sections.append(
+            "<h2>Confirmed on fresh seeds</h2><p>The latest invocation's best configurations "
+            "re-run on seeds its search never used: the search's estimate (biased toward "
+            "its luckiest) beside the fresh one, and the confirmed order's confidence.</p>"
+            + _table_html(table.drop(columns=["config_id"]))
+        )
+    return sections
+
+
 def _figures(
     study, runs: pd.DataFrame, history: pd.DataFrame, metrics: list[str], knob_cols: list[str]
 ) -> list[str]:
@@ -177,7 +223,7 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
     metrics = [m for m in (study.metric, *study.table_metrics) if m in runs]
     metrics = list(dict.fromkeys(metrics))
     knob_cols = knobs(runs, metrics)
-    stats = config_stats(runs, metrics, study.mode, knob_cols)
+    stats = config_stats(search_phase(runs), metrics, study.mode, knob_cols)
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "trials.csv", index=False)
     history.to_csv(out / "history.csv", index=False)
@@ -193,7 +239,8 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
         f"<p>mean ± std [min, max] over seeds; {len(stats)} configurations, "
         f"{len(runs)} trials.</p>" + _table_html(best_table(stats, knob_cols, metrics))
     )
-    sections += _what_matters(study, runs, knob_cols, out)
+    sections += _ranking_sections(study, runs, knob_cols, out)
+    sections += _what_matters(study, search_phase(runs), knob_cols, out)
     figure_sections = _figures(study, runs, history, metrics, knob_cols)
     sections += figure_sections
     parent = runs.loc[runs["start_time"].idxmax(), "parent_run_id"]  # the latest invocation

@@ -14,7 +14,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from study.tracking import resolve_tracking_uri
 
-TAGS = ("outcome", "outcome_reason", "trial_id", "ray_node", "restored_from_epoch")
+TAGS = ("outcome", "outcome_reason", "trial_id", "ray_node", "restored_from_epoch", "phase")
 _PAGE = 1000  # runs per search request
 _BULK = 100  # run ids per bulk history request (the REST API's limit)
 
@@ -62,7 +62,8 @@ def load_runs(
 ) -> pd.DataFrame:
     """One row per trial of every invocation of `study`: its params (the full
     resolved config, typed), final metrics, outcome tags, `config_id`, `seed`,
-    `run_id`, `parent_run_id` and `study_run` (the invocation's name). A metric
+    `run_id`, `parent_run_id`, `study_run` (the invocation's name) and
+    `phase` ("search", or "confirm" for the fresh-seed re-runs). A metric
     named like a param (the VAE's `kl_weight`) becomes `<name>_final`."""
     client, uri = _client(tracking_uri)
     exp_id = _experiment_id(client, uri, experiment or study)
@@ -97,6 +98,7 @@ def load_runs(
             df[col] = _typed(df[col].dropna()).reindex(df.index)
     df = df.reset_index(drop=True)
     df.attrs["params"] = [c for c in df.columns if c in param_names]  # what configures a trial
+    df.attrs["study"] = study  # its metric and mode, for the functions that need them
     return df
 
 

@@ -9,8 +9,10 @@ import shlex
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -19,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from datasources import load_dataset
 from models import FAMILIES, generates
 from scoring.aggregate import per_configuration
+from scoring.ranking import confirmation_table
 from scoring.registry import prepare_reference
 from study.callbacks import CloseRuns, Progress
 from study.optuna_store import fail_stale_trials
@@ -35,7 +38,14 @@ from study.tracking import (
     log_params,
     open_parent,
 )
-from study.tune_run import fit, quiet_libraries, ray_cluster, trial_context
+from study.tune_run import (
+    confirm_points,
+    fit,
+    fit_confirm,
+    quiet_libraries,
+    ray_cluster,
+    trial_context,
+)
 
 
 @dataclass
@@ -46,6 +56,8 @@ class StudyResult:
     trials: pd.DataFrame  # one row per trial (empty when interrupted)
     table: pd.DataFrame  # one row per configuration, best first
     metrics: tuple[str, ...]  # the table's metric columns
+    # the confirmed configurations, both estimates side by side (empty without --confirm)
+    confirmation: pd.DataFrame = field(default_factory=pd.DataFrame)
     interrupted: bool = False
 
     @property
@@ -108,39 +120,73 @@ def execute(plan: Plan) -> StudyResult:
         if plan.optuna_url:
             print(f"  Optuna: {plan.optuna_url} · study '{plan.run_dir.name}'")
         print(flush=True)
-        callbacks = [
-            Progress(plan.trials, plan.study.metric, plan.study.mode, plan.searched),
-            CloseRuns(plan.tracking_uri, exp_id, parent),
-        ]
-        results = fit(plan, trial_context(plan, exp_id, parent, shipped), concurrent, callbacks)
-    if results is None:
+
+        def run_phase(name: str, trials: int, points: list[dict] | None) -> Any | None:
+            ctx = trial_context(plan, exp_id, parent, shipped, name)
+            callbacks = [
+                Progress(trials, plan.study.metric, plan.study.mode, plan.searched),
+                CloseRuns(plan.tracking_uri, exp_id, parent, name),
+            ]
+            if points is None:
+                return fit(plan, ctx, callbacks, concurrent)
+            return fit_confirm(plan, ctx, callbacks, concurrent, points)
+
+        results, confirmed, interrupted = phases(plan, run_phase)
+    if interrupted:
         kill_running_children(client, exp_id, parent)
         close_parent(client, parent, None, "KILLED")
         return StudyResult(
             plan, exp_id, parent, pd.DataFrame(), pd.DataFrame(), (), interrupted=True
         )
-    return summarise(plan, client, exp_id, parent, results)
+    return summarise(plan, client, exp_id, parent, results, confirmed)
 
 
-def summarise(plan: Plan, client: MlflowClient, exp_id: str, parent: str, results) -> StudyResult:
-    """The tables, written beside Tune's state and attached to the parent run."""
+def phases(plan: Plan, run_phase: Callable[..., Any]) -> tuple[Any, Any, bool]:
+    """The search, then (with --confirm) its best configurations on fresh
+    seeds: (search results, confirmation results or None, interrupted)."""
+    results = run_phase("search", plan.trials, None)
+    if results is None or not plan.confirm:
+        return results, None, results is None
+    points = confirm_points(plan, results)
+    if not points:
+        print(f"\nNothing to confirm: no configuration has a {plan.study.metric} on any seed")
+        return results, None, False
+    print_confirm_header(plan, len(points) // plan.confirm_seeds)
+    confirmed = run_phase("confirm", len(points), points)
+    return results, confirmed, confirmed is None
+
+
+def summarise(
+    plan: Plan, client: MlflowClient, exp_id: str, parent: str, results, confirmed=None
+) -> StudyResult:
+    """The tables, written beside Tune's state and attached to the parent run:
+    every trial of both phases, the search's configurations, and the
+    confirmed ones with both estimates."""
     study = plan.study
-    reported = {k for r in results for k in (r.metrics or {})}
+    phases = [("search", results), *([("confirm", confirmed)] if confirmed else [])]
+    reported = {k for _, grid in phases for r in grid for k in (r.metrics or {})}
     # a sampler left out by --set samplers=... is no column
     metrics = tuple(
         m for m in study.table_metrics or (study.metric,) if m == study.metric or m in reported
     )
-    trials = trial_rows(results, plan.searched, metrics)
-    table = per_configuration(trials, plan.searched, metrics, study.mode, study.metric)
+    trials = pd.concat(
+        [trial_rows(grid, plan.searched, metrics).assign(phase=name) for name, grid in phases],
+        ignore_index=True,
+    )
+    searched = trials[trials["phase"] == "search"]
+    table = per_configuration(searched, plan.searched, metrics, study.mode, study.metric)
+    confirmation = confirmation_table(trials, plan.searched, study.metric, study.mode)
     out = plan.summary_dir
     out.mkdir(exist_ok=True)
     trials.to_csv(out / "trials.csv", index=False)
     table.to_csv(out / "configurations.csv", index=False)
+    if len(confirmation):
+        confirmation.to_csv(out / "confirmation.csv", index=False)
     log_params(client, parent, {"trials": len(trials)})
     if plan.optuna_url:
         fail_stale_trials(plan.optuna_url, plan.run_dir.name)
     close_parent(client, parent, out)
-    return StudyResult(plan, exp_id, parent, trials, table, metrics)
+    return StudyResult(plan, exp_id, parent, trials, table, metrics, confirmation)
 
 
 def print_header(plan: Plan, concurrent: int) -> None:
@@ -152,8 +198,24 @@ def print_header(plan: Plan, concurrent: int) -> None:
         f"trials · {plan.search} search · {concurrent} at once ({r.cpus_per_trial:g} CPU"
         f"{gpus} each)"
     )
+    if plan.confirm:
+        print(
+            f"  then the best {plan.confirm} on {plan.confirm_seeds} fresh seeds each = "
+            f"{plan.confirm_trials} confirmation trials"
+        )
     print("  searched: " + ("; ".join(f"{k} {a}" for k, a in plan.resolved.axes.items()) or "-"))
     print("  fixed: " + " ".join(f"{k}={v}" for k, v in sorted(plan.resolved.fixed.items())))
+
+
+def print_confirm_header(plan: Plan, configs: int) -> None:
+    """Why a second phase: the search's best is partly its luckiest."""
+    base = int(plan.resolved.fixed.get("seed", 0))
+    fresh, last = base + plan.seeds, base + plan.seeds + plan.confirm_seeds - 1
+    print(
+        f"\nConfirming the search's best {configs} on {plan.confirm_seeds} fresh seeds each "
+        f"(seeds {fresh}..{last}; the search used {base}..{fresh - 1})",
+        flush=True,
+    )
 
 
 def parent_record(plan: Plan) -> tuple[dict[str, str], dict[str, object]]:
@@ -171,6 +233,8 @@ def parent_record(plan: Plan) -> tuple[dict[str, str], dict[str, object]]:
         "dataset": plan.dataset,
         "configurations": plan.configs,
         "seeds": plan.seeds,
+        "confirm": plan.confirm,
+        "confirm_seeds": plan.confirm_seeds,
         "search": plan.search,
         "scheduler": plan.request.scheduler,
         "metric": study.metric,

@@ -106,12 +106,16 @@ class Progress(tune.Callback):
 
 class CloseRuns(tune.Callback):
     """A trial closes its own MLflow run. One stopped by the scheduler, or whose
-    process died, cannot: the driver closes it so no run stays RUNNING."""
+    process died, cannot: the driver closes it so no run stays RUNNING. One
+    per phase of a study (`phase`: the trials' tag; each phase is a Tuner)."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+    def __init__(
+        self, tracking_uri: str, experiment_id: str, parent_run_id: str, phase: str
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.phase = phase
 
     def _tracked(self, what: str, write: Callable[[MlflowClient], None]) -> None:
         """One write to MLflow; past the client's retries (an outage) a
@@ -142,14 +146,16 @@ class CloseRuns(tune.Callback):
         self._close(trial, "failed", "trial process failed (see the Tune error file)", "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Delete the runs of trials Tune has no record of: started after its
-        last saved state when the driver died, they were run again under new
-        ids on --resume, and each trial must appear in MLflow once."""
+        """Delete the runs of this phase's trials Tune has no record of:
+        started after its last saved state when the driver died, they were run
+        again under new ids on --resume, and each trial must appear in MLflow
+        once. (Runs from before phases were tagged are the search's.)"""
         known = {t.trial_id for t in trials}
 
         def delete_unknown(client: MlflowClient) -> None:
             for run in children(client, self.experiment_id, self.parent_run_id):
-                if run.data.tags.get("trial_id") not in known:
+                tags = run.data.tags
+                if tags.get("phase", "search") == self.phase and tags.get("trial_id") not in known:
                     client.delete_run(run.info.run_id)
 
         self._tracked("delete the runs of trials Tune does not know", delete_unknown)

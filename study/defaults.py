@@ -14,6 +14,10 @@ CPUS_PER_TRIAL = 1.0
 GPUS_PER_TRIAL = 0.0
 NUM_SAMPLES = 8  # configurations, where a study does not say
 SEEDS = 3  # per configuration, where a study does not say
+CONFIRM = (
+    0  # best configurations re-run on fresh seeds after the search, where a study does not say
+)
+CONFIRM_SEEDS = 3  # fresh seeds per confirmed configuration
 
 MIN_FREE_MB = 500  # checkpoints, sample grids and the store of a default study fit easily
 MAX_FAILURES = 2  # Tune retries a failed trial this often, from its checkpoint

@@ -49,6 +49,8 @@ class Plan:
     tracking_uri: str
     experiment: str
     run_dir: Path
+    confirm: int = 0  # best configurations re-run on fresh seeds after the search
+    confirm_seeds: int = 0
     parent_run_id: str | None = None  # set when resuming
 
     @property
@@ -58,6 +60,15 @@ class Plan:
     @property
     def trials(self) -> int:
         return self.configs * self.seeds
+
+    @property
+    def confirm_trials(self) -> int:
+        return self.confirm * self.confirm_seeds
+
+    @property
+    def confirm_dir(self) -> Path:
+        """Tune's state of the confirmation phase, inside the run's folder."""
+        return self.run_dir / "confirm"
 
     @property
     def optuna_url(self) -> str | None:
@@ -70,14 +81,6 @@ class Plan:
     def summary_dir(self) -> Path:
         """The end-of-study tables, beside Tune's state."""
         return self.run_dir / "summary"
-
-    @property
-    def restorable(self) -> bool:
-        """Resuming, with Tune state to continue from (none when the driver
-        died within seconds of starting: then the study starts over)."""
-        from ray import tune
-
-        return self.request.resume and tune.Tuner.can_restore(str(self.run_dir))
 
     def record_invocation(self) -> None:
         """Create the run folder (only now, after every check passed) with
@@ -108,6 +111,8 @@ def _check_numbers(r: StudyRequest) -> None:
     for name in ("num_samples", "seeds", "epochs", "cpus_per_trial", "max_concurrent"):
         _positive("--" + name.replace("_", "-"), getattr(r, name))
     _positive("--gpus-per-trial", r.gpus_per_trial, allow_zero=True)
+    _positive("--confirm", r.confirm, allow_zero=True)
+    _positive("--confirm-seeds", r.confirm_seeds)
     if r.search is not None and r.search not in d.SEARCHES:
         raise UsageError(f"unknown search '{r.search}'; choose from: {', '.join(d.SEARCHES)}")
     if r.scheduler not in d.SCHEDULERS:
@@ -138,6 +143,25 @@ def _budget(r: StudyRequest, study: Study, resolved: Resolved, search: str) -> t
     return r.num_samples or (min(points, d.SMOKE_GRID_POINTS) if r.smoke else points), seeds
 
 
+def _confirm_budget(r: StudyRequest, study: Study, configs: int) -> tuple[int, int]:
+    """(configurations confirmed, fresh seeds each). The study's default
+    shrinks to what the search tries; --smoke confirms only when asked."""
+    if r.confirm is None:
+        confirm = 0 if r.smoke else min(study.confirm, configs)
+    elif r.confirm > configs:
+        raise UsageError(
+            f"--confirm {r.confirm} but the search tries {configs} configuration"
+            f"{'' if configs == 1 else 's'}; confirm at most that many"
+        )
+    else:
+        confirm = r.confirm
+    if r.confirm_seeds is not None and not confirm:
+        raise UsageError(
+            f"--confirm-seeds {r.confirm_seeds} but nothing is confirmed; add --confirm K"
+        )
+    return confirm, (r.confirm_seeds or study.confirm_seeds) if confirm else 0
+
+
 def prepare(request: StudyRequest) -> Plan:
     if request.name is not None:
         check_folder_name("--name", request.name)
@@ -153,6 +177,7 @@ def prepare(request: StudyRequest) -> Plan:
     resolved = resolve(study, sets, smoke=r.smoke, sweeps=r.sweeps)
     search = r.search or study.search
     configs, seeds = _budget(r, study, resolved, search)
+    confirm, confirm_seeds = _confirm_budget(r, study, configs)
     tracking_uri = resolve_tracking_uri(r.tracking_uri)
     check_tracking_uri(tracking_uri)
     if r.address:
@@ -175,6 +200,8 @@ def prepare(request: StudyRequest) -> Plan:
         tracking_uri,
         r.experiment or study.name,
         storage / (r.name or ""),
+        confirm,
+        confirm_seeds,
     )
     if r.resume:
         info = json.loads((plan.run_dir / INVOCATION_FILE).read_text())

@@ -17,6 +17,8 @@ class StudyRequest:
     data_dir: str = d.DATA_DIR
     num_samples: int | None = None  # configurations; None: the study's
     seeds: int | None = None  # None: the study's
+    confirm: int | None = None  # best configurations re-run on fresh seeds; None: the study's
+    confirm_seeds: int | None = None  # fresh seeds each; None: the study's
     epochs: int | None = None  # shorthand for sets["epochs"]
     sets: dict[str, str] = field(default_factory=dict)  # --set KEY=VALUE
     sweeps: dict[str, list[str]] = field(default_factory=dict)  # --sweep KEY=V1,V2

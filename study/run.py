@@ -19,7 +19,7 @@ from study.plan import prepare
 from study.preflight import UsageError
 from study.request import StudyRequest
 from study.studies import STUDIES
-from study.summary import format_table, outcome_line
+from study.summary import confirmation_lines, format_confirmation, format_table, outcome_line
 from study.tracking import TrackingError, ui_url
 
 EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 3, 130
@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--num-samples", type=int, help="configurations to try (default: the study's)")
     add("--seeds", type=int, help="seeds per configuration (default: the study's)")
     add("--epochs", type=int, help="shorthand for --set epochs=E")
+    add(
+        "--confirm",
+        type=int,
+        metavar="K",
+        help="after the search, re-run its K best configurations on fresh seeds "
+        "(default: the study's; 0 under --smoke)",
+    )
+    add("--confirm-seeds", type=int, metavar="S", help="fresh seeds per confirmed configuration")
     add(
         "--set",
         action="append",
@@ -119,8 +127,23 @@ def print_end(result) -> None:
         if len(table)
         else "(no trial reported)"
     )
+    confirmation = result.confirmation
+    if len(confirmation):
+        biased = "low" if study.mode == "min" else "high"
+        print(
+            f"\nConfirmed on fresh seeds (mean [95% interval over seeds]; a search's estimate of "
+            f"its best is biased {biased}, its winner partly the luckiest)"
+        )
+        print(format_confirmation(confirmation, result.plan.searched, study.metric))
+        for line in confirmation_lines(confirmation):
+            print(line)
     print(f"\nOutcomes: {outcome_line(result.trials)}")
-    print(f"Tables: {out}/configurations.csv, {out}/trials.csv")
+    tables = [
+        "configurations.csv",
+        *(["confirmation.csv"] if len(confirmation) else []),
+        "trials.csv",
+    ]
+    print("Tables: " + ", ".join(f"{out}/{name}" for name in tables))
     uri = result.plan.tracking_uri
     print("Browse the runs:")
     if not uri.startswith("http"):

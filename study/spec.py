@@ -117,6 +117,8 @@ class Study:
     fixed: dict[str, Any] = field(default_factory=dict)  # trial and family settings
     num_samples: int = d.NUM_SAMPLES  # configurations
     seeds: int = d.SEEDS
+    confirm: int = d.CONFIRM  # the best configurations re-run on fresh seeds after the search
+    confirm_seeds: int = d.CONFIRM_SEEDS
     search: str = d.SEARCH  # "grid" where the axes are few and discrete
     smoke: dict[str, Any] = field(default_factory=dict)  # settings under --smoke
     table_metrics: tuple[str, ...] = ()  # reported with mean and std per configuration

@@ -37,6 +37,9 @@ register(
         fixed={"epochs": 12, "eval_every": 4, "channels": 16, "width": 256},
         num_samples=8,
         seeds=3,
+        # Lucic et al.'s second phase: the best 2 again on 3 seeds the search never used
+        confirm=2,
+        confirm_seeds=3,
         smoke={**SMOKE, "channels": 8, "width": 64},
         table_metrics=("fid", "modes_covered", "mode_kl"),
     )

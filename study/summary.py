@@ -63,3 +63,56 @@ def outcome_line(trials: pd.DataFrame) -> str:
     parts = [f"{o} {int(counts.get(o, 0))}" for o in OUTCOMES if counts.get(o, 0)]
     noun = "trial" if len(trials) == 1 else "trials"
     return f"{len(trials)} {noun}: " + ", ".join(parts)
+
+
+def _estimate(mean: float, low: float, high: float) -> str:
+    if math.isnan(low):
+        return _num(mean)
+    return f"{_num(mean)} [{_num(low)}, {_num(high)}]"
+
+
+def format_confirmation(table: pd.DataFrame, searched: tuple[str, ...], metric: str) -> str:
+    """The confirmed configurations in their confirmed order: the search's
+    estimate (its rank among every searched configuration) beside the fresh
+    seeds' (95% intervals over seeds), outcomes, and how sure the order is."""
+    shown = pd.DataFrame({"#": range(1, len(table) + 1)})
+    for k in searched:
+        shown[k] = table[k].map(_num)
+    shown[f"search {metric}"] = [
+        f"{_estimate(r.search_mean, r.search_ci_low, r.search_ci_high)} (#{int(r.search_rank)})"
+        for r in table.itertuples()
+    ]
+    shown[f"confirmed {metric}"] = [
+        _estimate(r.confirm_mean, r.confirm_ci_low, r.confirm_ci_high) for r in table.itertuples()
+    ]
+    shown["outcomes"] = [
+        ", ".join(
+            f"{o} {round(row[f'confirm_{o}_rate'] * row['confirm_seeds'])}"
+            for o in OUTCOMES
+            if row[f"confirm_{o}_rate"]
+        )
+        for _, row in table.iterrows()
+    ]
+    shown["P(best)"] = table["p_best"].map(lambda p: "-" if math.isnan(p) else f"{p:.2f}")
+    shown["beats next"] = [
+        "" if math.isnan(p) else f"{p:.0%}" + (" (spread > gap)" if flag else "")
+        for p, flag in zip(table["p_beats_next"], table["spread_over_gap"], strict=True)
+    ]
+    return shown.to_string(index=False)
+
+
+def confirmation_lines(table: pd.DataFrame) -> list[str]:
+    """What the confirmation says in words: how sure the winner is, and
+    whether the fresh seeds changed the search's order."""
+    lines = []
+    if len(table) > 1 and not math.isnan(table["p_beats_next"].iloc[0]):
+        lines.append(
+            f"#1 beats #2 in {table['p_beats_next'].iloc[0]:.0%} of bootstrap resamples of "
+            f"the fresh seeds; it is the best in {table['p_best'].iloc[0]:.0%}."
+        )
+    order = list(table["search_rank"].astype(int))
+    if order != sorted(order):
+        lines.append(
+            f"The fresh seeds changed the order: the search's #{order[0]} is confirmed #1."
+        )
+    return lines

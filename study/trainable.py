@@ -51,6 +51,7 @@ class TrialContext:
     parent_run_id: str
     threads: int
     searched: tuple[str, ...]  # the axes, to name runs by what varies
+    phase: str = "search"  # or "confirm": the search's best on fresh seeds
     # cache entries (the feature classifier) the driver built, name -> bytes:
     # installed on whatever node a trial runs, so one study scores in one
     # feature space whatever each node's own cache holds
@@ -180,7 +181,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
             run_name(values, ctx.searched, seed),
             params,
             # where this attempt runs; a retry may land elsewhere, so tags, not params
-            tags={"ray_node": session.node_id, "host": gethostname()},
+            tags={"ray_node": session.node_id, "host": gethostname(), "phase": ctx.phase},
         )
     trial = _Trial(study, trial_cfg, family_cfg, data, seed, cid, run, session, clock)
     try:

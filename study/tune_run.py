@@ -13,11 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scoring.aggregate import per_configuration
 from study import defaults as d
 from study import optuna_store
 from study.plan import Plan
 from study.preflight import UsageError, check_resources, resource_asks, trials_at_once
 from study.spec import split_settings
+from study.summary import trial_rows
 from study.trainable import TrialContext, train
 
 
@@ -172,9 +174,68 @@ def _scheduler(plan: Plan) -> Any:
     )
 
 
-def fit(plan: Plan, ctx: TrialContext, concurrent: int, callbacks: list) -> Any | None:
-    """Run (or continue) the plan's trials; the ResultGrid, or None when
+def fit(plan: Plan, ctx: TrialContext, callbacks: list, concurrent: int) -> Any | None:
+    """Run (or continue) the plan's search; the ResultGrid, or None when
     interrupted (Ctrl-C: Tune stops its trials and returns early)."""
+    space, search = _space(plan)
+    config = {
+        "search_alg": search,
+        "scheduler": _scheduler(plan),
+        "num_samples": plan.trials if search else 1,
+    }
+    return _tune(plan.run_dir, plan, ctx, concurrent, callbacks, space, config, plan.trials)
+
+
+def fit_confirm(
+    plan: Plan, ctx: TrialContext, callbacks: list, concurrent: int, points: list[dict]
+) -> Any | None:
+    """Run (or continue) the confirmation trials, one per point (a
+    configuration's searched values and its fresh seed index), to the end."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    # Tune takes preset points only for keys of the space; each trial is one point
+    space = {k: tune.choice([p[k] for p in points]) for k in points[0]}
+    config = {"search_alg": BasicVariantGenerator(points_to_evaluate=points)}
+    config["num_samples"] = len(points)
+    return _tune(plan.confirm_dir, plan, ctx, concurrent, callbacks, space, config, len(points))
+
+
+def confirm_points(plan: Plan, results: Any) -> list[dict]:
+    """The confirmation trials: the search's best `plan.confirm`
+    configurations by mean metric (ones with no value on any seed left out),
+    each on `plan.confirm_seeds` seed indices after the search's, so no seed
+    repeats; seed by seed, so an interrupted phase leaves them even."""
+    from ray.tune.search.repeater import TRIAL_INDEX
+
+    study = plan.study
+    trials = trial_rows(results, (), (study.metric,))
+    table = per_configuration(trials, (), (study.metric,), study.mode)
+    best = table.dropna(subset=[f"{study.metric}_mean"])["config_id"].head(plan.confirm)
+    values: dict[str, dict] = {}
+    for r in results:  # the searched values as Tune drew them, not as a table holds them
+        cid = (r.metrics or {}).get("config_id")
+        if cid is not None:
+            values.setdefault(cid, {k: (r.config or {})[k] for k in plan.searched})
+    return [
+        {**values[cid], TRIAL_INDEX: plan.seeds + j}
+        for j in range(plan.confirm_seeds)
+        for cid in best
+    ]
+
+
+def _tune(
+    where: Path,
+    plan: Plan,
+    ctx: TrialContext,
+    concurrent: int,
+    callbacks: list,
+    space: dict[str, Any],
+    config: dict[str, Any],
+    trials: int,
+) -> Any | None:
+    """A Tuner whose state is the folder `where`: restored when resuming
+    with state there, else new; its ResultGrid, or None when interrupted."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -183,24 +244,21 @@ def fit(plan: Plan, ctx: TrialContext, concurrent: int, callbacks: list) -> Any 
         tune.with_parameters(train, ctx=ctx), {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial}
     )
     try:
-        if plan.restorable:
+        if r.resume and tune.Tuner.can_restore(str(where)):
             tuner = tune.Tuner.restore(
-                str(plan.run_dir), trainable, resume_unfinished=True, resume_errored=True
+                str(where), trainable, resume_unfinished=True, resume_errored=True
             )
         else:
             run_config = tune.RunConfig(
-                name=plan.run_dir.name,
-                storage_path=str(plan.run_dir.parent),
+                name=where.name,
+                storage_path=str(where.parent),
                 callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
                 verbose=0,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=d.CHECKPOINTS_KEPT),
                 failure_config=tune.FailureConfig(max_failures=d.MAX_FAILURES),
             )
-            space, search = _space(plan)
             tune_config = tune.TuneConfig(
-                search_alg=search,
-                scheduler=_scheduler(plan),
-                num_samples=plan.trials if search else 1,
+                **config,
                 max_concurrent_trials=concurrent,
                 # a trial process stays for the next trial: torch, the datasets,
                 # the feature classifier and the MLflow client stay loaded
@@ -212,11 +270,11 @@ def fit(plan: Plan, ctx: TrialContext, concurrent: int, callbacks: list) -> Any 
         results = tuner.fit()
     except KeyboardInterrupt:
         return None
-    return results if results.num_terminated + results.num_errors >= plan.trials else None
+    return results if results.num_terminated + results.num_errors >= trials else None
 
 
 def trial_context(
-    plan: Plan, exp_id: str, parent_run_id: str, cache_files: dict[str, bytes]
+    plan: Plan, exp_id: str, parent_run_id: str, cache_files: dict[str, bytes], phase: str
 ) -> TrialContext:
     r = plan.request
     return TrialContext(
@@ -229,5 +287,6 @@ def trial_context(
         parent_run_id=parent_run_id,
         threads=max(1, int(r.cpus_per_trial)),
         searched=plan.searched,
+        phase=phase,
         cache_files=cache_files,
     )

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -86,8 +90,10 @@ def free_port() -> int:
 
 def mlflow_server_argv(port: int, root: Path) -> list[str]:
     """A local `mlflow server` on root/server.db that stores artifacts itself
-    (proxied uploads) under root/server_artifacts."""
+    (proxied uploads) under root/server_artifacts; without MLflow's GenAI job
+    runner, eight more processes a study never uses."""
     return [
+        "env", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
         str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/server.db",
         "--artifacts-destination", str(root / "server_artifacts"),
@@ -116,6 +122,81 @@ def http_server(
         server.wait()
 
 
+def kill_matching(marker: str) -> None:
+    """SIGKILL every process whose command line holds marker, and its children
+    (Ray's agents): `ray stop` would stop every Ray on the machine."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    for pid in pids:
+        subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def ray_token_env(folder: Path) -> dict[str, str]:
+    """The CLI's environment with Ray's token authentication, as the scaling
+    recipe sets it on every node and driver (a token file in folder)."""
+    token = folder / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    return {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
+@contextmanager
+def ray_nodes(envs: list[dict[str, str]], cpus: int | None = None) -> Iterator[str]:
+    """Ray started with `ray start` on loopback: a head, then a worker node
+    for each further environment (each node starts in its own); yields the
+    head's address and kills every process of these nodes after."""
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit
+    port = free_port()
+    common = ["--disable-usage-stats", f"--temp-dir={temp}"]
+    common += [f"--num-cpus={cpus}"] if cpus else []
+    try:
+        for i, env in enumerate(envs):
+            where = (
+                ["--head", f"--port={port}", "--include-dashboard=false"]
+                if i == 0
+                else [f"--address=127.0.0.1:{port}"]
+            )
+            subprocess.run(
+                [str(BIN / "ray"), "start", *where, *common],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+        yield f"127.0.0.1:{port}"
+    finally:
+        kill_matching(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@dataclass
+class RayHead:
+    """A running Ray a CLI joins with --address (and its token)."""
+
+    address: str
+    env: dict[str, str]
+
+    def run_cli(self, args: list[str], cwd: Path, timeout: float = 300):
+        return run_cli([*args, "--address", self.address], cwd, timeout, self.env)
+
+
+@pytest.fixture(scope="session")
+def shared_ray(tmp_path_factory) -> Iterator[RayHead]:
+    """One Ray for the tests that only run a study and read what it wrote:
+    joining it costs a CLI about 4 s, starting its own Ray 12 s of two
+    cores. Tests that kill, watch or configure Ray's processes start theirs."""
+    env = ray_token_env(tmp_path_factory.mktemp("shared_ray"))
+    with ray_nodes([env]) as address:
+        yield RayHead(address, env)
+
+
 # one smoke run of each study into one store, shared by every test that reads
 # a finished study (the CLI's output, MLflow's contents, reports, notebooks)
 SMOKE_STUDIES = (
@@ -136,16 +217,16 @@ class SmokeStore:
 
 
 @pytest.fixture(scope="session")
-def smoke_store(tmp_path_factory) -> SmokeStore:
+def smoke_store(tmp_path_factory, shared_ray) -> SmokeStore:
     root = tmp_path_factory.mktemp("smoke_store")
     uri = f"sqlite:///{root}/store.db"
 
     def smoke(study: str) -> subprocess.CompletedProcess:
         # 2 configurations x 2 seeds each (a grid study: 2 of its points)
         args = [study, "--smoke", "--num-samples", "2", "--tracking-uri", uri]
-        return run_cli([*args, "--name", f"smoke-{study}"], root)
+        return shared_ray.run_cli([*args, "--name", f"smoke-{study}"], root)
 
-    # two studies at a time: each spends seconds starting Ray, mostly waiting
+    # two studies at a time: each spends seconds importing and joining Ray
     with ThreadPoolExecutor(max_workers=2) as pool:
         outputs = dict(zip(SMOKE_STUDIES, pool.map(smoke, SMOKE_STUDIES), strict=True))
     for study, out in outputs.items():

@@ -105,9 +105,9 @@ def test_smoke_study_end_to_end(smoke_store, tmp_path):
     assert (summary_dir / "configurations.csv").exists()
 
 
-def test_exploding_loss_ends_the_trial_as_diverged(tmp_path):
+def test_exploding_loss_ends_the_trial_as_diverged(tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path}/store.db"
-    out = run_cli(
+    out = shared_ray.run_cli(
         [
             "gan_stability",
             "--smoke",
@@ -138,7 +138,7 @@ def test_exploding_loss_ends_the_trial_as_diverged(tmp_path):
     assert "diverged 1" in out.stdout
 
 
-def test_grid_search_runs_every_grid_point(tmp_path):
+def test_grid_search_runs_every_grid_point(tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path}/store.db"
     fixed = [
         "lr_g=2e-4",
@@ -152,7 +152,7 @@ def test_grid_search_runs_every_grid_point(tmp_path):
     args = ["gan_stability", "--smoke", "--search", "grid", "--seeds", "1", "--tracking-uri", uri]
     for item in fixed:
         args += ["--set", item]
-    out = run_cli(args, tmp_path)
+    out = shared_ray.run_cli(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     _, _, children = _children(uri)
     assert sorted(r.data.params["n_disc"] for r in children) == ["1", "2"]
@@ -306,9 +306,11 @@ def test_a_bad_invocation_is_refused_before_ray_is_imported(tmp_path):
         assert message in out.stderr
 
 
-def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path):
+def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path}/store.db"
-    out = run_cli(["gan_modes", "--smoke", "--seeds", "1", "--tracking-uri", uri], tmp_path)
+    out = shared_ray.run_cli(
+        ["gan_modes", "--smoke", "--seeds", "1", "--tracking-uri", uri], tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "grid search" in out.stdout and "modes_captured" in out.stdout
     client = MlflowClient(uri)
@@ -327,9 +329,9 @@ def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path):
         assert len(pngs) == 2
 
 
-def test_sqlite_store_holds_up_under_four_concurrent_trials(tmp_path):
+def test_sqlite_store_holds_up_under_four_concurrent_trials(tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path}/store.db"
-    out = run_cli(
+    out = shared_ray.run_cli(
         [
             "gan_stability",
             "--smoke",
@@ -419,7 +421,7 @@ def test_a_local_ray_that_times_out_starting_is_tried_once_more_then_refused(cap
                   lambda: None)  # fmt: skip
 
 
-def test_asha_stops_a_poor_trial_and_closes_its_run(tmp_path):
+def test_asha_stops_a_poor_trial_and_closes_its_run(tmp_path, shared_ray):
     """One trial at a time (--max-concurrent 1) in the grid's seeded order:
     lr 0.01 first, then 1e-6, far worse at ASHA's rung (epoch 1), stopped.
     The stopped trial's run is closed by the driver, in the --experiment."""
@@ -430,7 +432,7 @@ def test_asha_stops_a_poor_trial_and_closes_its_run(tmp_path):
             "--sweep", "lr=3e-6,1e-5,0.01,1e-6"]  # fmt: skip
     for item in fixed:
         args += ["--set", item]
-    out = run_cli(args, tmp_path)
+    out = shared_ray.run_cli(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "1 at once" in out.stdout and "stopped" in out.stdout.split("Outcomes:")[1]
     client = MlflowClient(uri)

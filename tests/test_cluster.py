@@ -7,12 +7,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,40 +21,20 @@ from mlflow import MlflowClient
 from datasources.cache import cache_dir
 from scoring.registry import prepare_reference
 from tests.conftest import (
-    BIN,
-    cli_env,
     free_port,
     http_server,
     mlflow_server_argv,
+    ray_nodes,
+    ray_token_env,
     run_cli,
     steps,
     study_runs,
 )
 
 
-def _kill_matching(marker: str) -> None:
-    """SIGKILL every process whose command line holds marker, and its children
-    (Ray's agents): `ray stop` would stop every Ray on the machine."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if marker in cmdline.read_bytes().decode(errors="replace"):
-                pids.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    for pid in pids:
-        subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def ray_env(tmp_path) -> dict[str, str]:
-    """Token authentication on every process, as the README's recipe sets it."""
-    token = tmp_path / "ray_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    return {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    return ray_token_env(tmp_path)
 
 
 @pytest.fixture
@@ -65,25 +42,9 @@ def ray_cluster(ray_env, tmp_path) -> Iterator[str]:
     """A head and one worker raylet, one CPU each, each with its own empty
     genstudy cache (tmp_path/cache-head, cache-worker), as separate machines
     would have; yields the head's address."""
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit
-    port = free_port()
-    common = ["--num-cpus=1", "--disable-usage-stats", f"--temp-dir={temp}"]
-    try:
-        for node, extra in (
-            ("head", ["--head", f"--port={port}", "--include-dashboard=false"]),
-            ("worker", [f"--address=127.0.0.1:{port}"]),
-        ):
-            subprocess.run(
-                [str(BIN / "ray"), "start", *extra, *common],
-                env={**ray_env, "GENSTUDY_CACHE": str(tmp_path / f"cache-{node}")},
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
-        yield f"127.0.0.1:{port}"
-    finally:
-        _kill_matching(temp)
-        shutil.rmtree(temp, ignore_errors=True)
+    envs = [{**ray_env, "GENSTUDY_CACHE": str(tmp_path / f"cache-{n}")} for n in ("head", "worker")]
+    with ray_nodes(envs, cpus=1) as address:
+        yield address
 
 
 @pytest.fixture
