@@ -116,13 +116,19 @@ def test_every_study_experiment_opens_as_model_training(smoke_store):
 @pytest.fixture
 def lab(smoke_store, tmp_path) -> Iterator[str]:
     """`python -m analysis.lab` (what `make notebooks` runs) on the smoke store,
-    serving a copy of the notebooks: JupyterLab autosaves what it runs."""
+    serving a copy of the notebooks: JupyterLab autosaves what it runs. Every
+    cell stays in the page (windowing off): by default JupyterLab skips
+    rendering the cells out of view, and the test reads all of them."""
     port = free_port()
     shutil.copytree(ROOT / "analysis" / "notebooks", tmp_path / "notebooks")
+    tracker = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     env = {
         **cli_env(),
         "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
     }
     with http_server(
         [sys.executable, "-m", "analysis.lab", "--store", smoke_store.uri, "--no-browser",
