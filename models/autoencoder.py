@@ -80,7 +80,9 @@ class Autoencoder(Family):
     train_metrics = frozenset({"loss", "recon_loss", "sparsity_penalty"})
     eval_metrics = RECON_METRICS | {"sparsity", "active_fraction", "denoise_mse"}
 
-    def __init__(self, cfg: AEConfig, train_x: Tensor, test_x: Tensor) -> None:
+    def __init__(
+        self, cfg: AEConfig, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
+    ) -> None:
         check_batch(cfg.batch_size, len(train_x))
         self.cfg, self.x, self.test_x = cfg, train_x, test_x
         shape = tuple(train_x.shape[1:])

@@ -103,7 +103,9 @@ class Diffusion(GenerativeFamily):
     train_metrics = frozenset({"eps_loss", "grad_norm"})
     eval_metrics = frozenset()  # judged on its samples, one set per sampler
 
-    def __init__(self, cfg: DiffusionConfig, train_x: Tensor, test_x: Tensor) -> None:
+    def __init__(
+        self, cfg: DiffusionConfig, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
+    ) -> None:
         if train_x.dim() != 4 or train_x.shape[2] % 4 or train_x.shape[3] % 4:
             raise ConfigError(
                 f"diffusion needs images with sides divisible by 4, got {tuple(train_x.shape[1:])}"

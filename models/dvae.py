@@ -66,7 +66,9 @@ class DiscreteVAE(EncoderDecoder):
     train_metrics = frozenset({"loss", "recon_loss", "kl_train", "tau"})
     eval_metrics = RECON_METRICS | {"kl", "code_perplexity"}
 
-    def __init__(self, cfg: DVAEConfig, train_x: Tensor, test_x: Tensor) -> None:
+    def __init__(
+        self, cfg: DVAEConfig, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
+    ) -> None:
         super().__init__(
             train_x,
             test_x,

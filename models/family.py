@@ -20,9 +20,12 @@ class Family(ABC):
     eval_metrics: ClassVar[frozenset[str]]
 
     @abstractmethod
-    def __init__(self, cfg: Any, train_x: Tensor, test_x: Tensor) -> None:
-        """Build from the config and the data, already on the trial's device;
-        a setting that cannot work with this data raises ConfigError."""
+    def __init__(
+        self, cfg: Any, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
+    ) -> None:
+        """Build from the config and the data, already on the trial's device
+        (`train_y`: the training labels, for a family that can condition on
+        them); a setting that cannot work with this data raises ConfigError."""
 
     @abstractmethod
     def train_epoch(self) -> dict[str, Tensor | float]:
@@ -48,6 +51,11 @@ class GenerativeFamily(Family):
     ) -> Tensor:
         """n samples in data space: images in [0, 1] as (n, C, H, W), points as
         (n, 2); `sampler` names one of samplers() (None: the main one)."""
+
+    def sample_labels(self, n: int) -> Tensor | None:
+        """The class each of sample(n)'s samples was asked for (a conditional
+        model), or None; scored by the metrics that need labels."""
+        return None
 
     def samplers(self) -> tuple[str, ...]:
         """Named samplers scored at every evaluation, the first the main one;

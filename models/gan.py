@@ -1,8 +1,5 @@
-"""GAN family: MLP GAN and DCGAN with the losses and stabilisers of a stability study.
-
-Images are in [0, 1]; 2-D points are raw coordinates. The DCGAN's tanh output is
-mapped to [0, 1], which is the usual [-1, 1] set-up up to an affine change of
-the discriminator's input, so one data range serves every architecture.
+"""GAN family: the training step, its losses, stabilisers, optimisers and
+ProGAN growth schedule; the architectures live in models.gan_archs.
 """
 
 from __future__ import annotations
@@ -10,130 +7,84 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from models.config import ConfigError, param
 from models.family import GenerativeFamily
-from models.gan_parts import LOSSES, MinibatchStdDev, ReplayBuffer, gradient_penalty
+from models.gan_archs import ARCHS, GROWS
+from models.gan_parts import LOSSES, ReplayBuffer, equalize_lr, gradient_penalty
+from models.optimizers import OPTIMIZERS, make_optimizer
+from models.stylegan import SAMPLER
 
 
 @dataclass
 class GANConfig:
-    arch: str = param("mlp", choices=("mlp", "dcgan"), help="network architecture")
+    arch: str = param("mlp", choices=tuple(ARCHS), help="network architecture (style: StyleGAN G)")
     z_dim: int = param(32, low=1, high=1024, help="latent codings")
     width: int = param(256, low=2, high=4096, help="hidden units of the mlp networks")
-    channels: int = param(32, low=2, high=1024, help="base channels of the dcgan networks")
+    channels: int = param(32, low=2, high=1024, help="base channels of the dcgan/style networks")
     loss: str = param("ns", choices=tuple(LOSSES), help="adversarial objective")
-    lr_g: float = param(2e-4, low=1e-8, high=1.0, help="generator Adam learning rate")
-    lr_d: float = param(2e-4, low=1e-8, high=1.0, help="discriminator Adam learning rate")
-    beta1: float = param(0.5, low=0.0, high=0.999, help="Adam beta1 for both networks")
-    beta2: float = param(0.999, low=0.0, high=0.9999, help="Adam beta2 for both networks")
+    optimizer: str = param("adam", choices=tuple(OPTIMIZERS), help="optimiser of G (and of D)")
+    optimizer_d: str = param(
+        "same", choices=("same", *OPTIMIZERS), help="optimiser of D (same: as optimizer)"
+    )
+    lr_g: float = param(2e-4, low=1e-8, high=1.0, help="generator learning rate")
+    lr_d: float = param(2e-4, low=1e-8, high=1.0, help="discriminator learning rate")
+    beta1: float = param(0.5, low=0.0, high=0.999, help="Adam/NAdam beta1 for both networks")
+    beta2: float = param(0.999, low=0.0, high=0.9999, help="Adam/NAdam beta2 for both networks")
+    rms_alpha: float = param(0.99, low=0.0, high=0.9999, help="RMSProp smoothing constant")
+    momentum: float = param(0.0, low=0.0, high=0.999, help="RMSProp and SGD momentum")
     n_disc: int = param(1, low=1, high=20, help="discriminator steps per generator step")
     gp_weight: float = param(10.0, low=0.0, high=1e4, help="gradient penalty (wgan_gp loss)")
     replay: bool = param(False, help="show the discriminator past fakes again")
     replay_fraction: float = param(0.5, low=0.0, high=1.0, help="share of a fake batch replayed")
     replay_capacity: int = param(4096, low=1, high=10**7, help="past fakes kept for replay")
     mbstd: bool = param(False, help="minibatch standard deviation feature in D")
+    mbdisc: bool = param(False, help="minibatch discrimination (Salimans et al. 2016) in D")
+    mbdisc_kernels: int = param(16, low=1, high=1024, help="minibatch discrimination kernels B")
+    mbdisc_dim: int = param(8, low=1, high=1024, help="minibatch discrimination kernel size C")
     pac: int = param(1, low=1, high=16, help="PacGAN packing: D judges pac samples at once")
     dropout: float = param(0.3, low=0.0, high=0.9, help="dropout in the DCGAN discriminator")
+    equalized_lr: bool = param(False, help="ProGAN equalized learning rate in G and D")
+    pixelnorm: bool = param(False, help="ProGAN pixelwise normalisation in G (for batch norm)")
+    progressive: bool = param(False, help="ProGAN growing: h/4, h/2, h (dcgan, style)")
+    stage_epochs: int = param(2, low=1, high=10**5, help="epochs per resolution (progressive)")
+    fade_epochs: int = param(1, low=1, high=10**5, help="epochs a new resolution fades in over")
+    mapping_layers: int = param(4, low=0, high=8, help="StyleGAN mapping network depth")
+    mixing_prob: float = param(0.9, low=0.0, high=1.0, help="StyleGAN style-mixing share")
+    truncation: float = param(0.7, low=0.0, high=1.0, help="psi of the second style sampler")
+    conditional: bool = param(False, help="class-conditional G and projection D")
     batch_size: int = param(64, low=2, high=65536, help="real samples per discriminator step")
 
 
-# --- networks ---------------------------------------------------------------
-
-
-def _mlp_generator(cfg: GANConfig, shape: tuple[int, ...]) -> nn.Module:
-    # BatchNorm matters here: without it the discriminator wins outright and a
-    # textbook configuration stays at noise-level fid on mnist5k (measured).
-    out, w = int(torch.Size(shape).numel()), cfg.width
-    layers = [nn.Linear(cfg.z_dim, w), nn.BatchNorm1d(w), nn.LeakyReLU(0.2)]
-    layers += [nn.Linear(w, w), nn.BatchNorm1d(w), nn.LeakyReLU(0.2), nn.Linear(w, out)]
-    if len(shape) == 3:  # images live in [0, 1]; points are unbounded
-        layers.append(nn.Sigmoid())
-    return nn.Sequential(*layers, nn.Unflatten(1, shape))
-
-
-def _mlp_discriminator(cfg: GANConfig, shape: tuple[int, ...]) -> nn.Module:
-    inp = int(torch.Size(shape).numel()) * cfg.pac
-    head = (
-        [MinibatchStdDev(), nn.Linear(cfg.width + 1, 1)] if cfg.mbstd else [nn.Linear(cfg.width, 1)]
-    )
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(inp, cfg.width),
-        nn.LeakyReLU(0.2),
-        nn.Linear(cfg.width, cfg.width),
-        nn.LeakyReLU(0.2),
-        *head,
-    )
-
-
-def _image_shape(cfg: GANConfig, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(shape) != 3 or shape[1] % 4 or shape[2] % 4:
-        raise ConfigError(
-            f"arch={cfg.arch} needs images with sides divisible by 4, got data of shape {shape}"
-        )
-    return shape  # type: ignore[return-value]
-
-
-class _TanhToUnit(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return (torch.tanh(x) + 1) / 2
-
-
-def _dcgan_generator(cfg: GANConfig, shape: tuple[int, ...]) -> nn.Module:
-    c, h, w = _image_shape(cfg, shape)
-    w1, w2 = cfg.channels, 2 * cfg.channels
-    return nn.Sequential(
-        nn.Linear(cfg.z_dim, w2 * (h // 4) * (w // 4)),
-        nn.Unflatten(1, (w2, h // 4, w // 4)),
-        nn.BatchNorm2d(w2),
-        nn.ReLU(),
-        nn.ConvTranspose2d(w2, w1, 4, 2, 1),
-        nn.BatchNorm2d(w1),
-        nn.ReLU(),
-        nn.ConvTranspose2d(w1, c, 4, 2, 1),
-        _TanhToUnit(),
-    )
-
-
-def _dcgan_discriminator(cfg: GANConfig, shape: tuple[int, ...]) -> nn.Module:
-    c, h, w = _image_shape(cfg, shape)
-    w1, w2 = cfg.channels, 2 * cfg.channels
-    extra = 1 if cfg.mbstd else 0
-    return nn.Sequential(
-        nn.Conv2d(c * cfg.pac, w1, 4, 2, 1),
-        nn.LeakyReLU(0.2),
-        nn.Dropout(cfg.dropout),
-        nn.Conv2d(w1, w2, 4, 2, 1),
-        nn.LeakyReLU(0.2),
-        nn.Dropout(cfg.dropout),
-        *([MinibatchStdDev()] if cfg.mbstd else []),
-        nn.Flatten(),
-        nn.Linear((w2 + extra) * (h // 4) * (w // 4), 1),
-    )
-
-
-class Pack(nn.Module):
-    """PacGAN (Lin et al. 2018): consecutive groups of `pac` samples become one
-    discriminator input (features, or channels for images), so D judges sets
-    of samples and sees a lack of variety."""
-
-    def __init__(self, pac: int) -> None:
-        super().__init__()
-        self.pac = pac
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.reshape(x.shape[0] // self.pac, self.pac * x.shape[1], *x.shape[2:])
-
-
-ARCHS = {
-    "mlp": (_mlp_generator, _mlp_discriminator),
-    "dcgan": (_dcgan_generator, _dcgan_discriminator),
-}
+def growth(t: float, levels: int, stage_epochs: int, fade_epochs: int) -> tuple[int, float]:
+    """(stage, alpha) after `t` epochs of progressive training: stage k starts at
+    epoch k * stage_epochs and its level fades in linearly over fade_epochs."""
+    stage = min(int(t // stage_epochs), levels)
+    if stage == 0:
+        return 0, 1.0
+    return stage, min(1.0, (t - stage * stage_epochs) / fade_epochs)
 
 
 # --- the family -------------------------------------------------------------
+
+
+def _check(cfg: GANConfig, train_x: Tensor, train_y: Tensor | None) -> None:
+    if cfg.batch_size % cfg.pac:
+        raise ConfigError(f"batch_size={cfg.batch_size} is not a multiple of pac={cfg.pac}")
+    if len(train_x) < cfg.batch_size * cfg.n_disc:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} x n_disc={cfg.n_disc} exceeds the "
+            f"{len(train_x)} training samples"
+        )
+    if cfg.progressive and cfg.arch not in GROWS:
+        raise ConfigError(f"progressive growing needs arch in {GROWS}, not {cfg.arch}")
+    if cfg.fade_epochs > cfg.stage_epochs:
+        raise ConfigError(f"fade_epochs={cfg.fade_epochs} exceeds stage_epochs={cfg.stage_epochs}")
+    if cfg.conditional and train_y is None:
+        raise ConfigError("conditional=true needs a dataset with labels")
+    if cfg.conditional and cfg.pac > 1:
+        raise ConfigError("conditional=true does not combine with pac > 1 (one label per input)")
 
 
 class GAN(GenerativeFamily):
@@ -141,43 +92,61 @@ class GAN(GenerativeFamily):
     train_metrics = frozenset({"d_loss", "g_loss"})
     eval_metrics = frozenset()  # a GAN is judged on its samples alone
 
-    def __init__(self, cfg: GANConfig, train_x: Tensor, test_x: Tensor) -> None:
-        if cfg.batch_size % cfg.pac:
-            raise ConfigError(f"batch_size={cfg.batch_size} is not a multiple of pac={cfg.pac}")
-        if len(train_x) < cfg.batch_size * cfg.n_disc:
-            raise ConfigError(
-                f"batch_size={cfg.batch_size} x n_disc={cfg.n_disc} exceeds the "
-                f"{len(train_x)} training samples"
-            )
+    def __init__(
+        self, cfg: GANConfig, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
+    ) -> None:
+        _check(cfg, train_x, train_y)
         self.cfg = cfg
         self.x = train_x
+        self.y = train_y if cfg.conditional else None
+        self.n_classes = int(train_y.max()) + 1 if self.y is not None else 0
         self.device = train_x.device
         shape = tuple(train_x.shape[1:])
         make_g, make_d = ARCHS[cfg.arch]
-        self.G = make_g(cfg, shape).to(self.device)
-        self.D = nn.Sequential(Pack(cfg.pac), make_d(cfg, shape)).to(self.device)
-        # fused Adam: one kernel per step instead of a loop over parameters
-        # (17% faster per epoch on the CPU here, and the fast path on GPUs)
-        adam = {"betas": (cfg.beta1, cfg.beta2), "fused": True}
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, **adam)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, **adam)
+        self.G = make_g(cfg, shape, self.n_classes).to(self.device)
+        self.D = make_d(cfg, shape, self.n_classes).to(self.device)
+        if cfg.equalized_lr:
+            equalize_lr(self.G), equalize_lr(self.D)
+        self.opt_g = make_optimizer(cfg.optimizer, self.G.parameters(), cfg.lr_g, cfg)
+        opt_d = cfg.optimizer if cfg.optimizer_d == "same" else cfg.optimizer_d
+        self.opt_d = make_optimizer(opt_d, self.D.parameters(), cfg.lr_d, cfg)
         self.loss = LOSSES[cfg.loss]
-        self.replay = ReplayBuffer(cfg.replay_capacity, shape, self.device) if cfg.replay else None
+        self.replay = (
+            ReplayBuffer(cfg.replay_capacity, shape, self.device, self.y is not None)
+            if cfg.replay
+            else None
+        )
+        self.epoch = 0  # epochs trained: the growth schedule's clock
+        self._grow(0.0)
+
+    def _grow(self, t: float) -> None:
+        if self.cfg.progressive:
+            at = growth(t, self.G.levels, self.cfg.stage_epochs, self.cfg.fade_epochs)
+            self.G.grow(*at), self.D.grow(*at)
 
     def _z(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.cfg.z_dim, device=self.device, generator=generator)
 
-    def _d_step(self, real: Tensor) -> Tensor:
+    def _labels(self, n: int) -> Tensor | None:
+        if self.y is None:
+            return None
+        return torch.randint(0, self.n_classes, (n,), device=self.device)
+
+    def _d_step(self, real: Tensor, y_real: Tensor | None) -> Tensor:
+        y_fake = self._labels(len(real))
         with torch.no_grad():
-            fake = self.G(self._z(len(real)))
+            fake = self.G(self._z(len(real)), y_fake)
         if self.replay is not None:
             k = int(len(fake) * self.cfg.replay_fraction) if self.replay.size else 0
-            shown = torch.cat([fake[: len(fake) - k], self.replay.sample(k)]) if k else fake
-            self.replay.push(fake)
-            fake = shown
-        loss = self.loss.d(self.D(real), self.D(fake))
+            old, old_y = self.replay.draw(k) if k else (None, None)
+            self.replay.push(fake, y_fake)
+            if k:
+                fake = torch.cat([fake[: len(fake) - k], old])
+                y_fake = None if y_fake is None else torch.cat([y_fake[: len(y_fake) - k], old_y])
+        loss = self.loss.d(self.D(real, y_real), self.D(fake, y_fake))
         if self.loss.gradient_penalty:
-            loss = loss + self.cfg.gp_weight * gradient_penalty(self.D, real, fake)
+            critic = lambda x: self.D(x, y_real)  # noqa: E731
+            loss = loss + self.cfg.gp_weight * gradient_penalty(critic, real, fake)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
@@ -185,7 +154,8 @@ class GAN(GenerativeFamily):
 
     def _g_step(self, n: int) -> Tensor:
         self.D.requires_grad_(False)  # the generator step must not move D
-        loss = self.loss.g(self.D(self.G(self._z(n))))
+        y = self._labels(n)
+        loss = self.loss.g(self.D(self.G(self._z(n), y), y))
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
@@ -201,22 +171,43 @@ class GAN(GenerativeFamily):
         d_sum = torch.zeros((), device=self.device)
         g_sum = torch.zeros((), device=self.device)
         for i in range(steps):
-            d_sum += self._d_step(self.x[perm[i * b : (i + 1) * b]])
+            self._grow(self.epoch + i / steps)
+            idx = perm[i * b : (i + 1) * b]
+            d_sum += self._d_step(self.x[idx], None if self.y is None else self.y[idx])
             if (i + 1) % n_disc == 0:
                 g_sum += self._g_step(b)
+        self.epoch += 1
+        self._grow(float(self.epoch))  # alpha 0 of a new level draws as the old one
         return {"d_loss": d_sum / steps, "g_loss": g_sum / (steps // n_disc)}
 
     def evaluate(self) -> dict[str, float]:
         return {}
+
+    def samplers(self) -> tuple[str, ...]:
+        return self.G.samplers()
+
+    @classmethod
+    def is_sampler(cls, name: str) -> bool:
+        return SAMPLER.fullmatch(name) is not None
+
+    def sample_labels(self, n: int) -> Tensor | None:
+        """Balanced: sample i is asked for class i mod n_classes."""
+        if self.y is None:
+            return None
+        return torch.arange(n, device=self.device) % self.n_classes
 
     @torch.inference_mode()
     def sample(
         self, n: int, generator: torch.Generator | None = None, sampler: str | None = None
     ) -> Tensor:
         self.G.eval()
-        out = torch.cat([self.G(self._z(len(c), generator)) for c in torch.arange(n).split(1000)])
+        labels = self.sample_labels(n)
+        out = []
+        for chunk in torch.arange(n, device=self.device).split(1000):
+            y = None if labels is None else labels[chunk]
+            out.append(self.G(self._z(len(chunk), generator), y, sampler, generator))
         self.G.train()
-        return out
+        return torch.cat(out)
 
     def state_dict(self) -> dict:
         return {
@@ -225,6 +216,7 @@ class GAN(GenerativeFamily):
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "replay": self.replay.state_dict() if self.replay is not None else None,
+            "epoch": self.epoch,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -234,3 +226,5 @@ class GAN(GenerativeFamily):
         self.opt_d.load_state_dict(state["opt_d"])
         if self.replay is not None and state["replay"] is not None:
             self.replay.load_state_dict(state["replay"])
+        self.epoch = int(state["epoch"])
+        self._grow(float(self.epoch))

@@ -52,7 +52,9 @@ class VAE(EncoderDecoder):
     train_metrics = frozenset({"loss", "recon_loss", "kl_train", "kl_weight"})
     eval_metrics = RECON_METRICS | {"kl", "active_units"}
 
-    def __init__(self, cfg: VAEConfig, train_x: Tensor, test_x: Tensor) -> None:
+    def __init__(
+        self, cfg: VAEConfig, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
+    ) -> None:
         super().__init__(
             train_x,
             test_x,

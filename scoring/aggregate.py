@@ -39,3 +39,49 @@ def per_configuration(
     if key is not None:
         out = out.sort_values(f"{key}_mean", ascending=mode == "min", na_position="last")
     return out.reset_index()
+
+
+def per_group(
+    trials: pd.DataFrame,
+    group: str,
+    knobs: Sequence[str],
+    metric: str,
+    mode: str = "min",
+    extra: Sequence[str] = (),
+) -> pd.DataFrame:
+    """One row per value of `group` (a technique), over the rest of the grid
+    (the other `knobs`) and the seeds: its trials, the share that ended `ok`,
+    the configurations whose every seed ended ok (the stable region's width),
+    the best configuration's mean `metric` and the median over scored
+    trials, and the mean of each `extra` metric. Sorted widest first, then
+    by the best metric."""
+    table = per_configuration(trials, [group, *knobs], [metric, *extra], mode)
+    keyed = trials.dropna(subset=["config_id"])
+    if table.empty or metric not in keyed:
+        return pd.DataFrame()
+    better = "min" if mode == "min" else "max"
+    rows = []
+    for value, configs in table.groupby(group, sort=False):
+        runs = keyed[keyed[group] == value]
+        stable = configs[configs["ok_rate"] == 1.0]
+        row = {
+            group: value,
+            "trials": len(runs),
+            "ok_share": float((runs["outcome"] == "ok").mean()),
+            "stable_configs": len(stable),
+            "configs": len(configs),
+            f"best_{metric}": getattr(configs[f"{metric}_mean"], better)(),
+            f"median_{metric}": runs[metric].median(),
+        }
+        if len(knobs) == 1:  # the stable values of the one other axis
+            row["stable_values"] = ", ".join(_short(v) for v in sorted(stable[knobs[0]]))
+        rows.append(row | {f"{m}_mean": runs[m].mean() for m in extra if m in runs})
+    out = pd.DataFrame(rows)
+    ascending = [False, mode == "min"]
+    return out.sort_values(["ok_share", f"best_{metric}"], ascending=ascending).reset_index(
+        drop=True
+    )
+
+
+def _short(v: object) -> str:
+    return f"{v:.2g}" if isinstance(v, float) else str(v)

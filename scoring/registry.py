@@ -29,6 +29,7 @@ NEEDS = {
     "modes": "2-D mixture data: the mixture's centres and std",
     "inception": "a local Inception v3 weights file (--set inception_weights=...)",
     "clock": "the sampling time, measured by the caller",
+    "labels": "a conditional model: the class each sample was asked for",
 }
 
 
@@ -63,10 +64,16 @@ class Scoring:
     computed once, on first use (one extractor pass serves every metric)."""
 
     def __init__(
-        self, samples: Tensor, dataset: str, ref: Reference, inception: str, seconds: float | None
+        self,
+        samples: Tensor,
+        dataset: str,
+        ref: Reference,
+        inception: str,
+        seconds: float | None,
+        labels: Tensor | None = None,
     ) -> None:
         self.samples, self.dataset, self.ref = samples, dataset, ref
-        self.inception, self.seconds = inception, seconds
+        self.inception, self.seconds, self.labels = inception, seconds, labels
 
     @cached_property
     def extractor(self) -> Extractor:
@@ -85,10 +92,19 @@ class Scoring:
         return a.density_coverage(self.ref.features, self.features, k=5)
 
     @cached_property
+    def predicted(self) -> Tensor:
+        return self.extractor.predict(self.samples)
+
+    @cached_property
     def classes(self) -> dict[str, float]:
         spec = dataset_spec(self.dataset)
-        pred = self.extractor.predict(self.samples)
-        return a.class_coverage(pred, spec.n_classes, spec.min_mode_count)
+        return a.class_coverage(self.predicted, spec.n_classes, spec.min_mode_count)
+
+    def class_accuracy(self) -> float:
+        """Share of samples the dataset's classifier assigns to the class they
+        were asked for; on real held-out images with their labels, the
+        classifier's own test accuracy."""
+        return (self.predicted == self.labels.to(self.predicted.device)).float().mean().item()
 
     @cached_property
     def mixture(self) -> dict[str, float]:
@@ -226,19 +242,30 @@ register(
     False,
     "Frechet distance in Inception v3 pool features",
 )
+register(
+    "class_accuracy",
+    Scoring.class_accuracy,
+    "classes labels",
+    "max",
+    True,
+    "share of samples classified as the class asked for (conditional models)",
+)
 register("sample_seconds", lambda s: s.seconds, "clock", "min", True, "wall time per 1000 samples")
 
 
-def needs_met(is_image: bool, inception: bool = False, clock: bool = False) -> frozenset[str]:
+def needs_met(
+    is_image: bool, inception: bool = False, clock: bool = False, labels: bool = False
+) -> frozenset[str]:
     have = {"features", "classes"} if is_image else {"modes"}
-    return frozenset(
-        have | ({"inception"} if inception else set()) | ({"clock"} if clock else set())
-    )
+    options = {"inception": inception, "clock": clock, "labels": labels}
+    return frozenset(have | {k for k, on in options.items() if on})
 
 
-def metric_names(is_image: bool, inception: bool = True, clock: bool = True) -> list[str]:
+def metric_names(
+    is_image: bool, inception: bool = True, clock: bool = True, labels: bool = True
+) -> list[str]:
     """The sample metrics scored on such data (by default with every option on)."""
-    have = needs_met(is_image, inception, clock)
+    have = needs_met(is_image, inception, clock, labels)
     return [m.name for m in METRICS.values() if m.needs <= have]
 
 
@@ -261,6 +288,7 @@ def evaluate_samples(
     device: str | None = None,
     inception_weights: str | None = None,
     seconds: float | None = None,
+    labels: Tensor | np.ndarray | None = None,
 ) -> dict[str, float]:
     """Score generated samples against `dataset`'s held-out split with every
     registered metric the data allows.
@@ -270,6 +298,7 @@ def evaluate_samples(
     Inception v3 weights file) also fid_inception.
     2-D mixtures: (N, 2) -> modes_captured, hq_fraction, reverse_kl.
     With `seconds` (sampling time per 1000 samples): sample_seconds.
+    With `labels` (the class each image was asked for): class_accuracy.
     """
     x = _as_tensor(samples, device)
     ref = reference(dataset, str(x.device))
@@ -279,8 +308,11 @@ def evaluate_samples(
             f"samples of shape {tuple(x.shape)} do not match {dataset} samples (N, "
             f"{', '.join(map(str, expected))})"
         )
-    scoring = Scoring(x, dataset, ref, inception_weights or "", seconds)
-    have = needs_met(ref.data.is_image, bool(inception_weights), seconds is not None)
+    y = None if labels is None else torch.as_tensor(np.asarray(labels)).long()
+    if y is not None and y.shape != (len(x),):
+        raise ValueError(f"labels of shape {tuple(y.shape)} do not match {len(x)} samples")
+    scoring = Scoring(x, dataset, ref, inception_weights or "", seconds, y)
+    have = needs_met(ref.data.is_image, bool(inception_weights), seconds is not None, y is not None)
     return {m.name: float(m.compute(scoring)) for m in METRICS.values() if m.needs <= have}
 
 

@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from datasources import load_dataset
 from models import FAMILIES, generates
-from scoring.aggregate import per_configuration
+from scoring.aggregate import per_configuration, per_group
 from scoring.ranking import confirmation_table
 from scoring.registry import prepare_reference
 from study.callbacks import CloseRuns, Progress
@@ -58,6 +58,8 @@ class StudyResult:
     metrics: tuple[str, ...]  # the table's metric columns
     # the confirmed configurations, both estimates side by side (empty without --confirm)
     confirmation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # per value of the study's group_by axis, over the rest of the grid
+    groups: pd.DataFrame = field(default_factory=pd.DataFrame)
     interrupted: bool = False
 
     @property
@@ -176,17 +178,30 @@ def summarise(
     searched = trials[trials["phase"] == "search"]
     table = per_configuration(searched, plan.searched, metrics, study.mode, study.metric)
     confirmation = confirmation_table(trials, plan.searched, study.metric, study.mode)
+    groups = _groups(plan, searched, metrics)
     out = plan.summary_dir
     out.mkdir(exist_ok=True)
     trials.to_csv(out / "trials.csv", index=False)
     table.to_csv(out / "configurations.csv", index=False)
     if len(confirmation):
         confirmation.to_csv(out / "confirmation.csv", index=False)
+    if len(groups):
+        groups.to_csv(out / f"by_{study.group_by}.csv", index=False)
     log_params(client, parent, {"trials": len(trials)})
     if plan.optuna_url:
         fail_stale_trials(plan.optuna_url, plan.run_dir.name)
     close_parent(client, parent, out)
-    return StudyResult(plan, exp_id, parent, trials, table, metrics, confirmation)
+    return StudyResult(plan, exp_id, parent, trials, table, metrics, confirmation, groups)
+
+
+def _groups(plan: Plan, trials: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """The study's per-technique table, when its group_by axis was searched."""
+    group, metric = plan.study.group_by, plan.study.metric
+    if group not in plan.searched:
+        return pd.DataFrame()
+    rest = [k for k in plan.searched if k != group]
+    extra = [m for m in metrics if m != metric]
+    return per_group(trials, group, rest, metric, plan.study.mode, extra)
 
 
 def print_header(plan: Plan, concurrent: int) -> None:

@@ -240,7 +240,7 @@ def _check_builds(study: Study, resolved: Resolved, data: Dataset) -> None:
     base = {k: a.grid()[0] for k, a in resolved.axes.items()}
     for extra in variants:
         _, cfg = split_settings(study, {**resolved.fixed, **base, **extra})
-        FAMILIES[study.family](cfg, data.train_x, data.test_x)
+        FAMILIES[study.family](cfg, data.train_x, data.test_x, data.train_y)
 
 
 def check_metric_names(study: Study, data: Dataset) -> None:

@@ -19,7 +19,13 @@ from study.plan import prepare
 from study.preflight import UsageError
 from study.request import StudyRequest
 from study.studies import STUDIES
-from study.summary import confirmation_lines, format_confirmation, format_table, outcome_line
+from study.summary import (
+    confirmation_lines,
+    format_confirmation,
+    format_groups,
+    format_table,
+    outcome_line,
+)
 from study.tracking import TrackingError, ui_url
 
 EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 3, 130
@@ -127,6 +133,15 @@ def print_end(result) -> None:
         if len(table)
         else "(no trial reported)"
     )
+    if len(result.groups):
+        group = study.group_by
+        print(
+            f"\nBy {group} (over the rest of the grid and the seeds: share of trials ok, "
+            f"configurations with every seed ok, best configuration and median trial "
+            f"{study.metric})"
+        )
+        extra = tuple(m for m in result.metrics if m != study.metric)
+        print(format_groups(result.groups, group, study.metric, extra))
     confirmation = result.confirmation
     if len(confirmation):
         biased = "low" if study.mode == "min" else "high"
@@ -140,6 +155,7 @@ def print_end(result) -> None:
     print(f"\nOutcomes: {outcome_line(result.trials)}")
     tables = [
         "configurations.csv",
+        *([f"by_{study.group_by}.csv"] if len(result.groups) else []),
         *(["confirmation.csv"] if len(confirmation) else []),
         "trials.csv",
     ]

@@ -76,7 +76,60 @@ class Choice:
         return "{" + ", ".join(map(str, self.values)) + "}"
 
 
-Axis = LogUniform | Uniform | Choice
+@dataclass(frozen=True)
+class Bundles:
+    """An axis over named bundles of settings: one value (a technique) sets
+    several keys at once. Trials record the name beside the settings."""
+
+    options: dict[str, dict[str, Any]]
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        return tuple(self.options)
+
+    def optuna(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.CategoricalDistribution(self.values)
+
+    def grid(self) -> list[Any]:
+        return list(self.values)
+
+    def extremes(self) -> list[Any]:
+        return list(self.values)
+
+    def settings(self, value: Any) -> dict[str, Any]:
+        if value not in self.options:
+            raise ConfigError(f"'{value}' is not one of {', '.join(self.options)}")
+        return dict(self.options[value])
+
+    def __str__(self) -> str:
+        return "{" + ", ".join(self.options) + "}"
+
+
+@dataclass(frozen=True)
+class Tied:
+    """An axis whose value is given to several keys (lr_g and lr_d equal)."""
+
+    keys: tuple[str, ...]
+    values: tuple[Any, ...]
+
+    def optuna(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.CategoricalDistribution(self.values)
+
+    def grid(self) -> list[Any]:
+        return list(self.values)
+
+    def extremes(self) -> list[Any]:
+        return list(self.values)
+
+    def settings(self, value: Any) -> dict[str, Any]:
+        return dict.fromkeys(self.keys, value)
+
+    def __str__(self) -> str:
+        return f"{' = '.join(self.keys)} in {{{', '.join(map(str, self.values))}}}"
+
+
+Axis = LogUniform | Uniform | Choice | Bundles | Tied
+DERIVED = (Bundles, Tied)  # axes that stand for settings of other keys
 
 
 # --- harness settings of one trial ------------------------------------------
@@ -122,6 +175,9 @@ class Study:
     search: str = d.SEARCH  # "grid" where the axes are few and discrete
     smoke: dict[str, Any] = field(default_factory=dict)  # settings under --smoke
     table_metrics: tuple[str, ...] = ()  # reported with mean and std per configuration
+    # an axis whose values (techniques) the study compares across the rest of
+    # its grid: a table per value (stable share, best and median metric)
+    group_by: str = ""
 
     @property
     def family_config(self) -> type:
@@ -160,20 +216,50 @@ def resolve(
     if both:
         raise ConfigError(f"{', '.join(both)} given to both --set and --sweep")
     values = {**study.fixed, **(study.smoke if smoke else {}), **overrides}
-    fixed = {
-        k: coerce(settings_owner(study, k), k, v) for k, v in values.items() if k not in sweeps
-    }
+    fixed = {k: _typed(study, k, v) for k, v in values.items() if k not in sweeps}
     axes = {k: a for k, a in study.axes.items() if k not in overrides}
     for key, given in sweeps.items():
+        if isinstance(study.axes.get(key), DERIVED):
+            raise ConfigError(f"{key} stands for several settings; --sweep its keys instead")
         axes[key] = Choice(tuple(coerce(settings_owner(study, key), key, v) for v in given))
     for key, axis in axes.items():  # a study's own axes must fit its config's ranges
         for v in axis.extremes():
-            coerce(settings_owner(study, key), key, v)
+            for k, setting in expand(study, {key: v}).items():
+                coerce(settings_owner(study, k), k, setting)
     return Resolved(study, fixed, axes)
+
+
+def _typed(study: Study, key: str, value: Any) -> Any:
+    """A fixed setting checked and typed; a derived axis's value (--set
+    technique=nadam) is checked through the settings it stands for."""
+    axis = study.axes.get(key)
+    if not isinstance(axis, DERIVED):
+        return coerce(settings_owner(study, key), key, value)
+    if isinstance(axis, Bundles):
+        axis.settings(value)  # a known name
+        return value
+    typed = {k: coerce(settings_owner(study, k), k, v) for k, v in axis.settings(value).items()}
+    return next(iter(typed.values()))
+
+
+def expand(study: Study, values: dict[str, Any]) -> dict[str, Any]:
+    """The study's derived axes (Bundles, Tied) replaced by the settings they
+    stand for; those settings win over the same keys given otherwise."""
+    out, derived = dict(values), {}
+    for key, axis in study.axes.items():
+        if isinstance(axis, DERIVED) and key in out:
+            derived |= axis.settings(out.pop(key))
+    return out | derived
+
+
+def axis_labels(study: Study, values: dict[str, Any]) -> dict[str, Any]:
+    """The derived axes' own values (a technique's name), for the params."""
+    return {k: values[k] for k, a in study.axes.items() if isinstance(a, DERIVED) and k in values}
 
 
 def split_settings(study: Study, values: dict[str, Any]) -> tuple[TrialConfig, Any]:
     """Typed (TrialConfig, family config) from one flat dict of settings."""
+    values = expand(study, values)
     trial = {k: v for k, v in values.items() if k in keys(TrialConfig)}
     family = {k: v for k, v in values.items() if k not in trial}
     return build(TrialConfig, trial), build(study.family_config, family)

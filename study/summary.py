@@ -116,3 +116,21 @@ def confirmation_lines(table: pd.DataFrame) -> list[str]:
             f"The fresh seeds changed the order: the search's #{order[0]} is confirmed #1."
         )
     return lines
+
+
+def format_groups(groups: pd.DataFrame, group: str, metric: str, extra: tuple[str, ...]) -> str:
+    """The per-technique table: how much of the grid each one keeps stable,
+    and how good its samples get."""
+    shown = pd.DataFrame({group: groups[group].map(str)})
+    shown["ok"] = [f"{s:.0%}" for s in groups["ok_share"]]
+    shown["stable"] = [
+        f"{a}/{b}" for a, b in zip(groups["stable_configs"], groups["configs"], strict=True)
+    ]
+    if "stable_values" in groups:
+        shown["stable at"] = groups["stable_values"].replace("", "-")
+    shown[f"best {metric}"] = groups[f"best_{metric}"].map(_num)
+    shown[f"median {metric}"] = groups[f"median_{metric}"].map(_num)
+    for m in extra:
+        if f"{m}_mean" in groups:
+            shown[m] = groups[f"{m}_mean"].map(_num)
+    return shown.to_string(index=False)

@@ -33,7 +33,7 @@ from study.clock import Clock
 from study.defaults import PENALTY
 from study.sample_grid import log_samples
 from study.session import TrialSession, TuneSession
-from study.spec import Study, TrialConfig, config_id, split_settings
+from study.spec import Study, TrialConfig, axis_labels, config_id, split_settings
 from study.studies import STUDIES
 from study.tracking import FINAL_METRICS, TrialRun
 
@@ -124,7 +124,11 @@ def evaluate(
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - t0) * 1000 / cfg.eval_samples
         scored = evaluate_samples(
-            samples, data.name, inception_weights=cfg.inception_weights, seconds=seconds
+            samples,
+            data.name,
+            inception_weights=cfg.inception_weights,
+            seconds=seconds,
+            labels=family.sample_labels(cfg.eval_samples),
         )
         if main is None:
             metrics |= scored
@@ -149,7 +153,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
     seed = trial_cfg.seed + int(config.get(TRIAL_INDEX, 0))
     # the full resolved config, defaults included: what the params record and
     # what the configuration id is a hash of
-    resolved = {**asdict(trial_cfg), **asdict(family_cfg), "dataset": ctx.dataset}
+    resolved = {
+        **asdict(trial_cfg),
+        **asdict(family_cfg),
+        **axis_labels(study, values),  # a technique's name beside its settings
+        "dataset": ctx.dataset,
+    }
     cid = config_id(resolved)
     torch.set_num_threads(ctx.threads)
     device = trial_device()
@@ -219,7 +228,7 @@ class _Trial:
             # process loaded or cached earlier (a reused one) cannot shift its streams
             seed_everything(self.seed)
             family = FAMILIES[self.study.family](
-                self.family_cfg, self.data.train_x, self.data.test_x
+                self.family_cfg, self.data.train_x, self.data.test_x, self.data.train_y
             )
             autocast = speed_ups(family, self.cfg, self.data.train_x.device)
             progress = self._restore(family)
