@@ -2,8 +2,8 @@
 
 Each takes the parameters, the learning rate and the family's config (which
 carries betas, alpha and momentum) and uses torch's fused implementation
-where it has one (Adam, SGD: one kernel per step) and the multi-tensor
-(foreach) one otherwise (NAdam, RMSProp).
+where it has one (Adam: one kernel per step) and the multi-tensor (foreach)
+one otherwise (NAdam, RMSProp, SGD).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ OPTIMIZERS: dict[str, Builder] = {
     "rmsprop": lambda p, lr, c: torch.optim.RMSprop(
         p, lr=lr, alpha=c.rms_alpha, momentum=c.momentum, foreach=True
     ),
-    "sgd": lambda p, lr, c: torch.optim.SGD(p, lr=lr, momentum=c.momentum, fused=True),
+    # foreach, not fused: fused SGD fails on a restored momentum buffer of a
+    # parameter that has had no gradient yet (a level not grown into)
+    "sgd": lambda p, lr, c: torch.optim.SGD(p, lr=lr, momentum=c.momentum, foreach=True),
 }
 
 

@@ -128,7 +128,9 @@ class StyleGenerator(Generator):
         for i in range(mapping_layers):
             mapping += [nn.Linear(in_dim if i == 0 else w_dim, w_dim), nn.LeakyReLU(0.2)]
         self.mapping = nn.Sequential(*mapping)
-        self.register_buffer("w_avg", torch.zeros(w_dim))
+        # the running mean of w, per class for a conditional model, so that
+        # truncation pulls towards the class's centre and keeps the class
+        self.register_buffer("w_avg", torch.zeros(max(n_classes, 1), w_dim))
 
     def samplers(self) -> tuple[str, ...]:
         return ("psi1", f"psi{self.truncation:g}") if self.truncation != 1 else ("psi1",)
@@ -144,14 +146,32 @@ class StyleGenerator(Generator):
         w = self.map(z, y)
         ws = w.unsqueeze(1).expand(-1, self.n_layers, -1)
         if self.training:
-            with torch.no_grad():
-                self.w_avg.lerp_(w.detach().mean(dim=0), 1 - W_AVG_DECAY)
+            self.track(w.detach(), y)
             if self.mixing_prob > 0:
                 ws = self.mix(ws, self.map(torch.randn_like(z), y))
         elif sampler:
             psi = float(SAMPLER.fullmatch(sampler).group(1))
-            ws = self.w_avg + psi * (ws - self.w_avg)
+            centre = self.w_avg[self._classes(z, y)][:, None]
+            ws = centre + psi * (ws - centre)
         return z, (ws, gen)
+
+    @torch.no_grad()
+    def track(self, w: Tensor, y: Tensor | None) -> None:
+        """w_avg moves towards this batch's mean w (each class's towards its
+        own samples' mean); no host sync."""
+        y = self._classes(w, y)
+        sums = torch.zeros_like(self.w_avg).index_add_(0, y, w)
+        counts = torch.zeros(len(self.w_avg), device=w.device).index_add_(
+            0, y, torch.ones_like(y, dtype=w.dtype)
+        )
+        mean = sums / counts.clamp(min=1)[:, None]
+        step = torch.where(counts[:, None] > 0, 1 - W_AVG_DECAY, 0.0)
+        self.w_avg.lerp_(mean, step)
+
+    @staticmethod
+    def _classes(x: Tensor, y: Tensor | None) -> Tensor:
+        """Each sample's row of w_avg: its class, or the one row."""
+        return torch.zeros(len(x), dtype=torch.long, device=x.device) if y is None else y
 
     def mix(self, ws: Tensor, w2: Tensor) -> Tensor:
         """Style mixing: for a share mixing_prob of the samples, the layers from

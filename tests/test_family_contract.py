@@ -31,6 +31,24 @@ EXAMPLES = {
         GANConfig(arch="dcgan", channels=4, batch_size=32, pac=2, replay=True),
         (1, 28, 28),
     ),
+    # (the other optimisers are checked in test_gan_systems: torch's NAdam and
+    # RMSProp keep their step counters on the host, by design)
+    "gan-progressive-eqlr-pixelnorm-mbdisc": (
+        "gan",
+        GANConfig(
+            arch="dcgan", channels=4, batch_size=32, progressive=True, equalized_lr=True,
+            pixelnorm=True, mbdisc=True, mbstd=True, stage_epochs=1,
+        ),
+        (1, 28, 28),
+    ),  # fmt: skip
+    "gan-style-conditional-progressive": (
+        "gan",
+        GANConfig(
+            arch="style", channels=4, batch_size=32, conditional=True, progressive=True,
+            replay=True, stage_epochs=1, mapping_layers=2,
+        ),
+        (1, 28, 28),
+    ),  # fmt: skip
     "autoencoder": (
         "autoencoder",
         AEConfig(width=16, batch_size=32, noise="dropout", penalty="kl"),
@@ -56,7 +74,7 @@ def _build(case: str) -> Family:
     name, cfg, shape = EXAMPLES[case]
     torch.manual_seed(0)
     x = torch.rand(96, *shape)
-    return FAMILIES[name](cfg, x, x[:32])
+    return FAMILIES[name](cfg, x, x[:32], torch.arange(96) % 10)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
