@@ -36,16 +36,29 @@ EXAMPLES = {
     "gan-progressive-eqlr-pixelnorm-mbdisc": (
         "gan",
         GANConfig(
-            arch="dcgan", channels=4, batch_size=32, progressive=True, equalized_lr=True,
-            pixelnorm=True, mbdisc=True, mbstd=True, stage_epochs=1,
+            arch="dcgan",
+            channels=4,
+            batch_size=32,
+            progressive=True,
+            equalized_lr=True,
+            pixelnorm=True,
+            mbdisc=True,
+            mbstd=True,
+            stage_epochs=1,
         ),
         (1, 28, 28),
     ),  # fmt: skip
     "gan-style-conditional-progressive": (
         "gan",
         GANConfig(
-            arch="style", channels=4, batch_size=32, conditional=True, progressive=True,
-            replay=True, stage_epochs=1, mapping_layers=2,
+            arch="style",
+            channels=4,
+            batch_size=32,
+            conditional=True,
+            progressive=True,
+            replay=True,
+            stage_epochs=1,
+            mapping_layers=2,
         ),
         (1, 28, 28),
     ),  # fmt: skip
