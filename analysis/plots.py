@@ -124,6 +124,8 @@ def gan_lr_heatmap(view: View) -> Figure | None:
     """Mean fid and share of stable (ok) seeds over binned lr_g x lr_d."""
     if not (view.varies("lr_g") and view.varies("lr_d") and view.has("fid")):
         return None
+    if (view.runs["lr_g"] == view.runs["lr_d"]).all():  # tied: technique_map shows them
+        return None
     runs = view.runs.assign(fid=view.runs["fid"].where(view.runs["outcome"] != "diverged"))
     ok = stability_map(runs, "lr_g", "lr_d", bins=4)
     fid = _binned_mean(runs, "lr_g", "lr_d", "fid", bins=4)
@@ -135,6 +137,33 @@ def gan_lr_heatmap(view: View) -> Figure | None:
                 cbar_kws={"label": "share ok"})  # fmt: skip
     axes[1].set_title("stable seeds (outcome ok)")
     fig.suptitle("Learning rates: the stable region and its edges (blank: not tried)")
+    return fig
+
+
+def technique_map(view: View) -> Figure | None:
+    """Per technique and (tied) learning rate: the share of seeds ending ok
+    and the mean fid of the scored ones: each technique's stable range."""
+    if not (view.varies("technique") and view.varies("lr_g") and view.has("fid")):
+        return None
+    runs = view.runs.assign(
+        ok=(view.runs["outcome"] == "ok").astype(float),
+        fid=view.runs["fid"].where(view.runs["outcome"] != "diverged"),
+        lr=view.runs["lr_g"].map(lambda v: f"{float(v):.2g}"),
+    )
+    order = runs.groupby("technique")["ok"].mean().sort_values(ascending=False).index
+    cols = sorted(runs["lr"].unique(), key=float)
+    ok = runs.pivot_table("ok", "technique", "lr").reindex(index=order, columns=cols)
+    fid = runs.pivot_table("fid", "technique", "lr").reindex(index=order, columns=cols)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(order) + 1.8), layout="constrained")
+    sns.heatmap(ok, annot=True, fmt=".0%", cmap="RdYlGn", vmin=0, vmax=1, ax=axes[0],
+                cbar_kws={"label": "share ok"})  # fmt: skip
+    axes[0].set_title("stable seeds (outcome ok)")
+    sns.heatmap(fid, annot=True, fmt=".0f", cmap="viridis_r", ax=axes[1],
+                cbar_kws={"label": "mean fid"})  # fmt: skip
+    axes[1].set_title("fid (lower is better)")
+    for ax in axes:
+        ax.set_xlabel("learning rate (G = D)")
+    fig.suptitle("Which technique widens the stable learning-rate range (widest first)")
     return fig
 
 
@@ -310,7 +339,7 @@ def fid_by_steps(view: View) -> Figure | None:
 
 
 PLOTS: dict[str, list[Callable[[View], Figure | None]]] = {
-    "gan": [gan_lr_heatmap, modes_over_epochs],
+    "gan": [technique_map, gan_lr_heatmap, modes_over_epochs],
     "autoencoder": [sparsity_tradeoff, denoising_levels],
     "vae": [rate_distortion],
     "dvae": [by_schedule, temperature_curves],

@@ -191,7 +191,7 @@ register(
     lambda s: s.density_coverage["coverage"],
     "features",
     "max",
-    False,
+    True,  # with recall, the diversity side of a sampler's trade-off
     "share of real neighbourhoods holding a sample (k = 5)",
 )
 register(

@@ -143,6 +143,25 @@ def test_stability_map_shares():
     assert table.iloc[0, 0] == 0.0 and np.isnan(table.iloc[-1, 1])  # never tried
 
 
+def test_technique_map_shows_each_techniques_stable_share_and_fid_per_learning_rate():
+    from analysis.plots import View, technique_map
+
+    runs = pd.DataFrame(
+        {
+            "technique": ["a", "a", "a", "a", "b", "b", "b", "b"],
+            "lr_g": [1e-4, 1e-4, 1e-3, 1e-3] * 2,
+            "outcome": ["ok", "ok", "ok", "collapsed", "ok", "diverged", "collapsed", "collapsed"],
+            "fid": [10.0, 20.0, 30.0, 50.0, 70.0, 999.0, 80.0, 90.0],
+        }
+    ).assign(lr_d=lambda d: d["lr_g"])
+    fig = technique_map(View(runs, pd.DataFrame(), "fid", "min"))
+    ok, fid = ([t.get_text() for t in ax.texts] for ax in fig.axes[:2])
+    # rows widest first (a: 3 of 4 ok, b: 1 of 4), columns lr 1e-4, 1e-3
+    assert ok == ["100%", "50%", "50%", "0%"]
+    assert fid == ["15", "40", "70", "85"]  # the diverged trial's fid is left out
+    assert technique_map(View(runs.drop(columns="technique"), pd.DataFrame(), "fid", "min")) is None
+
+
 # --- the report -------------------------------------------------------------------
 
 FAMILY_FIGURES = {

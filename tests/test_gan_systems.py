@@ -356,4 +356,7 @@ def test_gan_stabilisers_trains_every_technique_through_the_cli(tmp_path, shared
         assert run.data.tags["outcome"] in ("ok", "collapsed") and "fid" in run.data.metrics
         labelled = run.data.params["technique"] == "conditional"
         assert ("class_accuracy" in run.data.metrics) == labelled
-    assert {"fid_psi1", "fid_psi0.7"} <= set(by_name["style"].data.metrics)
+    per_sampler = {
+        f"{m}_{psi}" for m in ("fid", "recall", "coverage") for psi in ("psi1", "psi0.7")
+    }
+    assert per_sampler <= set(by_name["style"].data.metrics)
