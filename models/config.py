@@ -106,3 +106,16 @@ def build(cls: type, values: dict[str, Any]) -> Any:
 
 def keys(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
+
+
+def describe(cls: type) -> list[tuple[str, str, str, str]]:
+    """(key, default, accepted values, help) of every field, for listings."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("choices") is not None:
+            accepted = " | ".join(map(str, meta["choices"]))
+        else:
+            accepted = _accepted(meta).removeprefix(" (accepted: ").removesuffix(")")
+        rows.append((f.name, repr(f.default), accepted, f.metadata.get("help", "")))
+    return rows

@@ -18,6 +18,7 @@ from study import defaults as d
 from study.plan import prepare
 from study.preflight import UsageError
 from study.request import StudyRequest
+from study.spec import describe_study
 from study.studies import STUDIES
 from study.summary import (
     confirmation_lines,
@@ -41,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m study.run", description=__doc__.splitlines()[0])
     add = p.add_argument
     add("study", nargs="?", help="study name (see --list)")
-    add("--list", action="store_true", help="list the studies and exit")
+    add(
+        "--list",
+        action="store_true",
+        help="list the studies; with a study: its axes and every setting --set accepts",
+    )
     add("--dataset", help="dataset (default: the study's)")
     add("--data-dir", default=d.DATA_DIR, help="folder for torchvision datasets")
     add("--num-samples", type=int, help="configurations to try (default: the study's)")
@@ -172,9 +177,13 @@ def print_end(result) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
+        if args.study in STUDIES:
+            print(describe_study(STUDIES[args.study]))
+            return 0
         width = max(map(len, STUDIES))
         for s in STUDIES.values():
             print(f"{s.name:{width}s}  {s.description}")
+        print("\nEvery setting of a study, its axes and defaults: python -m study.run STUDY --list")
         return 0
     try:
         plan = prepare(to_request(args))

@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 
 from models import FAMILIES
-from models.config import ConfigError, build, coerce, keys, param
+from models.config import ConfigError, build, coerce, describe, keys, param
 from study import defaults as d
 
 # --- axes -------------------------------------------------------------------
@@ -273,3 +273,20 @@ def config_id(values: dict[str, Any]) -> str:
     checkpoints does not make it another)."""
     rest = {k: v for k, v in sorted(values.items()) if k not in NOT_IN_ID}
     return hashlib.sha1(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def describe_study(study: Study) -> str:
+    """What `--list STUDY` prints: the study, its axes, and every setting
+    --set accepts with its default (the study's own where it fixes one),
+    accepted values and meaning."""
+    lines = [f"{study.name}: {study.description}", f"  family {study.family} on {study.dataset}"]
+    lines += [f"  axis {k}: {a}" for k, a in study.axes.items()]
+    for title, cls in (
+        ("trial settings", TrialConfig),
+        (f"{study.family} settings", study.family_config),
+    ):
+        lines.append(f"\n{title} (--set key=value):")
+        for key, default, accepted, help_ in describe(cls):
+            shown = f"{study.fixed[key]!r} (study)" if key in study.fixed else default
+            lines.append(f"  {key:18s} {shown:15s} {accepted:30s} {help_}")
+    return "\n".join(lines)

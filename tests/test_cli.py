@@ -33,6 +33,27 @@ def test_list_shows_every_study_with_a_description(tmp_path):
     assert "\ngan_modes " in out.stdout and "PacGAN" in out.stdout
 
 
+def test_list_with_a_study_documents_every_setting_it_accepts():
+    import contextlib
+    import io
+
+    from models.config import keys
+    from study.run import main
+    from study.spec import TrialConfig
+    from study.studies import STUDIES
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["gan_stabilisers", "--list"]) == 0
+    text = buf.getvalue()
+    study = STUDIES["gan_stabilisers"]
+    rows = [line for line in text.splitlines() if line.startswith("  ")]
+    listed = {line.split()[0] for line in rows if not line.startswith("  axis")}
+    assert keys(TrialConfig) | keys(study.family_config) <= listed
+    assert "axis technique: {baseline, nadam" in text and "lr_g = lr_d in" in text
+    assert "'dcgan' (study)" in text and "adam | nadam | rmsprop | sgd" in text
+
+
 def test_smoke_study_end_to_end(smoke_store, tmp_path):
     uri, out = smoke_store.uri, smoke_store.outputs["gan_stability"]
     # progress lines, the table and how to browse the results
