@@ -107,7 +107,7 @@ class GAN(GenerativeFamily):
         self.D = make_d(cfg, shape, self.n_classes).to(self.device)
         if cfg.equalized_lr:
             equalize_lr(self.G), equalize_lr(self.D)
-        self.opt_g = make_optimizer(cfg.optimizer, self.G.parameters(), cfg.lr_g, cfg)
+        self.opt_g = make_optimizer(cfg.optimizer, self.G.param_groups(cfg.lr_g), cfg.lr_g, cfg)
         opt_d = cfg.optimizer if cfg.optimizer_d == "same" else cfg.optimizer_d
         self.opt_d = make_optimizer(opt_d, self.D.parameters(), cfg.lr_d, cfg)
         self.loss = LOSSES[cfg.loss]

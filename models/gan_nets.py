@@ -75,6 +75,10 @@ class Generator(Staged):
     def samplers(self) -> tuple[str, ...]:
         return ()
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups (one learning rate here)."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
     def inputs(
         self, z: Tensor, y: Tensor | None, sampler: str | None, gen: torch.Generator | None
     ) -> tuple[Tensor, Any]:

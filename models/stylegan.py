@@ -14,6 +14,7 @@ of the side, two layers per level.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from models.gan_parts import PixelNorm
 
 SAMPLER = re.compile(r"psi(\d+(\.\d+)?)")
 W_AVG_DECAY = 0.995  # StyleGAN's running mean of w
+MAPPING_LR = 0.01  # StyleGAN's learning-rate multiplier of the mapping network
 
 
 class AdaIN(nn.Module):
@@ -35,7 +37,8 @@ class AdaIN(nn.Module):
     def __init__(self, w_dim: int, channels: int) -> None:
         super().__init__()
         self.affine = nn.Linear(w_dim, 2 * channels)
-        with torch.no_grad():
+        with torch.no_grad():  # StyleGAN's init: styles vary O(1) with a unit-scale w
+            self.affine.weight.normal_(0.0, w_dim**-0.5)
             self.affine.bias[:channels] = 1.0
             self.affine.bias[channels:] = 0.0
 
@@ -128,9 +131,25 @@ class StyleGenerator(Generator):
         for i in range(mapping_layers):
             mapping += [nn.Linear(in_dim if i == 0 else w_dim, w_dim), nn.LeakyReLU(0.2)]
         self.mapping = nn.Sequential(*mapping)
+        for layer in self.mapping:
+            # He init keeps w at unit scale through the layers (torch's default
+            # shrinks it about 3x a layer, and a near-constant w collapses G)
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_normal_(layer.weight, a=0.2, nonlinearity="leaky_relu")
+                nn.init.zeros_(layer.bias)
         # the running mean of w, per class for a conditional model, so that
         # truncation pulls towards the class's centre and keeps the class
         self.register_buffer("w_avg", torch.zeros(max(n_classes, 1), w_dim))
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The mapping network learns at MAPPING_LR x lr, as in the paper:
+        at the full rate its w drifts faster than the synthesis can follow."""
+        mapping = {id(p) for p in self.mapping.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in mapping]
+        groups = [{"params": rest, "lr": lr}]
+        if mapping:
+            groups.append({"params": list(self.mapping.parameters()), "lr": lr * MAPPING_LR})
+        return groups
 
     def samplers(self) -> tuple[str, ...]:
         return ("psi1", f"psi{self.truncation:g}") if self.truncation != 1 else ("psi1",)

@@ -68,6 +68,15 @@ def test_each_optimiser_gets_its_own_parameters_and_its_state_survives_a_checkpo
     assert float(a["g_loss"]) == float(b["g_loss"]) and float(a["d_loss"]) == float(b["d_loss"])
 
 
+def test_the_style_mapping_network_learns_at_a_hundredth_of_the_rate():
+    gan = _gan(arch="style", lr_g=2e-3)
+    rates = {id(p): g["lr"] for g in gan.opt_g.param_groups for p in g["params"]}
+    mapping = {id(p) for p in gan.G.mapping.parameters()}
+    assert mapping and all(rates[i] == pytest.approx(2e-5) for i in mapping)
+    assert {r for i, r in rates.items() if i not in mapping} == {2e-3}
+    assert len(rates) == len(list(gan.G.parameters()))
+
+
 def test_optimizer_d_defaults_to_the_generators():
     gan = _gan(arch="mlp", width=16, optimizer="rmsprop")
     assert type(gan.opt_d) is torch.optim.RMSprop
