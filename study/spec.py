@@ -59,8 +59,9 @@ class Uniform:
         return f"uniform {self.low:g}..{self.high:g}"
 
 
-@dataclass(frozen=True)
-class Choice:
+class _Discrete:
+    """An axis over a finite tuple of `values`: every one in a grid."""
+
     values: tuple[Any, ...]
 
     def optuna(self) -> optuna.distributions.BaseDistribution:
@@ -77,55 +78,39 @@ class Choice:
 
 
 @dataclass(frozen=True)
-class Bundles:
+class Choice(_Discrete):
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Bundles(_Discrete):
     """An axis over named bundles of settings: one value (a technique) sets
     several keys at once. Trials record the name beside the settings."""
 
     options: dict[str, dict[str, Any]]
 
     @property
-    def values(self) -> tuple[str, ...]:
+    def values(self) -> tuple[str, ...]:  # type: ignore[override]
         return tuple(self.options)
-
-    def optuna(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.CategoricalDistribution(self.values)
-
-    def grid(self) -> list[Any]:
-        return list(self.values)
-
-    def extremes(self) -> list[Any]:
-        return list(self.values)
 
     def settings(self, value: Any) -> dict[str, Any]:
         if value not in self.options:
             raise ConfigError(f"'{value}' is not one of {', '.join(self.options)}")
         return dict(self.options[value])
 
-    def __str__(self) -> str:
-        return "{" + ", ".join(self.options) + "}"
-
 
 @dataclass(frozen=True)
-class Tied:
+class Tied(_Discrete):
     """An axis whose value is given to several keys (lr_g and lr_d equal)."""
 
     keys: tuple[str, ...]
     values: tuple[Any, ...]
 
-    def optuna(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.CategoricalDistribution(self.values)
-
-    def grid(self) -> list[Any]:
-        return list(self.values)
-
-    def extremes(self) -> list[Any]:
-        return list(self.values)
-
     def settings(self, value: Any) -> dict[str, Any]:
         return dict.fromkeys(self.keys, value)
 
     def __str__(self) -> str:
-        return f"{' = '.join(self.keys)} in {{{', '.join(map(str, self.values))}}}"
+        return f"{' = '.join(self.keys)} in {super().__str__()}"
 
 
 Axis = LogUniform | Uniform | Choice | Bundles | Tied
