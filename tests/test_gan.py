@@ -151,7 +151,7 @@ def test_checkpoint_covers_models_optimisers_and_replay():
 
 
 def test_pacgan_packs_consecutive_samples_into_one_discriminator_input():
-    from models.gan import Pack
+    from models.gan_nets import Pack
 
     x = torch.arange(24.0).reshape(4, 3, 1, 2)
     packed = Pack(2)(x)

@@ -28,7 +28,7 @@ FAMILY_METRICS = {
 
 
 def test_list_names_every_family_study():
-    assert set(FAMILY_METRICS) | {"gan_stability", "gan_modes"} == set(STUDIES)
+    assert set(FAMILY_METRICS) | {"gan_stability", "gan_modes", "gan_stabilisers"} == set(STUDIES)
 
 
 @pytest.mark.parametrize("study", list(FAMILY_METRICS))
