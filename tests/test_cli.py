@@ -207,7 +207,8 @@ BAD = [
     (
         ["no_such_study"],
         _nothing,
-        "unknown study 'no_such_study'; choose from: gan_stability, gan_stabilisers, gan_modes, sparse_ae",
+        "unknown study 'no_such_study'; choose from: gan_stability, gan_stabilisers, gan_modes, "
+        "sparse_ae",
     ),
     ([], _nothing, "no study given"),
     (["gan_stability", "--set", "learning_rate=1"], _nothing, "unknown key 'learning_rate'"),
