@@ -106,7 +106,8 @@ class GAN(GenerativeFamily):
         self.G = make_g(cfg, shape, self.n_classes).to(self.device)
         self.D = make_d(cfg, shape, self.n_classes).to(self.device)
         if cfg.equalized_lr:
-            equalize_lr(self.G), equalize_lr(self.D)
+            for net in (self.G, self.D):
+                equalize_lr(net)
         self.opt_g = make_optimizer(cfg.optimizer, self.G.param_groups(cfg.lr_g), cfg.lr_g, cfg)
         opt_d = cfg.optimizer if cfg.optimizer_d == "same" else cfg.optimizer_d
         self.opt_d = make_optimizer(opt_d, self.D.parameters(), cfg.lr_d, cfg)
@@ -122,7 +123,8 @@ class GAN(GenerativeFamily):
     def _grow(self, t: float) -> None:
         if self.cfg.progressive:
             at = growth(t, self.G.levels, self.cfg.stage_epochs, self.cfg.fade_epochs)
-            self.G.grow(*at), self.D.grow(*at)
+            for net in (self.G, self.D):
+                net.grow(*at)
 
     def _z(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.cfg.z_dim, device=self.device, generator=generator)

@@ -340,7 +340,10 @@ def test_a_technique_axis_stands_for_its_settings_and_lr_sets_both_networks():
 
 def test_gan_stabilisers_trains_every_technique_through_the_cli(tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path}/store.db"
+    # every technique once; the discriminators on SGD with momentum, so the
+    # optimiser knobs the techniques leave alone train through the CLI too
     args = ["gan_stabilisers", "--smoke", "--set", "lr=0.001", "--num-samples", "9"]
+    args += ["--set", "optimizer_d=sgd", "--set", "momentum=0.5"]
     out = shared_ray.run_cli(
         [*args, "--seeds", "1", "--tracking-uri", uri, "--name", "s"], tmp_path
     )
@@ -362,6 +365,7 @@ def test_gan_stabilisers_trains_every_technique_through_the_cli(tmp_path, shared
         assert by_name[name].data.params[key] == value, name
     for run in children:
         assert run.data.params["lr_g"] == run.data.params["lr_d"] == "0.001"
+        assert (run.data.params["optimizer_d"], run.data.params["momentum"]) == ("sgd", "0.5")
         assert run.data.tags["outcome"] in ("ok", "collapsed") and "fid" in run.data.metrics
         labelled = run.data.params["technique"] == "conditional"
         assert ("class_accuracy" in run.data.metrics) == labelled
