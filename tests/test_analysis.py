@@ -92,6 +92,31 @@ def test_config_stats_match_a_hand_computation():
     assert stats.loc["c", "collapsed_rate"] == 0.5 and stats.loc["a", "seeds"] == 2
 
 
+def test_per_technique_table_matches_a_hand_computation():
+    from scoring.aggregate import per_group
+
+    # technique a: stable at both rates; b: one seed collapses at 1e-3, the
+    # other diverges at 1e-2 (no fid)
+    trials = pd.DataFrame(
+        {
+            "technique": ["a"] * 4 + ["b"] * 4,
+            "lr": [1e-3, 1e-3, 1e-2, 1e-2] * 2,
+            "config_id": ["a1", "a1", "a2", "a2", "b1", "b1", "b2", "b2"],
+            "outcome": ["ok"] * 4 + ["ok", "collapsed", "ok", "diverged"],
+            "fid": [10.0, 20.0, 40.0, 50.0, 5.0, 300.0, 30.0, np.nan],
+            "modes_covered": [10, 10, 9, 9, 10, 1, 8, np.nan],
+        }
+    )
+    out = per_group(trials, "technique", ["lr"], "fid", "min", ["modes_covered"])
+    assert list(out["technique"]) == ["a", "b"]  # widest first
+    a, b = out.iloc[0], out.iloc[1]
+    assert (a["trials"], a["ok_share"], a["stable_configs"], a["configs"]) == (4, 1.0, 2, 2)
+    assert a["best_fid"] == 15.0 and a["median_fid"] == 30.0 and a["stable_values"] == "0.001, 0.01"
+    assert (b["ok_share"], b["stable_configs"], b["stable_values"]) == (0.5, 0, "")
+    assert b["best_fid"] == 30.0  # config b2's mean over the seed that has a fid
+    assert b["median_fid"] == 30.0 and b["modes_covered_mean"] == pytest.approx(19 / 3)
+
+
 def test_budget_curve_follows_the_order_statistics():
     trials = _trials()
     curve = budget_curve(trials, "fid", "min", n_boot=20_000, seed=1)
