@@ -296,7 +296,8 @@ def _sampler_steps(sampler: str, runs: pd.DataFrame) -> pd.DataFrame | None:
     """Steps and eta of a diffusion sampler name for each run (ddpm's steps
     are the run's T), or None when the name is no sampler."""
     try:
-        steps_eta = [parse_sampler(sampler, int(t)) for t in runs["T"]]
+        parsed = [parse_sampler(sampler, int(t)) for t in runs["T"]]
+        steps_eta = [(v.steps, v.eta) for v in parsed]
     except (ConfigError, KeyError, ValueError, TypeError):
         return None
     return pd.DataFrame(steps_eta, columns=["steps", "eta"], index=runs.index)

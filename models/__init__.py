@@ -3,16 +3,18 @@
 from models.autoencoder import Autoencoder
 from models.diffusion import Diffusion
 from models.dvae import DiscreteVAE
-from models.family import Family, GenerativeFamily, generates
+from models.family import Family, GenerativeFamily, encodes, generates, has_latent_space
 from models.gan import GAN
 from models.vae import VAE
+from models.vqvae import VQVAE
 
 FAMILIES: dict[str, type[Family]] = {
     "gan": GAN,
     "autoencoder": Autoencoder,
     "vae": VAE,
     "dvae": DiscreteVAE,
+    "vqvae": VQVAE,
     "diffusion": Diffusion,
 }
 
-__all__ = ["FAMILIES", "Family", "GenerativeFamily", "generates"]
+__all__ = ["FAMILIES", "Family", "GenerativeFamily", "encodes", "generates", "has_latent_space"]

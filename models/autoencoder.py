@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from models.coders import (
     RECON_METRICS,
+    LatentCoder,
     batched,
     check_batch,
     decoder,
@@ -21,7 +22,6 @@ from models.coders import (
     recon_metrics,
 )
 from models.config import param
-from models.family import Family
 
 ACTIVE = 0.5  # a sigmoid coding unit is "on" for an input above this
 
@@ -75,7 +75,7 @@ def kl_sparsity(codes: Tensor, p: float) -> Tensor:
     return (p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))).sum()
 
 
-class Autoencoder(Family):
+class Autoencoder(LatentCoder):
     Config = AEConfig
     train_metrics = frozenset({"loss", "recon_loss", "sparsity_penalty"})
     eval_metrics = RECON_METRICS | {"sparsity", "active_fraction", "denoise_mse"}
@@ -144,6 +144,19 @@ class Autoencoder(Family):
 
     def _recon(self, x: Tensor) -> Tensor:
         return self.net.decode(self.codes(x))
+
+    def encode_latent(self, x: Tensor) -> Tensor:
+        return self.codes(x)
+
+    def decode_latent(self, z: Tensor) -> Tensor:
+        return self.net.decode(z)
+
+    @torch.inference_mode()
+    def reconstruction_rows(self, x: Tensor) -> list[Tensor]:
+        if self.cfg.noise == "none":
+            return super().reconstruction_rows(x)
+        noisy = self.corrupt(x, torch.Generator(device=x.device).manual_seed(0))
+        return [x, noisy.clamp(0, 1), self._recon(noisy)]
 
     @torch.inference_mode()
     def evaluate(self) -> dict[str, float]:

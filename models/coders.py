@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ConfigError
-from models.family import GenerativeFamily
+from models.family import Family, GenerativeFamily
+from models.latent import lerp, pairs
 
 
-def _conv_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+def conv_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(shape) != 3 or shape[1] % 4 or shape[2] % 4:
         raise ConfigError(f"arch=conv needs images with sides divisible by 4, got {shape}")
     return shape  # type: ignore[return-value]
@@ -23,7 +24,7 @@ def _conv_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
 def encoder(arch: str, shape: tuple[int, ...], width: int, out: int) -> nn.Module:
     """Data (N, *shape) -> (N, out) pre-activations."""
     if arch == "conv":
-        c, h, w = _conv_shape(shape)
+        c, h, w = conv_shape(shape)
         return nn.Sequential(
             nn.Conv2d(c, width // 2, 4, 2, 1),
             nn.ReLU(),
@@ -39,7 +40,7 @@ def encoder(arch: str, shape: tuple[int, ...], width: int, out: int) -> nn.Modul
 def decoder(arch: str, shape: tuple[int, ...], width: int, inp: int) -> nn.Module:
     """(N, inp) -> data (N, *shape) in [0, 1] (images) or unbounded (points)."""
     if arch == "conv":
-        c, h, w = _conv_shape(shape)
+        c, h, w = conv_shape(shape)
         return nn.Sequential(
             nn.Linear(inp, width * (h // 4) * (w // 4)),
             nn.Unflatten(1, (width, h // 4, w // 4)),
@@ -100,15 +101,49 @@ def recon_metrics(
     }
 
 
-def recon_sum(out: Tensor, x: Tensor) -> Tensor:
-    """Per-example negative log-likelihood up to a constant: Bernoulli for
-    images in [0, 1], unit Gaussian for points; summed over dimensions."""
-    images = x.dim() == 4
-    nll = F.binary_cross_entropy(out, x, reduction="none") if images else 0.5 * (out - x) ** 2
+def recon_sum(out: Tensor, x: Tensor, kind: str = "bce") -> Tensor:
+    """Per-example negative log-likelihood up to a constant, summed over
+    dimensions: images Bernoulli (`bce`) or squared error (`mse`, a Gaussian
+    of variance 1/2, the chapters' F.mse_loss scaled to the same per-pixel
+    sum); points a unit Gaussian."""
+    if x.dim() != 4:
+        nll = 0.5 * (out - x) ** 2
+    elif kind == "mse":
+        nll = (out - x) ** 2
+    else:
+        nll = F.binary_cross_entropy(out, x, reduction="none")
     return nll.flatten(1).sum(1)
 
 
-class EncoderDecoder(GenerativeFamily):
+class LatentCoder(Family):
+    """The latent probes of a family with an encoder and a decoder: codes for
+    the linear probe, straight paths between the codes of held-out pairs, and
+    inputs beside their reconstructions. A family says what its code is."""
+
+    test_x: Tensor
+
+    def encode_latent(self, x: Tensor) -> Tensor:
+        """The deterministic code of x (a VAE's posterior mean)."""
+        raise NotImplementedError
+
+    def decode_latent(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def reconstruction_rows(self, x: Tensor) -> list[Tensor]:
+        return [x, batched(lambda b: self.decode_latent(self.encode_latent(b)), x)]
+
+    def probe_codes(self, x: Tensor) -> Tensor:
+        return batched(self.encode_latent, x).flatten(1)
+
+    def latent_ends(self, n: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        idx = pairs(n, len(self.test_x), generator, self.test_x.device)
+        return tuple(batched(self.encode_latent, self.test_x[i]) for i in idx)
+
+    def decode_path(self, ends: tuple[Tensor, ...], t: Tensor) -> Tensor:
+        return batched(self.decode_latent, lerp(ends[0], ends[1], t))
+
+
+class EncoderDecoder(LatentCoder, GenerativeFamily):
     """What the VAE families share: an encoder to `code_size` numbers, a
     decoder from `latent_size`, one Adam over both, and a step counter that
     drives their schedules; checkpoints hold all of it."""
@@ -136,6 +171,7 @@ class EncoderDecoder(GenerativeFamily):
         self.batch_size = batch_size
         self.steps_per_epoch = len(train_x) // batch_size
         self.step = 0
+        self.recon_kind = "bce"  # a family with a recon_loss setting sets it
 
     def optimise(self, loss: Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -149,7 +185,7 @@ class EncoderDecoder(GenerativeFamily):
         """One optimiser step on the per-pixel negative ELBO, reconstruction +
         weight * KL, from the decoded batch `out` and per-example `kl`. kl_train
         is the epoch's mean; "kl" is the held-out value evaluate() logs."""
-        rec, kl = recon_sum(out, x).mean(), kl.mean()
+        rec, kl = recon_sum(out, x, self.recon_kind).mean(), kl.mean()
         loss = (rec + weight * kl) / self.pixels  # per pixel, both terms alike
         self.optimise(loss)
         return {

@@ -1,8 +1,14 @@
 """Diffusion family: DDPM (Ho et al. 2020) with a small U-Net predicting the
 noise, schedules linear, cosine and sigmoid for any T, loss MSE, MAE or Huber,
 and one DDIM sampler (Song et al. 2021) for any step count and eta. DDPM's
-ancestral sampler is DDIM with every step and eta = 1, which gives exactly
-DDPM's posterior variance, so both share one code path.
+ancestral sampler with the posterior variance is DDIM with every step and
+eta = 1, so both share one code path; `ddpm_beta` is the chapter's update,
+with sigma^2 = beta_t.
+
+Class-conditional training drops the label with probability `cond_drop`
+(a null label), so one network is both conditional and unconditional, and
+samplers with a guidance scale w use classifier-free guidance (Ho and
+Salimans 2022): eps = (1 + w) eps(x, c) - w eps(x).
 
 Data in [0, 1] is diffused in [-1, 1] and mapped back for the metrics."""
 
@@ -12,7 +18,7 @@ import copy
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +26,7 @@ from torch import Tensor
 
 from models.coders import check_batch, epoch_means
 from models.config import ConfigError, param
-from models.family import GenerativeFamily
+from models.family import GenerativeFamily, balanced_labels
 from models.unet import UNet
 
 
@@ -61,7 +67,22 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "huber": F.smooth_l1_loss,
 }
 
-_SAMPLER = re.compile(r"^ddim(\d+)_eta(\d+(?:\.\d+)?)$")
+_SAMPLER = re.compile(
+    r"^(?:ddim(?P<steps>\d+)_eta(?P<eta>\d+(?:\.\d+)?)"
+    r"|(?P<ddpm>ddpm)(?P<beta_steps>\d*)(?P<beta>_beta)?)"
+    r"(?:_w(?P<w>-?\d+(?:\.\d+)?))?$"
+)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One named sampler: its steps, DDIM's eta, whether the noise is the
+    chapter's sigma^2 = beta_t, and the guidance scale (None: unguided)."""
+
+    steps: int
+    eta: float
+    beta_noise: bool = False
+    guidance: float | None = None
 
 
 @dataclass
@@ -75,8 +96,12 @@ class DiffusionConfig:
     batch_size: int = param(128, low=2, high=65536)
     samplers: str = param(
         "ddim50_eta0,ddim10_eta0,ddim20_eta0,ddim20_eta1",
-        help="samplers scored at each evaluation, ddimS_etaE or ddpm; the first is the main one",
+        help="samplers scored at each evaluation, the first the main one: ddimS_etaE, ddpm "
+        "(posterior variance), ddpm_beta or ddpmS_beta (sigma^2 = beta); conditional: _wW "
+        "adds guidance scale W",
     )
+    conditional: bool = param(False, help="class-conditional, for classifier-free guidance")
+    cond_drop: float = param(0.1, low=0.0, high=1.0, help="share of labels dropped in training")
     clip_grad: float = param(1.0, low=0.0, high=1e6, help="gradient norm clip (0: off)")
     ema: float = param(0.995, low=0.0, high=0.99999, help="EMA decay of the sampling weights")
 
@@ -86,16 +111,44 @@ def ddim_sigma(ab: Tensor, ab_prev: Tensor, eta: float) -> Tensor:
     return eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
 
 
-def parse_sampler(name: str, T: int) -> tuple[int, float]:
-    """'ddim20_eta0.5' -> (20, 0.5); 'ddpm' -> (T, 1.0)."""
-    if name == "ddpm":
-        return T, 1.0
+def ddim_update(
+    x: Tensor, eps: Tensor, ab: Tensor, ab_prev: Tensor, eta: float, z: Tensor | None
+) -> Tensor:
+    """One DDIM step (x0 predicted and clipped to the data range); z: the
+    fresh noise, None at the last step or when eta = 0."""
+    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+    sigma = ddim_sigma(ab, ab_prev, eta)
+    x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * eps
+    return x if z is None else x + sigma * z
+
+
+def beta_update(
+    x: Tensor, eps: Tensor, ab: Tensor, ab_prev: Tensor, eta: float, z: Tensor | None
+) -> Tensor:
+    """The chapter's DDPM step, x_prev = (x - beta / sqrt(1 - alpha_bar) eps) /
+    sqrt(alpha) + sqrt(beta) z, with alpha = alpha_bar / alpha_bar_prev over a
+    stride of steps (beta_t itself when every step is taken). eta is unused."""
+    alpha = ab / ab_prev
+    beta = 1 - alpha
+    x = (x - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
+    return x if z is None else x + beta.sqrt() * z
+
+
+def parse_sampler(name: str, T: int) -> Sampler:
+    """'ddim20_eta0.5' -> Sampler(20, 0.5); 'ddpm' -> (T, 1.0); 'ddpm_beta' ->
+    (T, 1.0, beta noise); 'ddpm100_beta_w3' -> (100, 1.0, beta noise, w 3)."""
     m = _SAMPLER.match(name)
-    if m is None or not 1 <= int(m[1]) <= T or float(m[2]) > 1:
-        raise ConfigError(
-            f"sampler '{name}' is not ddpm or ddimS_etaE with 1 <= S <= T={T} and 0 <= E <= 1"
-        )
-    return int(m[1]), float(m[2])
+    if m is not None:
+        steps = int(m["steps"] or m["beta_steps"] or T)
+        eta = float(m["eta"]) if m["eta"] is not None else 1.0
+        plain_ddpm = m["ddpm"] and not m["beta"] and m["beta_steps"]
+        w = float(m["w"]) if m["w"] is not None else None
+        if 1 <= steps <= T and eta <= 1 and not plain_ddpm and (w is None or w >= -1):
+            return Sampler(steps, eta, bool(m["beta"]), w)
+    raise ConfigError(
+        f"sampler '{name}' is not ddimS_etaE (1 <= S <= T={T}, 0 <= E <= 1), ddpm, ddpm_beta "
+        "or ddpmS_beta, optionally followed by _wW (guidance scale W >= -1)"
+    )
 
 
 class Diffusion(GenerativeFamily):
@@ -114,22 +167,33 @@ class Diffusion(GenerativeFamily):
         self.variants = {s: parse_sampler(s, cfg.T) for s in cfg.samplers.split(",") if s}
         if not self.variants:
             raise ConfigError("samplers names no sampler")
+        if cfg.conditional and train_y is None:
+            raise ConfigError("conditional=true needs a dataset with labels")
+        guided = [s for s, v in self.variants.items() if v.guidance is not None]
+        if guided and not cfg.conditional:
+            raise ConfigError(f"guided samplers ({', '.join(guided)}) need conditional=true")
         self.cfg, self.x, self.test_x = cfg, train_x * 2 - 1, test_x
+        self.y = train_y if cfg.conditional else None
+        self.n_classes = int(train_y.max()) + 1 if self.y is not None else 0
         device = train_x.device
         betas = SCHEDULES[cfg.schedule](cfg.T)
         self.alpha_bar = torch.cumprod(1 - betas, 0).float().to(device)
-        self.net = UNet(train_x.shape[1], cfg.channels, cfg.attention).to(device)
+        self.net = UNet(train_x.shape[1], cfg.channels, cfg.attention, self.n_classes).to(device)
         # samples come from an exponential moving average of the weights (Ho et
         # al.): single snapshots of a short run swing by several fid points
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=True)
         self.loss = LOSSES[cfg.loss]
 
-    def _step(self, x0: Tensor) -> dict[str, Tensor]:
+    def _step(self, batch: tuple[Tensor, Tensor | None]) -> dict[str, Tensor]:
+        x0, y = batch
         t = torch.randint(self.cfg.T, (len(x0),), device=x0.device)
         noise = torch.randn_like(x0)
         ab = self.alpha_bar[t][:, None, None, None]
-        loss = self.loss(self.net(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t), noise)
+        if y is not None:  # the null label, so the same net learns eps(x)
+            drop = torch.rand(len(y), device=y.device) < self.cfg.cond_drop
+            y = torch.where(drop, self.n_classes, y)
+        loss = self.loss(self.net(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y), noise)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = (
@@ -143,7 +207,11 @@ class Diffusion(GenerativeFamily):
         return {"eps_loss": loss.detach(), "grad_norm": grad_norm.detach()}
 
     def train_epoch(self) -> dict[str, Tensor]:
-        return epoch_means(self.x, self.cfg.batch_size, self._step)
+        if self.y is None:
+            return epoch_means(self.x, self.cfg.batch_size, lambda x: self._step((x, None)))
+        # one index pass picks images and their labels alike
+        index = torch.arange(len(self.x), device=self.x.device)
+        return epoch_means(index, self.cfg.batch_size, lambda i: self._step((self.x[i], self.y[i])))
 
     def evaluate(self) -> dict[str, float]:
         return {}
@@ -153,7 +221,10 @@ class Diffusion(GenerativeFamily):
 
     @classmethod
     def is_sampler(cls, name: str) -> bool:
-        return name == "ddpm" or _SAMPLER.match(name) is not None
+        return _SAMPLER.match(name) is not None
+
+    def sample_labels(self, n: int) -> Tensor | None:
+        return None if self.y is None else balanced_labels(n, self.n_classes, self.x.device)
 
     @torch.inference_mode()
     def sample(
@@ -164,29 +235,51 @@ class Diffusion(GenerativeFamily):
         steps: int | None = None,
         eta: float | None = None,
         noise: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor:
-        """DDIM from x_T = noise (drawn from generator when not given): the
-        named sampler's (default the main one's) steps and eta unless given.
-        Images in [0, 1]."""
-        named_steps, named_eta = self.variants[sampler or next(iter(self.variants))]
-        steps, eta = steps or named_steps, named_eta if eta is None else eta
+        """From x_T = noise (drawn from generator when not given) with the
+        named sampler (default the main one), its steps and eta unless given;
+        conditional: for `labels` (default balanced; the null label n_classes
+        asks the unconditional model). Images in [0, 1]."""
+        named = self.variants[sampler or next(iter(self.variants))]
+        v = Sampler(steps or named.steps, named.eta if eta is None else eta, *astuple(named)[2:])
         if noise is None:
             noise = torch.randn((n, *self.x.shape[1:]), generator=generator, device=self.x.device)
-        out = torch.cat([self._ddim(c, steps, eta, generator) for c in noise.split(500)])
+        if labels is None:
+            labels = self.sample_labels(len(noise))
+        chunks = noise.split(500)
+        ys = [None] * len(chunks) if labels is None else labels.split(500)
+        pieces = zip(chunks, ys, strict=True)
+        out = torch.cat([self._reverse(c, y, v, generator) for c, y in pieces])
         return (out.clamp(-1, 1) + 1) / 2
 
-    def _ddim(self, x: Tensor, steps: int, eta: float, generator: torch.Generator | None) -> Tensor:
-        ts = torch.linspace(0, self.cfg.T - 1, steps, device=x.device).round().long()
+    def _eps(self, x: Tensor, t: Tensor, y: Tensor | None, w: float | None) -> Tensor:
+        """The noise estimate, guided when w is a scale other than 0 (w = -1:
+        the unconditional model alone)."""
+        if y is None or not w:
+            return self.ema_net(x, t, y)
+        null = torch.full_like(y, self.n_classes)
+        if w == -1:
+            return self.ema_net(x, t, null)
+        both = self.ema_net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        cond, uncond = both.chunk(2)
+        return (1 + w) * cond - w * uncond
+
+    def _reverse(
+        self, x: Tensor, y: Tensor | None, v: Sampler, generator: torch.Generator | None
+    ) -> Tensor:
+        ts = torch.linspace(0, self.cfg.T - 1, v.steps, device=x.device).round().long()
         ones = torch.ones(len(x), dtype=torch.long, device=x.device)
-        for i in range(steps - 1, -1, -1):
+        for i in range(v.steps - 1, -1, -1):
             ab = self.alpha_bar[ts[i]]
             ab_prev = self.alpha_bar[ts[i - 1]] if i > 0 else torch.ones((), device=x.device)
-            eps = self.ema_net(x, ones * ts[i])
-            x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
-            sigma = ddim_sigma(ab, ab_prev, eta)
-            x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * eps
-            if eta > 0 and i > 0:
-                x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device)
+            eps = self._eps(x, ones * ts[i], y, v.guidance)
+            z = (
+                torch.randn(x.shape, generator=generator, device=x.device)
+                if i > 0 and (v.eta > 0 or v.beta_noise)
+                else None
+            )
+            x = (beta_update if v.beta_noise else ddim_update)(x, eps, ab, ab_prev, v.eta, z)
         return x
 
     def state_dict(self) -> dict:

@@ -23,6 +23,7 @@ class DVAEConfig:
     d: int = param(20, low=1, high=1024, help="categorical codes")
     k: int = param(10, low=2, high=1024, help="categories per code")
     width: int = param(256, low=2, high=4096, help="hidden units (conv: channels)")
+    kl_weight: float = param(1.0, low=0.0, high=1000.0, help="weight of the KL to uniform")
     tau0: float = param(1.0, low=0.01, high=100.0, help="initial temperature")
     tau_min: float = param(0.5, low=0.01, high=100.0, help="final (lowest) temperature")
     schedule: str = param(
@@ -94,7 +95,7 @@ class DiscreteVAE(EncoderDecoder):
     def _step(self, x: Tensor) -> dict[str, Tensor]:
         logits = self.logits(x)
         z = F.gumbel_softmax(logits, tau=self.tau, hard=True)  # straight-through
-        return self.elbo_step(self.dec(z.flatten(1)), x, uniform_kl(logits))
+        return self.elbo_step(self.dec(z.flatten(1)), x, uniform_kl(logits), self.cfg.kl_weight)
 
     def train_epoch(self) -> dict[str, Tensor | float]:
         out: dict[str, Tensor | float] = dict(epoch_means(self.x, self.batch_size, self._step))
@@ -103,6 +104,14 @@ class DiscreteVAE(EncoderDecoder):
 
     def _recon(self, x: Tensor) -> Tensor:
         return self._decode_indices(self.logits(x).argmax(-1))
+
+    def encode_latent(self, x: Tensor) -> Tensor:
+        """The most likely category of each code, one-hot (N, d * k): paths
+        between two inputs' codes pass through mixtures of categories."""
+        return F.one_hot(self.logits(x).argmax(-1), self.cfg.k).float().flatten(1)
+
+    def decode_latent(self, z: Tensor) -> Tensor:
+        return self.dec(z)
 
     @torch.inference_mode()
     def evaluate(self) -> dict[str, float]:

@@ -43,6 +43,28 @@ class Family(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict) -> None: ...
 
+    # --- optional: what a family with a latent space offers the probes ------
+
+    def reconstruction_rows(self, x: Tensor) -> list[Tensor]:
+        """Rows of the reconstruction picture for held-out inputs x: the inputs,
+        what the model was given if it differs (a denoiser's corrupted input),
+        and the reconstructions. Empty: the family does not reconstruct."""
+        return []
+
+    def probe_codes(self, x: Tensor) -> Tensor | None:
+        """Frozen codes of x, (N, D), for the linear probe; None: no encoder."""
+        return None
+
+    def latent_ends(self, n: int, generator: torch.Generator) -> tuple[Tensor, ...] | None:
+        """The ends of n latent paths (encoded held-out pairs, or latent
+        draws), each tensor's first dimension n; None: no latent space."""
+        return None
+
+    def decode_path(self, ends: tuple[Tensor, ...], t: Tensor) -> Tensor:
+        """Data at positions t in [0, 1] (N,) along the paths `ends` (from
+        latent_ends); deterministic, so t and t + epsilon differ only by t."""
+        raise NotImplementedError
+
 
 class GenerativeFamily(Family):
     @abstractmethod
@@ -71,3 +93,17 @@ class GenerativeFamily(Family):
 
 def generates(family: type[Family]) -> bool:
     return issubclass(family, GenerativeFamily)
+
+
+def balanced_labels(n: int, n_classes: int, device: torch.device) -> Tensor:
+    """What a conditional model's samples are asked for: sample i is class
+    i mod n_classes, so every class is scored alike."""
+    return torch.arange(n, device=device) % n_classes
+
+
+def has_latent_space(family: type[Family]) -> bool:
+    return family.latent_ends is not Family.latent_ends
+
+
+def encodes(family: type[Family]) -> bool:
+    return family.probe_codes is not Family.probe_codes

@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 
 from models.config import ConfigError, param
-from models.family import GenerativeFamily
+from models.family import GenerativeFamily, balanced_labels
 from models.gan_archs import ARCHS, GROWS
 from models.gan_parts import LOSSES, ReplayBuffer, equalize_lr, gradient_penalty
+from models.latent import slerp
 from models.optimizers import OPTIMIZERS, make_optimizer
 from models.stylegan import SAMPLER
 
@@ -194,20 +195,37 @@ class GAN(GenerativeFamily):
 
     def sample_labels(self, n: int) -> Tensor | None:
         """Balanced: sample i is asked for class i mod n_classes."""
-        if self.y is None:
-            return None
-        return torch.arange(n, device=self.device) % self.n_classes
+        return None if self.y is None else balanced_labels(n, self.n_classes, self.device)
 
     @torch.inference_mode()
     def sample(
         self, n: int, generator: torch.Generator | None = None, sampler: str | None = None
     ) -> Tensor:
-        self.G.eval()
+        return self._generate(self._z(n, generator), self.sample_labels(n), sampler, generator)
+
+    def latent_ends(self, n: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Pairs of latent draws (and, conditional, one label per path)."""
+        z = self._z(2 * n, generator)
         labels = self.sample_labels(n)
+        return (z[:n], z[n:]) if labels is None else (z[:n], z[n:], labels)
+
+    @torch.inference_mode()
+    def decode_path(self, ends: tuple[Tensor, ...], t: Tensor) -> Tensor:
+        """slerp in Z, as StyleGAN's path length; a StyleGAN's noise inputs
+        are drawn from one seed at every call, so only t moves the images."""
+        y = ends[2] if len(ends) > 2 else None
+        noise = torch.Generator(device=self.device).manual_seed(0)
+        return self._generate(slerp(ends[0], ends[1], t), y, None, noise)
+
+    def _generate(
+        self, z: Tensor, labels: Tensor | None, sampler: str | None, gen: torch.Generator | None
+    ) -> Tensor:
+        """G in eval mode (batch norm's running statistics), 1000 at a time."""
+        self.G.eval()
         out = []
-        for chunk in torch.arange(n, device=self.device).split(1000):
+        for chunk in torch.arange(len(z), device=self.device).split(1000):
             y = None if labels is None else labels[chunk]
-            out.append(self.G(self._z(len(chunk), generator), y, sampler, generator))
+            out.append(self.G(z[chunk], y, sampler, gen))
         self.G.train()
         return torch.cat(out)
 

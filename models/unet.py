@@ -1,6 +1,7 @@
 """A small U-Net for epsilon prediction (Ho et al. 2020, shrunk for a CPU):
-sinusoidal time embedding, residual blocks with GroupNorm, two resolutions
-down and up with skip connections, optional self-attention at the bottom."""
+sinusoidal time embedding (plus a label embedding when conditional),
+residual blocks with GroupNorm, two resolutions down and up with skip
+connections, optional self-attention at the bottom."""
 
 from __future__ import annotations
 
@@ -49,11 +50,16 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self, in_ch: int, ch: int = 32, attention: bool = False) -> None:
+    def __init__(
+        self, in_ch: int, ch: int = 32, attention: bool = False, n_classes: int = 0
+    ) -> None:
         super().__init__()
         tdim = 4 * ch
         self.ch = ch
         self.time = nn.Sequential(nn.Linear(ch, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
+        # class-conditional: a label embedding added to the time embedding;
+        # index n_classes is the null label of classifier-free guidance
+        self.label = nn.Embedding(n_classes + 1, tdim) if n_classes else None
         self.inp = nn.Conv2d(in_ch, ch, 3, padding=1)
         self.res1, self.down1 = ResBlock(ch, ch, tdim), nn.Conv2d(ch, ch, 3, 2, 1)
         self.res2, self.down2 = ResBlock(ch, 2 * ch, tdim), nn.Conv2d(2 * ch, 2 * ch, 3, 2, 1)
@@ -66,8 +72,10 @@ class UNet(nn.Module):
         self.up1, self.res_up1 = nn.Conv2d(2 * ch, 2 * ch, 3, padding=1), ResBlock(3 * ch, ch, tdim)
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, in_ch, 3, padding=1))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         temb = self.time(timestep_embedding(t, self.ch))
+        if self.label is not None:
+            temb = temb + self.label(y)
         h1 = self.res1(self.inp(x), temb)
         h2 = self.res2(self.down1(h1), temb)
         m = self.mid2(self.attn(self.mid1(self.down2(h2), temb)), temb)

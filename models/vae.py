@@ -1,7 +1,8 @@
 """VAE family: Gaussian latent (the encoder outputs mean and log-variance),
-reparameterisation, loss = reconstruction + kl_weight * KL, both per pixel,
-with the KL weight constant, warmed up linearly (Bowman et al.) or cyclical
-(Fu et al.: every cycle rises linearly for `warmup_epochs`, then holds)."""
+reparameterisation, loss = reconstruction (BCE, or the chapters' MSE) +
+kl_weight * KL, both per pixel, with the KL weight constant, warmed up
+linearly (Bowman et al.) or cyclical (Fu et al.: every cycle rises linearly
+for `warmup_epochs`, then holds)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ class VAEConfig:
     latent: int = param(16, low=1, high=1024, help="latent dimensions")
     width: int = param(256, low=2, high=4096, help="hidden units (conv: channels)")
     kl_weight: float = param(1.0, low=0.0, high=1000.0, help="weight of KL (beta)")
+    recon_loss: str = param(
+        "bce", choices=("bce", "mse"), help="image reconstruction loss (mse: the chapters')"
+    )
     schedule: str = param(
         "constant", choices=("constant", "linear", "cyclical"), help="KL weight schedule"
     )
@@ -65,11 +69,17 @@ class VAE(EncoderDecoder):
             lr=cfg.lr,
             batch_size=cfg.batch_size,
         )
-        self.cfg = cfg
+        self.cfg, self.recon_kind = cfg, cfg.recon_loss
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.enc(x).chunk(2, dim=1)
         return mu, logvar.clamp(-30, 20)  # exp() stays finite at any learning rate
+
+    def encode_latent(self, x: Tensor) -> Tensor:
+        return self.posterior(x)[0]
+
+    def decode_latent(self, z: Tensor) -> Tensor:
+        return self.dec(z)
 
     def _step(self, x: Tensor) -> dict[str, Tensor]:
         weight = kl_weight_at(self.cfg, self.step / self.steps_per_epoch)

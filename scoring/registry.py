@@ -20,6 +20,7 @@ from torch import Tensor
 
 from datasources import Dataset, dataset_spec, load_dataset
 from scoring import arithmetic as a
+from scoring import probes
 from scoring.features import USED_CACHE_FILES, Extractor, extractor_for, inception_extractor
 
 # what a metric may need, and when it is there
@@ -30,7 +31,20 @@ NEEDS = {
     "inception": "a local Inception v3 weights file (--set inception_weights=...)",
     "clock": "the sampling time, measured by the caller",
     "labels": "a conditional model: the class each sample was asked for",
+    "paths": "image data from a latent space: images at t and t + epsilon along latent paths",
+    "codes": "an encoder: frozen codes of labelled training images and of the held-out split",
 }
+
+
+@dataclass(frozen=True)
+class ProbeCodes:
+    """What the linear probe reads: codes of a few labelled training images
+    and of the held-out split, with their labels."""
+
+    train: Tensor
+    train_y: Tensor
+    test: Tensor
+    test_y: Tensor
 
 
 @dataclass(frozen=True)
@@ -60,24 +74,29 @@ def _inception_reference(dataset: str, weights: str, device: str) -> tuple[Tenso
 
 
 class Scoring:
-    """One set of samples being scored: the pieces several metrics share are
-    computed once, on first use (one extractor pass serves every metric)."""
+    """One set of samples (or latent probes) being scored: the pieces several
+    metrics share are computed once, on first use (one extractor pass serves
+    every metric)."""
 
     def __init__(
         self,
-        samples: Tensor,
+        samples: Tensor | None,
         dataset: str,
         ref: Reference,
-        inception: str,
-        seconds: float | None,
+        inception: str = "",
+        seconds: float | None = None,
         labels: Tensor | None = None,
+        paths: tuple[Tensor, Tensor] | None = None,
+        codes: ProbeCodes | None = None,
     ) -> None:
         self.samples, self.dataset, self.ref = samples, dataset, ref
         self.inception, self.seconds, self.labels = inception, seconds, labels
+        self.paths, self.codes = paths, codes
+        self.device = str(ref.data.test_x.device)
 
     @cached_property
     def extractor(self) -> Extractor:
-        return extractor_for(self.dataset, str(self.samples.device))
+        return extractor_for(self.dataset, self.device)
 
     @cached_property
     def features(self) -> Tensor:
@@ -113,8 +132,16 @@ class Scoring:
     def fid(self) -> float:
         return a.frechet_distance(self.ref.mu, self.ref.cov, *a.feature_stats(self.features))
 
+    def path_length(self) -> float:
+        lengths = probes.path_lengths(self.extractor.features, *self.paths, probes.PATH_EPSILON)
+        return probes.trimmed_mean(lengths)
+
+    def probe_accuracy(self) -> float:
+        c = self.codes
+        return probes.linear_probe(c.train, c.train_y, c.test, c.test_y)
+
     def fid_inception(self) -> float:
-        device = str(self.samples.device)
+        device = self.device
         inc = inception_extractor(self.inception, device).features(self.samples)
         ref = _inception_reference(self.dataset, self.inception, device)
         return a.frechet_distance(*ref, *a.feature_stats(inc))
@@ -250,7 +277,26 @@ register(
     True,
     "share of samples classified as the class asked for (conditional models)",
 )
+register(
+    "path_length",
+    Scoring.path_length,
+    "paths",
+    "min",
+    False,
+    "perceptual path length in the classifier's features (smaller: a smoother latent space)",
+)
+register(
+    "probe_accuracy",
+    Scoring.probe_accuracy,
+    "codes",
+    "max",
+    False,
+    "held-out accuracy of a logistic regression on frozen codes of a few labelled images",
+)
 register("sample_seconds", lambda s: s.seconds, "clock", "min", True, "wall time per 1000 samples")
+
+
+LATENT_NEEDS = frozenset({"paths", "codes"})  # scored by evaluate_latent, not on samples
 
 
 def needs_met(
@@ -267,6 +313,13 @@ def metric_names(
     """The sample metrics scored on such data (by default with every option on)."""
     have = needs_met(is_image, inception, clock, labels)
     return [m.name for m in METRICS.values() if m.needs <= have]
+
+
+def latent_metric_names(is_image: bool, paths: bool, codes: bool) -> list[str]:
+    """The latent-probe metrics a family with such a latent space logs."""
+    have = {"paths"} if paths and is_image else set()
+    have |= {"codes"} if codes else set()
+    return [m.name for m in METRICS.values() if m.needs & LATENT_NEEDS and m.needs <= have]
 
 
 def split_sampler_metric(name: str) -> tuple[str, str] | None:
@@ -314,6 +367,34 @@ def evaluate_samples(
     scoring = Scoring(x, dataset, ref, inception_weights or "", seconds, y)
     have = needs_met(ref.data.is_image, bool(inception_weights), seconds is not None, y is not None)
     return {m.name: float(m.compute(scoring)) for m in METRICS.values() if m.needs <= have}
+
+
+def evaluate_latent(
+    dataset: str,
+    paths: tuple[Tensor, Tensor] | None = None,
+    codes: ProbeCodes | None = None,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Score a latent space: with `paths` (images at t and t + PATH_EPSILON
+    along latent paths; image data) path_length, with `codes` probe_accuracy."""
+    ref = reference(dataset, device)
+    have = {"paths"} if paths is not None and ref.data.is_image else set()
+    have |= {"codes"} if codes is not None else set()
+    scoring = Scoring(None, dataset, ref, paths=paths, codes=codes)
+    return {
+        m.name: float(m.compute(scoring))
+        for m in METRICS.values()
+        if m.needs & LATENT_NEEDS and m.needs <= have
+    }
+
+
+@cache
+def pixel_probe(dataset: str, n_labels: int, data_dir: str = "data") -> float:
+    """The linear probe on raw pixels of the first n_labels training images:
+    the baseline a code's probe_accuracy is read against."""
+    data = load_dataset(dataset, data_dir)
+    n = min(n_labels, len(data.train_x))
+    return probes.linear_probe(data.train_x[:n], data.train_y[:n], data.test_x, data.test_y)
 
 
 def provenance(dataset: str, device: str = "cpu") -> dict[str, str]:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datasources import DATASETS, Dataset, load_dataset
-from models import FAMILIES, generates
+from models import FAMILIES, encodes, generates, has_latent_space
 from models.config import ConfigError
 from scoring.features import InceptionError, inception_extractor
-from scoring.registry import metric_names, split_sampler_metric
+from scoring.registry import latent_metric_names, metric_names, split_sampler_metric
 from study import defaults as d
 from study.optuna_store import check_url, default_url, resolve_url
 from study.preflight import (
@@ -251,6 +251,7 @@ def check_metric_names(study: Study, data: Dataset) -> None:
     known = set(family.train_metrics | family.eval_metrics)
     if generates(family):
         known |= set(metric_names(data.is_image))
+    known |= set(latent_metric_names(data.is_image, has_latent_space(family), encodes(family)))
     for name in (study.metric, *study.table_metrics):
         split = split_sampler_metric(name)
         per_sampler = split and split[0] in known and family.is_sampler(split[1])

@@ -1,5 +1,6 @@
-"""Sample pictures logged at each evaluation: an image grid, or a scatter of
-2-D samples over the mixture's modes."""
+"""Pictures logged at each evaluation: image grids (samples, reconstructions
+beside their inputs, interpolations), or a scatter of 2-D samples over the
+mixture's modes."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ if TYPE_CHECKING:
     from study.tracking import TrialRun
 
 
-def save_samples_png(samples: Tensor, path: Path, modes: Tensor | None = None) -> None:
+def save_samples_png(
+    samples: Tensor, path: Path, modes: Tensor | None = None, nrow: int = 8
+) -> None:
+    """An image grid of the first 8 rows of `nrow` images, or a scatter."""
     samples = samples.detach().float().cpu()
     if samples.dim() == 4:
         from torchvision.utils import save_image
 
-        save_image(samples[:64].clamp(0, 1), str(path), nrow=8, padding=2)
+        save_image(samples[: 8 * nrow].clamp(0, 1), str(path), nrow=nrow, padding=2)
         return
     import matplotlib
 
@@ -40,9 +44,17 @@ def save_samples_png(samples: Tensor, path: Path, modes: Tensor | None = None) -
     plt.close(fig)
 
 
-def log_samples(run: TrialRun, samples: Tensor, epoch: int, modes: Tensor | None) -> None:
-    """The picture of an evaluation's samples, as samples/samples_epochNNNN.png."""
+def log_picture(
+    run: TrialRun,
+    images: Tensor,
+    kind: str,
+    epoch: int,
+    nrow: int = 8,
+    modes: Tensor | None = None,
+) -> None:
+    """One picture of an evaluation, as KIND/KIND_epochNNNN.png (kind:
+    samples, reconstructions, interpolations)."""
     with tempfile.TemporaryDirectory() as d:
-        png = Path(d) / f"samples_epoch{epoch:04d}.png"
-        save_samples_png(samples, png, modes)
-        run.log_file(png, "samples")
+        png = Path(d) / f"{kind}_epoch{epoch:04d}.png"
+        save_samples_png(images, png, modes, nrow)
+        run.log_file(png, kind)

@@ -132,6 +132,9 @@ class TrialConfig:
         " evaluation); a retry redoes at most this much work",
     )
     eval_samples: int = param(1000, low=10, high=1_000_000, help="samples scored per evaluation")
+    probe_labels: int = param(
+        500, low=10, high=10**7, help="labelled training images of the linear probe (encoders)"
+    )
     train_size: int = param(0, low=0, high=10**9, help="use the first N training samples (0: all)")
     max_loss: float = param(1e5, low=1e-12, high=1e30, help="|loss| above this counts as diverged")
     seed: int = param(0, low=0, high=2**31 - 1, help="base seed; repeat i uses seed + i")

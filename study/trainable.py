@@ -26,12 +26,13 @@ from ray.tune.search.repeater import TRIAL_INDEX
 
 from datasources import Dataset, load_dataset
 from datasources.cache import install
-from models import FAMILIES, Family, generates
+from models import FAMILIES, Family, encodes, generates
 from scoring.outcomes import RUNNING, divergence, final_outcome
-from scoring.registry import METRICS, evaluate_samples, provenance
+from scoring.registry import METRICS, evaluate_samples, pixel_probe, provenance
 from study.clock import Clock
 from study.defaults import PENALTY
-from study.sample_grid import log_samples
+from study.probes import latent_probes
+from study.sample_grid import log_picture
 from study.session import TrialSession, TuneSession
 from study.spec import Study, TrialConfig, axis_labels, config_id, split_settings
 from study.studies import STUDIES
@@ -98,6 +99,19 @@ def tracking_client(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
+def scored_with(
+    family: str, data: Dataset, ctx: TrialContext, probe_labels: int, device: torch.device
+) -> dict[str, str]:
+    """What the params record about how the trial is scored: the feature
+    extractor of the sample metrics, and an encoder's baseline, the linear
+    probe on raw pixels of the same labelled images."""
+    out = provenance(ctx.dataset, str(device)) if generates(FAMILIES[family]) else {}
+    if encodes(FAMILIES[family]) and data.is_image:
+        n = min(probe_labels, len(data.train_x))
+        out["probe_pixels_accuracy"] = f"{pixel_probe(ctx.dataset, n, ctx.data_dir):.4f}"
+    return out
+
+
 def run_name(values: dict[str, Any], searched: tuple[str, ...], seed: int) -> str:
     def fmt(v: Any) -> str:
         return f"{v:.2g}" if isinstance(v, float) else str(v)
@@ -107,14 +121,15 @@ def run_name(values: dict[str, Any], searched: tuple[str, ...], seed: int) -> st
 
 def evaluate(
     family: Family, data: Dataset, cfg: TrialConfig, seed: int
-) -> tuple[dict[str, float], torch.Tensor | None]:
-    """The family's own metrics, and for a generating family every registered
-    sample metric of each of its samplers (the first also unsuffixed); the
-    main sampler's samples come back for the picture."""
+) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor, int]]]:
+    """The family's own metrics; for a generating family every registered
+    sample metric of each of its samplers (the first also unsuffixed); for
+    one with a latent space its probes. Pictures: kind -> (images, per row)."""
     metrics = dict(family.evaluate())
+    probed, pictures = latent_probes(family, data, cfg.eval_samples, cfg.probe_labels, seed)
+    metrics |= probed
     if not generates(type(family)):
-        return metrics, None
-    main = None
+        return metrics, pictures
     for name in family.samplers() or ("",):
         # the same latent noise at every evaluation: grids are comparable over epochs
         gen = torch.Generator(device=data.train_x.device).manual_seed(seed + 1)
@@ -130,12 +145,12 @@ def evaluate(
             seconds=seconds,
             labels=family.sample_labels(cfg.eval_samples),
         )
-        if main is None:
+        if "samples" not in pictures:
             metrics |= scored
-            main = samples
+            pictures["samples"] = (samples, 8)
         if name:
             metrics |= {f"{k}_{name}": v for k, v in scored.items() if METRICS[k].per_sampler}
-    return metrics, main
+    return metrics, pictures
 
 
 def train(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -169,9 +184,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
         if trial_cfg.train_size:
             data = data.subset(trial_cfg.train_size)
         data = data.to(device)
-        scored_in = (
-            provenance(ctx.dataset, str(device)) if generates(FAMILIES[study.family]) else {}
-        )
+        scored_in = scored_with(study.family, data, ctx, trial_cfg.probe_labels, device)
     params = {
         **resolved,
         "seed": seed,
@@ -288,11 +301,11 @@ class _Trial:
 
     def _evaluate(self, family: Family, epoch: int) -> dict[str, float]:
         with self.clock.phase("eval_seconds"):
-            metrics, samples = evaluate(family, self.data, self.cfg, self.seed)
+            metrics, pictures = evaluate(family, self.data, self.cfg, self.seed)
         self.run.add(epoch, metrics)
-        if samples is not None:
-            with self.clock.phase("log_seconds"):
-                log_samples(self.run, samples, epoch, self.data.modes)
+        with self.clock.phase("log_seconds"):
+            for kind, (images, per_row) in pictures.items():
+                log_picture(self.run, images, kind, epoch, per_row, self.data.modes)
         return metrics
 
     def _record(

@@ -18,6 +18,7 @@ from models.diffusion import (
     SCHEDULES,
     Diffusion,
     DiffusionConfig,
+    Sampler,
     cosine_alpha_bar,
     ddim_sigma,
     parse_sampler,
@@ -65,7 +66,7 @@ def test_each_family_overfits_a_fixed_batch(batch, cls, cfg, key, steps):
 
 
 def test_every_family_is_registered():
-    assert set(FAMILIES) == {"gan", "autoencoder", "vae", "dvae", "diffusion"}
+    assert set(FAMILIES) == {"gan", "autoencoder", "vae", "dvae", "vqvae", "diffusion"}
 
 
 # --- autoencoders -------------------------------------------------------------
@@ -255,8 +256,13 @@ def test_ddim_eta_zero_is_deterministic_given_the_noise(batch):
 
 
 def test_sampler_names():
-    assert parse_sampler("ddim20_eta0.5", 1000) == (20, 0.5)
-    assert parse_sampler("ddpm", 300) == (300, 1.0)
-    for bad in ("ddim0_eta0", "ddim2000_eta0", "ddim10_eta2", "euler"):
+    assert parse_sampler("ddim20_eta0.5", 1000) == Sampler(20, 0.5)
+    assert parse_sampler("ddpm", 300) == Sampler(300, 1.0)
+    assert parse_sampler("ddpm_beta", 300) == Sampler(300, 1.0, beta_noise=True)
+    assert parse_sampler("ddpm50_beta_w3", 300) == Sampler(50, 1.0, True, 3.0)
+    assert parse_sampler("ddim10_eta0_w-1", 300) == Sampler(10, 0.0, False, -1.0)
+    for bad in (
+        "ddim0_eta0", "ddim2000_eta0", "ddim10_eta2", "euler", "ddpm50", "ddpm_w-2", "ddpm_beta_w",
+    ):  # fmt: skip
         with pytest.raises(ConfigError):
             parse_sampler(bad, 1000)

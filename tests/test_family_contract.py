@@ -10,12 +10,13 @@ import traceback
 import pytest
 import torch
 
-from models import FAMILIES, Family, GenerativeFamily, generates
+from models import FAMILIES, Family, GenerativeFamily, encodes, generates, has_latent_space
 from models.autoencoder import AEConfig
 from models.diffusion import DiffusionConfig
 from models.dvae import DVAEConfig
 from models.gan import GANConfig
 from models.vae import VAEConfig
+from models.vqvae import VQVAEConfig
 
 # small configurations of each family, with the stabilisers and options that
 # add code paths switched on, and the data shape each trains on
@@ -69,10 +70,43 @@ EXAMPLES = {
     ),
     "autoencoder-conv": ("autoencoder", AEConfig(arch="conv", width=8, batch_size=32), (1, 8, 8)),
     "vae": ("vae", VAEConfig(width=16, latent=4, batch_size=32, schedule="cyclical"), (1, 8, 8)),
-    "dvae": ("dvae", DVAEConfig(width=16, d=4, k=3, batch_size=32), (1, 8, 8)),
     "diffusion": (
         "diffusion",
         DiffusionConfig(channels=8, T=20, batch_size=32, samplers="ddim3_eta1,ddpm"),
+        (1, 8, 8),
+    ),
+    "diffusion-conditional-guided": (
+        "diffusion",
+        DiffusionConfig(
+            channels=8,
+            T=20,
+            batch_size=32,
+            conditional=True,
+            samplers="ddim3_eta0_w2,ddpm_beta,ddpm5_beta_w-1",
+        ),
+        (1, 8, 8),
+    ),
+    "vae-mse": ("vae", VAEConfig(width=16, latent=4, batch_size=32, recon_loss="mse"), (1, 8, 8)),
+    "dvae-kl_weight": (
+        "dvae",
+        DVAEConfig(width=16, d=4, k=3, batch_size=32, kl_weight=0.1),
+        (1, 8, 8),
+    ),
+    "vqvae-ema-restart": (
+        "vqvae",
+        VQVAEConfig(
+            codebook_size=8,
+            code_dim=4,
+            width=8,
+            batch_size=32,
+            codebook_update="ema",
+            restart_dead=True,
+        ),
+        (1, 8, 8),
+    ),
+    "vqvae-loss": (
+        "vqvae",
+        VQVAEConfig(codebook_size=8, code_dim=4, width=8, batch_size=32),
         (1, 8, 8),
     ),
 }
@@ -196,3 +230,27 @@ def test_samplers_are_part_of_the_contract():
     assert not type(diffusion).is_sampler("inception")
     gan = _build("gan-mlp")
     assert gan.samplers() == () and not type(gan).is_sampler("ddpm")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_latent_probes_keep_the_data_shape_and_are_deterministic(name):
+    """A family with a latent space decodes its paths to data of the input's
+    shape, the same path position to the same data (path_length differences
+    t and t + epsilon); an encoder's codes are one row per input; a
+    reconstructing family shows its inputs first."""
+    family = _build(name)
+    cls, x = type(family), family.test_x if hasattr(family, "test_x") else None
+    gen = torch.Generator().manual_seed(0)
+    ends = family.latent_ends(6, gen)
+    assert (ends is not None) == has_latent_space(cls) == (name.split("-")[0] != "diffusion")
+    if ends is None:
+        return
+    t = torch.linspace(0, 1, 6)
+    path = family.decode_path(ends, t)
+    assert path.shape == (6, *EXAMPLES[name][2]) and torch.equal(path, family.decode_path(ends, t))
+    if not torch.equal(ends[0], ends[1]):  # (an untrained codebook may map both ends alike)
+        assert not torch.equal(path, family.decode_path(ends, 1 - t))
+    if encodes(cls):
+        assert family.probe_codes(x[:5]).shape[0] == 5 and family.probe_codes(x[:5]).dim() == 2
+        rows = family.reconstruction_rows(x[:4])
+        assert torch.equal(rows[0], x[:4]) and all(r.shape == x[:4].shape for r in rows)
