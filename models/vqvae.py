@@ -143,27 +143,30 @@ class VQVAE(LatentCoder, GenerativeFamily):
         self.opt = torch.optim.Adam(params, lr=cfg.lr, fused=True)
         self.usage = torch.zeros(cfg.codebook_size, device=device)  # this epoch's
 
-    def _step(self, x: Tensor) -> dict[str, Tensor]:
+    def losses(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """(recon, commit and codebook losses, the encoder's grid z, its code
+        indices); the decoder reads z + sg[q - z], the straight-through estimator."""
         z = self.enc(x)
         idx, q = self.codebook.quantise(z)
-        recon = F.mse_loss(self.dec(z + (q - z).detach()), x)  # straight-through
-        commit = F.mse_loss(z, q.detach())
-        codebook = F.mse_loss(q, z.detach())
-        loss = recon + self.cfg.commitment * commit
+        losses = {
+            "recon_loss": F.mse_loss(self.dec(z + (q - z).detach()), x),
+            "commit_loss": F.mse_loss(z, q.detach()),
+            "codebook_loss": F.mse_loss(q, z.detach()),
+        }
+        return losses, z, idx
+
+    def _step(self, x: Tensor) -> dict[str, Tensor]:
+        parts, z, idx = self.losses(x)
+        loss = parts["recon_loss"] + self.cfg.commitment * parts["commit_loss"]
         if self.cfg.codebook_update == "loss":
-            loss = loss + codebook
+            loss = loss + parts["codebook_loss"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         if self.cfg.codebook_update == "ema":
             self.codebook.ema_update(z.detach(), idx, self.cfg.decay)
         self.usage += torch.bincount(idx.flatten(), minlength=self.cfg.codebook_size)
-        return {
-            "loss": loss.detach(),
-            "recon_loss": recon.detach(),
-            "codebook_loss": codebook.detach(),
-            "commit_loss": commit.detach(),
-        }
+        return {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
 
     def train_epoch(self) -> dict[str, Tensor]:
         self.usage.zero_()

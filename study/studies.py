@@ -211,7 +211,7 @@ register(
         seeds=2,
         search="random",
         smoke=SMOKE,
-        table_metrics=("fid", "recon_mse", "kl", "active_units"),
+        table_metrics=("fid", "recon_mse", "kl", "active_units", "path_length", "probe_accuracy"),
     )
 )
 
@@ -278,5 +278,81 @@ register(
             "samplers": "ddim5_eta0,ddim10_eta1",
         },
         table_metrics=("fid", "fid_ddim10_eta0", "fid_ddim20_eta0", "fid_ddim20_eta1"),
+    )
+)
+
+
+register(
+    Study(
+        name="vq_codebook",
+        description="VQ-VAE codebooks on mnist5k: codebook loss or EMA updates, dead-code "
+        "restarts, codebook size and commitment weight vs codes in use and reconstruction",
+        family="vqvae",
+        dataset="mnist5k",
+        metric="recon_mse",
+        mode="min",
+        axes={
+            "codebook_update": Choice(("loss", "ema")),
+            "restart_dead": Choice((False, True)),
+            "codebook_size": Choice((16, 64, 256)),
+            "commitment": Choice((0.25, 1.0)),
+        },
+        fixed={"epochs": 10, "eval_every": 5},
+        num_samples=24,
+        seeds=2,
+        search="grid",
+        smoke=SMOKE,
+        table_metrics=(
+            "recon_mse",
+            "codebook_perplexity",
+            "dead_codes",
+            "probe_accuracy",
+            "path_length",
+            "fid",
+        ),
+    )
+)
+
+
+register(
+    Study(
+        name="diffusion_guidance",
+        description="class-conditional DDPM on 8x8 digits with classifier-free guidance: "
+        "label dropout vs fid, recall and class accuracy at guidance scales w = 0, 1, 3 "
+        "(and -1, the unconditional model), and the sigma^2 = beta sampler",
+        family="diffusion",
+        dataset="digits",
+        metric="fid",
+        mode="min",
+        axes={"cond_drop": Choice((0.1, 0.2))},
+        fixed={
+            "epochs": 200,
+            "eval_every": 200,  # one evaluation: six samplers of 1000 images
+            "channels": 16,
+            "batch_size": 64,
+            "T": 1000,
+            "lr": 1e-3,
+            "conditional": True,
+            "samplers": "ddim20_eta0_w0,ddim20_eta0_w1,ddim20_eta0_w3,ddim20_eta0_w-1,"
+            "ddim100_eta1,ddpm100_beta",
+        },
+        num_samples=2,
+        seeds=2,
+        search="grid",
+        smoke={
+            **SMOKE,
+            "eval_samples": 100,
+            "channels": 8,
+            "T": 100,
+            "samplers": "ddim5_eta0_w0,ddim5_eta0_w3,ddpm10_beta",
+        },
+        table_metrics=(
+            "fid",
+            "fid_ddim20_eta0_w1",
+            "fid_ddim20_eta0_w3",
+            "class_accuracy",
+            "class_accuracy_ddim20_eta0_w1",
+            "class_accuracy_ddim20_eta0_w3",
+        ),
     )
 )

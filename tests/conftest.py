@@ -206,6 +206,8 @@ SMOKE_STUDIES = (
     "vae_kl",
     "dvae_temperature",
     "diffusion_schedule",
+    "vq_codebook",
+    "diffusion_guidance",
 )
 
 

@@ -3,19 +3,41 @@ MLflow, per epoch; and --sweep turns any setting into an axis."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from mlflow import MlflowClient
 
-from models.config import ConfigError
-from study.spec import Choice, resolve
+from models.config import ConfigError, coerce
+from study.spec import Choice, resolve, settings_owner
 from study.studies import STUDIES
 
 # metrics each family must log at every evaluation of a smoke run (epochs 1, 2)
+LATENT = ("path_length", "probe_accuracy")
 FAMILY_METRICS = {
-    "sparse_ae": ("recon_mse", "sparsity", "active_fraction", "sparsity_penalty"),
-    "denoising_ae": ("recon_mse", "recon_mse_train", "denoise_mse"),
-    "vae_kl": ("recon_mse", "kl", "active_units", "fid", "kl_weight", "sample_seconds"),
-    "dvae_temperature": ("recon_mse", "kl", "code_perplexity", "tau", "fid"),
+    "sparse_ae": ("recon_mse", "sparsity", "active_fraction", "sparsity_penalty", *LATENT),
+    "denoising_ae": ("recon_mse", "recon_mse_train", "denoise_mse", *LATENT),
+    "vae_kl": ("recon_mse", "kl", "active_units", "fid", "kl_weight", "sample_seconds", *LATENT),
+    "dvae_temperature": ("recon_mse", "kl", "code_perplexity", "tau", "fid", *LATENT),
+    "vq_codebook": (
+        "recon_mse",
+        "codebook_perplexity",
+        "dead_codes",
+        "commit_loss",
+        "codebook_loss",
+        "fid",
+        *LATENT,
+    ),
+    "diffusion_guidance": (
+        "fid",
+        "class_accuracy",
+        "recall",
+        "fid_ddim5_eta0_w3",
+        "class_accuracy_ddim5_eta0_w3",
+        "recall_ddim5_eta0_w3",
+        "fid_ddpm10_beta",
+        "eps_loss",
+    ),
     "diffusion_schedule": (
         "fid",
         "fid_ddim5_eta0",
@@ -29,6 +51,22 @@ FAMILY_METRICS = {
 
 def test_list_names_every_family_study():
     assert set(FAMILY_METRICS) | {"gan_stability", "gan_modes", "gan_stabilisers"} == set(STUDIES)
+
+
+def test_a_codebook_that_collapses_is_named_so_in_the_outcomes(smoke_store):
+    """A vq_codebook trial whose codebook is mostly unused on held-out inputs
+    ends `collapsed` with that reason, and only such a trial."""
+    client = MlflowClient(smoke_store.uri)
+    exp = client.get_experiment_by_name("vq_codebook")
+    children = [
+        r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
+    ]
+    assert len(children) == 4
+    for run in children:
+        dead, tags = run.data.metrics["dead_codes"], run.data.tags
+        codebook = tags["outcome_reason"].startswith("codebook collapsed: ")
+        assert codebook == (dead > 0.75), (dead, tags)
+        assert not codebook or tags["outcome"] == "collapsed"
 
 
 @pytest.mark.parametrize("study", list(FAMILY_METRICS))
@@ -48,6 +86,83 @@ def test_smoke_study_logs_its_family_metrics(smoke_store, study):
             history = client.get_metric_history(child.info.run_id, key)
             assert [m.step for m in history] == [1, 2], key
         assert all(v == v for v in child.data.metrics.values())  # no NaN anywhere
+
+
+# the pictures each family's runs carry at every evaluation: (folder, rows of
+# the first picture); reconstructions are 16 inputs a row
+PICTURES = {
+    "sparse_ae": {"reconstructions": 2, "interpolations": 8},
+    "denoising_ae": {"reconstructions": 3, "interpolations": 8},  # clean, corrupted, rebuilt
+    "vae_kl": {"reconstructions": 2, "interpolations": 8, "samples": 8},
+    "dvae_temperature": {"reconstructions": 2, "interpolations": 8, "samples": 8},
+    "vq_codebook": {"reconstructions": 2, "interpolations": 8, "samples": 8},
+    "gan_stability": {"interpolations": 8, "samples": 8},
+    "diffusion_guidance": {"samples": 8},
+}
+
+
+@pytest.mark.parametrize("study", list(PICTURES))
+def test_runs_carry_their_pictures_at_every_evaluation(smoke_store, study, tmp_path):
+    from PIL import Image
+
+    client = MlflowClient(smoke_store.uri)
+    exp = client.get_experiment_by_name(study)
+    run = next(
+        r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
+    )
+    folders = {a.path for a in client.list_artifacts(run.info.run_id) if a.is_dir}
+    assert folders & {"samples", "reconstructions", "interpolations"} == set(PICTURES[study])
+    for folder, rows in PICTURES[study].items():
+        pngs = [a.path for a in client.list_artifacts(run.info.run_id, folder)]
+        assert pngs == [f"{folder}/{folder}_epoch{e:04d}.png" for e in (1, 2)]
+        local = client.download_artifacts(run.info.run_id, pngs[0], str(tmp_path))
+        side = 28 if study != "diffusion_guidance" else 8
+        assert Image.open(local).size[1] == rows * (side + 2) + 2  # torchvision's padding 2
+    if "interpolations" in PICTURES[study]:  # a latent space: its path length is scored
+        assert run.data.metrics["path_length"] > 0
+
+
+# the knobs the studies above keep at their defaults, each set through the CLI
+KNOB_RUNS = {
+    "vae_kl": {"recon_loss": "mse", "probe_labels": "100"},
+    "dvae_temperature": {"kl_weight": "0.5"},
+    "vq_codebook": {
+        "codebook_update": "ema",
+        "restart_dead": "true",
+        "decay": "0.9",
+        "code_dim": "8",
+        "codebook_size": "32",
+        "commitment": "0.5",
+    },
+}
+
+
+def test_the_latent_knobs_train_through_the_cli(shared_ray, tmp_path):
+    uri = f"sqlite:///{tmp_path}/store.db"
+
+    def run(study: str):
+        sets = [a for k, v in KNOB_RUNS[study].items() for a in ("--set", f"{k}={v}")]
+        args = [study, "--smoke", "--num-samples", "1", "--seeds", "1", "--tracking-uri", uri]
+        return shared_ray.run_cli([*args, *sets], tmp_path)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outs = dict(zip(KNOB_RUNS, pool.map(run, KNOB_RUNS), strict=True))
+    client = MlflowClient(uri)
+    for study, out in outs.items():
+        assert out.returncode == 0, out.stderr[-3000:]
+        exp = client.get_experiment_by_name(study)
+        (child,) = [
+            r
+            for r in client.search_runs([exp.experiment_id])
+            if "mlflow.parentRunId" in r.data.tags
+        ]
+        params = child.data.params
+        spec = STUDIES[study]
+        want = {k: str(coerce(settings_owner(spec, k), k, v)) for k, v in KNOB_RUNS[study].items()}
+        assert {k: params[k] for k in KNOB_RUNS[study]} == want
+        assert child.data.tags["outcome"] in ("ok", "collapsed")
+        assert {"path_length", "probe_accuracy", "recon_mse"} <= set(child.data.metrics)
+        assert float(params["probe_pixels_accuracy"]) > 0.5
 
 
 def test_end_table_shows_only_metrics_the_trials_reported(smoke_store):
