@@ -293,39 +293,47 @@ def temperature_curves(view: View) -> Figure | None:
 
 
 def _sampler_steps(sampler: str, runs: pd.DataFrame) -> pd.DataFrame | None:
-    """Steps and eta of a diffusion sampler name for each run (ddpm's steps
-    are the run's T), or None when the name is no sampler."""
+    """Steps, eta, sigma^2 = beta noise and guidance scale (NaN: unguided)
+    of a diffusion sampler name for each run (ddpm's steps are the run's T),
+    or None when the name is no sampler."""
     try:
         parsed = [parse_sampler(sampler, int(t)) for t in runs["T"]]
-        steps_eta = [(v.steps, v.eta) for v in parsed]
     except (ConfigError, KeyError, ValueError, TypeError):
         return None
-    return pd.DataFrame(steps_eta, columns=["steps", "eta"], index=runs.index)
+    rows = [(v.steps, v.eta, v.beta_noise, np.nan if v.guidance is None else v.guidance)
+            for v in parsed]  # fmt: skip
+    return pd.DataFrame(rows, columns=["steps", "eta", "beta", "w"], index=runs.index)
+
+
+SAMPLER_METRICS = ("fid", "sample_seconds", "recall", "class_accuracy")
 
 
 def sampler_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Long format of the per-sampler metrics (the registry's, e.g. fid_ddim10_eta0
-    or fid_ddpm): run, schedule, steps, eta, metric, value."""
+    or fid_ddpm): run, schedule, steps, eta, beta, w, metric, value."""
     rows = []
     for col in runs.columns:
         split = split_sampler_metric(col)
-        if split is None or split[0] not in ("fid", "sample_seconds"):
+        if split is None or split[0] not in SAMPLER_METRICS:
             continue
         steps = _sampler_steps(split[1], runs)
         if steps is None:
             continue
         part = runs[["run_id", "config_id", "seed", col]].rename(columns={col: "value"})
-        if "schedule" in runs:
-            part["schedule"] = runs["schedule"]
+        for knob in ("schedule", "cond_drop"):
+            if knob in runs:
+                part[knob] = runs[knob]
         rows.append(part.assign(metric=split[0], sampler=split[1], **steps))
     return pd.concat(rows, ignore_index=True).dropna(subset=["value"]) if rows else pd.DataFrame()
 
 
 def fid_by_steps(view: View) -> Figure | None:
-    """fid against DDIM steps per schedule and eta, and the sampling time."""
+    """fid against DDIM steps per schedule and eta, and the sampling time
+    (unguided DDIM samplers)."""
     table = sampler_table(view.runs)
     if table.empty:
         return None
+    table = table[table["w"].isna() & ~table["beta"].astype(bool)]
     hue = "schedule" if "schedule" in table else None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     sns.lineplot(data=table[table["metric"] == "fid"], x="steps", y="value", hue=hue,
@@ -339,12 +347,55 @@ def fid_by_steps(view: View) -> Figure | None:
     return fig
 
 
+def guidance_tradeoff(view: View) -> Figure | None:
+    """Classifier-free guidance: fid, recall and class accuracy against the
+    guidance scale w (-1: the unconditional model), seeds as a band."""
+    table = sampler_table(view.runs)
+    if table.empty or table["w"].notna().sum() == 0:
+        return None
+    table = table[table["w"].notna()]
+    hue = "cond_drop" if "cond_drop" in table and table["cond_drop"].nunique() > 1 else None
+    shown = [m for m in ("fid", "recall", "class_accuracy") if (table["metric"] == m).any()]
+    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.8), layout="constrained")
+    for ax, metric in zip(np.atleast_1d(axes), shown, strict=True):
+        sns.lineplot(data=table[table["metric"] == metric], x="w", y="value", hue=hue,
+                     markers=True, marker="o", errorbar=("pi", 100), ax=ax)  # fmt: skip
+        ax.set_xlabel("guidance scale w")
+        ax.set_ylabel(metric)
+    fig.suptitle("Classifier-free guidance: fidelity against diversity (band: seed range)")
+    return fig
+
+
+# --- VQ-VAE ---------------------------------------------------------------------
+
+
+def codebook_usage(view: View) -> Figure | None:
+    """Codes in use (perplexity) by codebook size, with and without restarts
+    and per update rule; and reconstruction against codes in use."""
+    if not view.has("codebook_perplexity", "recon_mse", "codebook_size"):
+        return None
+    runs = view.runs
+    hue = "restart_dead" if "restart_dead" in runs else None
+    style = "codebook_update" if "codebook_update" in runs else None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    sns.scatterplot(data=runs, x="codebook_size", y="codebook_perplexity", hue=hue, style=style,
+                    s=60, ax=axes[0])  # fmt: skip
+    sizes = np.sort(runs["codebook_size"].astype(float).unique())
+    axes[0].plot(sizes, sizes, color="grey", lw=1, ls="--", label="all in use")
+    axes[0].set(xscale="log", yscale="log", title="Codes in use by codebook size")
+    sns.scatterplot(data=runs, x="codebook_perplexity", y="recon_mse", hue=hue, style=style,
+                    s=60, ax=axes[1], legend=False)  # fmt: skip
+    axes[1].set(xscale="log", title="Reconstruction against codes in use")
+    return fig
+
+
 PLOTS: dict[str, list[Callable[[View], Figure | None]]] = {
     "gan": [technique_map, gan_lr_heatmap, modes_over_epochs],
     "autoencoder": [sparsity_tradeoff, denoising_levels],
     "vae": [rate_distortion],
     "dvae": [by_schedule, temperature_curves],
-    "diffusion": [fid_by_steps],
+    "vqvae": [codebook_usage],
+    "diffusion": [guidance_tradeoff, fid_by_steps],
 }
 
 

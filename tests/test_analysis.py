@@ -196,6 +196,8 @@ FAMILY_FIGURES = {
     "vae_kl": {"rate_distortion"},
     "dvae_temperature": {"by_schedule", "temperature_curves"},
     "diffusion_schedule": {"fid_by_steps"},
+    "vq_codebook": {"codebook_usage"},
+    "diffusion_guidance": {"guidance_tradeoff"},
 }
 
 

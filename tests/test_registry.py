@@ -124,12 +124,18 @@ def test_sampler_table_reads_every_sampler_the_registry_names():
     runs = pd.DataFrame(
         {"run_id": ["a", "b"], "config_id": ["c", "c"], "seed": [0, 1], "T": [100, 100],
          "schedule": ["cosine", "cosine"], "fid_ddpm": [3.0, 4.0],
-         "fid_ddim10_eta0": [5.0, 6.0], "fid_inception": [1.0, 1.0], "density": [1.0, 1.0]}
+         "fid_ddim10_eta0": [5.0, 6.0], "fid_inception": [1.0, 1.0], "density": [1.0, 1.0],
+         "class_accuracy_ddim10_eta0_w3": [0.9, 0.8], "recall_ddpm20_beta": [0.5, 0.6]}
     )  # fmt: skip
     table = sampler_table(runs)
-    assert sorted(set(table["sampler"])) == ["ddim10_eta0", "ddpm"]
+    assert sorted(set(table["sampler"])) == ["ddim10_eta0", "ddim10_eta0_w3", "ddpm", "ddpm20_beta"]
     ddpm = table[table["sampler"] == "ddpm"]
     assert ddpm["steps"].tolist() == [100, 100] and ddpm["eta"].tolist() == [1.0, 1.0]
+    assert not ddpm["beta"].any() and ddpm["w"].isna().all()
+    guided = table[table["sampler"] == "ddim10_eta0_w3"]
+    assert guided["w"].tolist() == [3.0, 3.0] and set(guided["metric"]) == {"class_accuracy"}
+    beta = table[table["sampler"] == "ddpm20_beta"]
+    assert beta["beta"].all() and beta["steps"].tolist() == [20, 20]
 
 
 def test_the_analysis_package_exports_its_public_functions():
