@@ -144,8 +144,9 @@ class VQVAE(LatentCoder, GenerativeFamily):
         self.usage = torch.zeros(cfg.codebook_size, device=device)  # this epoch's
 
     def losses(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        """(recon, commit and codebook losses, the encoder's grid z, its code
-        indices); the decoder reads z + sg[q - z], the straight-through estimator."""
+        """(the recon, commit and codebook losses; the encoder's grid z; its
+        code indices). The decoder reads z + sg[q - z]: the straight-through
+        estimator."""
         z = self.enc(x)
         idx, q = self.codebook.quantise(z)
         losses = {

@@ -7,6 +7,10 @@ from study.spec import Bundles, Choice, LogUniform, Study, Tied, Uniform
 
 STUDIES: dict[str, Study] = {}
 
+# the DDPM both diffusion studies train on 8x8 digits, and its smoke size
+DIGITS_DDPM = {"epochs": 200, "channels": 16, "batch_size": 64, "T": 1000, "lr": 1e-3}
+DIGITS_DDPM_SMOKE = {**SMOKE, "eval_samples": 100, "channels": 8, "T": 100}
+
 
 def register(study: Study) -> Study:
     STUDIES[study.name] = study
@@ -257,26 +261,16 @@ register(
         # schedules side by side; --sweep T=..., loss=..., lr=... widens the grid
         axes={"schedule": Choice(("linear", "cosine", "sigmoid"))},
         fixed={
-            "epochs": 200,
+            **DIGITS_DDPM,
             # each evaluation samples 1000 images four times (about 19 s):
             # two of them keep the study within 20 minutes on 2 cores
             "eval_every": 100,
-            "channels": 16,
-            "batch_size": 64,
-            "T": 1000,
             "loss": "mse",
-            "lr": 1e-3,
         },
         num_samples=3,
         seeds=2,
         search="grid",
-        smoke={
-            **SMOKE,
-            "eval_samples": 100,
-            "channels": 8,
-            "T": 100,
-            "samplers": "ddim5_eta0,ddim10_eta1",
-        },
+        smoke={**DIGITS_DDPM_SMOKE, "samplers": "ddim5_eta0,ddim10_eta1"},
         table_metrics=("fid", "fid_ddim10_eta0", "fid_ddim20_eta0", "fid_ddim20_eta1"),
     )
 )
@@ -326,12 +320,8 @@ register(
         mode="min",
         axes={"cond_drop": Choice((0.1, 0.2))},
         fixed={
-            "epochs": 200,
+            **DIGITS_DDPM,
             "eval_every": 200,  # one evaluation: six samplers of 1000 images
-            "channels": 16,
-            "batch_size": 64,
-            "T": 1000,
-            "lr": 1e-3,
             "conditional": True,
             "samplers": "ddim20_eta0_w0,ddim20_eta0_w1,ddim20_eta0_w3,ddim20_eta0_w-1,"
             "ddim100_eta1,ddpm100_beta",
@@ -339,13 +329,7 @@ register(
         num_samples=2,
         seeds=2,
         search="grid",
-        smoke={
-            **SMOKE,
-            "eval_samples": 100,
-            "channels": 8,
-            "T": 100,
-            "samplers": "ddim5_eta0_w0,ddim5_eta0_w3,ddpm10_beta",
-        },
+        smoke={**DIGITS_DDPM_SMOKE, "samplers": "ddim5_eta0_w0,ddim5_eta0_w3,ddpm10_beta"},
         table_metrics=(
             "fid",
             "fid_ddim20_eta0_w1",
