@@ -142,9 +142,6 @@ class Autoencoder(LatentCoder):
     def train_epoch(self) -> dict[str, Tensor]:
         return epoch_means(self.x, self.cfg.batch_size, self._step)
 
-    def _recon(self, x: Tensor) -> Tensor:
-        return self.net.decode(self.codes(x))
-
     def encode_latent(self, x: Tensor) -> Tensor:
         return self.codes(x)
 
@@ -156,17 +153,17 @@ class Autoencoder(LatentCoder):
         if self.cfg.noise == "none":
             return super().reconstruction_rows(x)
         noisy = self.corrupt(x, torch.Generator(device=x.device).manual_seed(0))
-        return [x, noisy.clamp(0, 1), self._recon(noisy)]
+        return [x, noisy.clamp(0, 1), self.reconstruct(noisy)]
 
     @torch.inference_mode()
     def evaluate(self) -> dict[str, float]:
         h = batched(self.codes, self.test_x)
-        out = recon_metrics(self._recon, self.x, self.test_x)
+        out = recon_metrics(self.reconstruct, self.x, self.test_x)
         if self.cfg.penalty != "none":
             out["sparsity"] = float(h.mean())
             out["active_fraction"] = float((h > ACTIVE).float().mean())
         if self.cfg.noise != "none":
-            denoised = batched(self._recon, self.noisy_test)
+            denoised = batched(self.reconstruct, self.noisy_test)
             out["denoise_mse"] = float(F.mse_loss(denoised, self.test_x))
         return out
 

@@ -129,8 +129,11 @@ class LatentCoder(Family):
     def decode_latent(self, z: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decode_latent(self.encode_latent(x))
+
     def reconstruction_rows(self, x: Tensor) -> list[Tensor]:
-        return [x, batched(lambda b: self.decode_latent(self.encode_latent(b)), x)]
+        return [x, batched(self.reconstruct, x)]
 
     def probe_codes(self, x: Tensor) -> Tensor:
         return batched(self.encode_latent, x).flatten(1)
@@ -159,6 +162,7 @@ class EncoderDecoder(LatentCoder, GenerativeFamily):
         latent_size: int,
         lr: float,
         batch_size: int,
+        recon_loss: str = "bce",
     ) -> None:
         check_batch(batch_size, len(train_x))
         self.x, self.test_x = train_x, test_x
@@ -171,7 +175,10 @@ class EncoderDecoder(LatentCoder, GenerativeFamily):
         self.batch_size = batch_size
         self.steps_per_epoch = len(train_x) // batch_size
         self.step = 0
-        self.recon_kind = "bce"  # a family with a recon_loss setting sets it
+        self.recon_loss = recon_loss
+
+    def decode_latent(self, z: Tensor) -> Tensor:
+        return self.dec(z)
 
     def optimise(self, loss: Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -185,7 +192,7 @@ class EncoderDecoder(LatentCoder, GenerativeFamily):
         """One optimiser step on the per-pixel negative ELBO, reconstruction +
         weight * KL, from the decoded batch `out` and per-example `kl`. kl_train
         is the epoch's mean; "kl" is the held-out value evaluate() logs."""
-        rec, kl = recon_sum(out, x, self.recon_kind).mean(), kl.mean()
+        rec, kl = recon_sum(out, x, self.recon_loss).mean(), kl.mean()
         loss = (rec + weight * kl) / self.pixels  # per pixel, both terms alike
         self.optimise(loss)
         return {

@@ -18,7 +18,7 @@ import copy
 import math
 import re
 from collections.abc import Callable
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -68,8 +68,7 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 _SAMPLER = re.compile(
-    r"^(?:ddim(?P<steps>\d+)_eta(?P<eta>\d+(?:\.\d+)?)"
-    r"|(?P<ddpm>ddpm)(?P<beta_steps>\d*)(?P<beta>_beta)?)"
+    r"^(?:ddim(?P<steps>\d+)_eta(?P<eta>\d+(?:\.\d+)?)|ddpm(?:(?P<beta_steps>\d*)(?P<beta>_beta))?)"
     r"(?:_w(?P<w>-?\d+(?:\.\d+)?))?$"
 )
 
@@ -122,12 +121,10 @@ def ddim_update(
     return x if z is None else x + sigma * z
 
 
-def beta_update(
-    x: Tensor, eps: Tensor, ab: Tensor, ab_prev: Tensor, eta: float, z: Tensor | None
-) -> Tensor:
+def beta_update(x: Tensor, eps: Tensor, ab: Tensor, ab_prev: Tensor, z: Tensor | None) -> Tensor:
     """The chapter's DDPM step, x_prev = (x - beta / sqrt(1 - alpha_bar) eps) /
     sqrt(alpha) + sqrt(beta) z, with alpha = alpha_bar / alpha_bar_prev over a
-    stride of steps (beta_t itself when every step is taken). eta is unused."""
+    stride of steps (beta_t itself when every step is taken)."""
     alpha = ab / ab_prev
     beta = 1 - alpha
     x = (x - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
@@ -141,9 +138,8 @@ def parse_sampler(name: str, T: int) -> Sampler:
     if m is not None:
         steps = int(m["steps"] or m["beta_steps"] or T)
         eta = float(m["eta"]) if m["eta"] is not None else 1.0
-        plain_ddpm = m["ddpm"] and not m["beta"] and m["beta_steps"]
         w = float(m["w"]) if m["w"] is not None else None
-        if 1 <= steps <= T and eta <= 1 and not plain_ddpm and (w is None or w >= -1):
+        if 1 <= steps <= T and eta <= 1 and (w is None or w >= -1):
             return Sampler(steps, eta, bool(m["beta"]), w)
     raise ConfigError(
         f"sampler '{name}' is not ddimS_etaE (1 <= S <= T={T}, 0 <= E <= 1), ddpm, ddpm_beta "
@@ -185,8 +181,7 @@ class Diffusion(GenerativeFamily):
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=True)
         self.loss = LOSSES[cfg.loss]
 
-    def _step(self, batch: tuple[Tensor, Tensor | None]) -> dict[str, Tensor]:
-        x0, y = batch
+    def _step(self, x0: Tensor, y: Tensor | None) -> dict[str, Tensor]:
         t = torch.randint(self.cfg.T, (len(x0),), device=x0.device)
         noise = torch.randn_like(x0)
         ab = self.alpha_bar[t][:, None, None, None]
@@ -207,11 +202,12 @@ class Diffusion(GenerativeFamily):
         return {"eps_loss": loss.detach(), "grad_norm": grad_norm.detach()}
 
     def train_epoch(self) -> dict[str, Tensor]:
-        if self.y is None:
-            return epoch_means(self.x, self.cfg.batch_size, lambda x: self._step((x, None)))
-        # one index pass picks images and their labels alike
+        # batches of indices pick images and (conditional) their labels alike
         index = torch.arange(len(self.x), device=self.x.device)
-        return epoch_means(index, self.cfg.batch_size, lambda i: self._step((self.x[i], self.y[i])))
+        y = self.y
+        return epoch_means(
+            index, self.cfg.batch_size, lambda i: self._step(self.x[i], None if y is None else y[i])
+        )
 
     def evaluate(self) -> dict[str, float]:
         return {}
@@ -242,7 +238,7 @@ class Diffusion(GenerativeFamily):
         conditional: for `labels` (default balanced; the null label n_classes
         asks the unconditional model). Images in [0, 1]."""
         named = self.variants[sampler or next(iter(self.variants))]
-        v = Sampler(steps or named.steps, named.eta if eta is None else eta, *astuple(named)[2:])
+        v = replace(named, steps=steps or named.steps, eta=named.eta if eta is None else eta)
         if noise is None:
             noise = torch.randn((n, *self.x.shape[1:]), generator=generator, device=self.x.device)
         if labels is None:
@@ -279,7 +275,10 @@ class Diffusion(GenerativeFamily):
                 if i > 0 and (v.eta > 0 or v.beta_noise)
                 else None
             )
-            x = (beta_update if v.beta_noise else ddim_update)(x, eps, ab, ab_prev, v.eta, z)
+            if v.beta_noise:
+                x = beta_update(x, eps, ab, ab_prev, z)
+            else:
+                x = ddim_update(x, eps, ab, ab_prev, v.eta, z)
         return x
 
     def state_dict(self) -> dict:

@@ -102,22 +102,16 @@ class DiscreteVAE(EncoderDecoder):
         out["tau"] = self.tau
         return out
 
-    def _recon(self, x: Tensor) -> Tensor:
-        return self._decode_indices(self.logits(x).argmax(-1))
-
     def encode_latent(self, x: Tensor) -> Tensor:
         """The most likely category of each code, one-hot (N, d * k): paths
         between two inputs' codes pass through mixtures of categories."""
         return F.one_hot(self.logits(x).argmax(-1), self.cfg.k).float().flatten(1)
 
-    def decode_latent(self, z: Tensor) -> Tensor:
-        return self.dec(z)
-
     @torch.inference_mode()
     def evaluate(self) -> dict[str, float]:
         logits = batched(self.logits, self.test_x)
         return {
-            **recon_metrics(self._recon, self.x, self.test_x),
+            **recon_metrics(self.reconstruct, self.x, self.test_x),
             "kl": float(uniform_kl(logits).mean()),
             "code_perplexity": perplexity(logits.argmax(-1), self.cfg.k),
         }

@@ -68,8 +68,9 @@ class VAE(EncoderDecoder):
             latent_size=cfg.latent,
             lr=cfg.lr,
             batch_size=cfg.batch_size,
+            recon_loss=cfg.recon_loss,
         )
-        self.cfg, self.recon_kind = cfg, cfg.recon_loss
+        self.cfg = cfg
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.enc(x).chunk(2, dim=1)
@@ -77,9 +78,6 @@ class VAE(EncoderDecoder):
 
     def encode_latent(self, x: Tensor) -> Tensor:
         return self.posterior(x)[0]
-
-    def decode_latent(self, z: Tensor) -> Tensor:
-        return self.dec(z)
 
     def _step(self, x: Tensor) -> dict[str, Tensor]:
         weight = kl_weight_at(self.cfg, self.step / self.steps_per_epoch)
@@ -96,7 +94,7 @@ class VAE(EncoderDecoder):
     def evaluate(self) -> dict[str, float]:
         mu, logvar = self.posterior(self.test_x)
         return {
-            **recon_metrics(lambda b: self.dec(self.posterior(b)[0]), self.x, self.test_x),
+            **recon_metrics(self.reconstruct, self.x, self.test_x),
             "kl": float(gaussian_kl(mu, logvar).mean()),
             "active_units": float((mu.var(0) > ACTIVE_UNIT).sum()),
         }

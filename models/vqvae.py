@@ -197,7 +197,7 @@ class VQVAE(LatentCoder, GenerativeFamily):
     def evaluate(self) -> dict[str, float]:
         counts = torch.bincount(self.codes(self.test_x).flatten(), minlength=self.cfg.codebook_size)
         return {
-            **recon_metrics(lambda b: self.dec(self.encode_latent(b)), self.x, self.test_x),
+            **recon_metrics(self.reconstruct, self.x, self.test_x),
             "codebook_perplexity": usage_perplexity(counts),
             "dead_codes": float((counts == 0).float().mean()),
         }

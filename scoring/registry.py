@@ -315,11 +315,16 @@ def metric_names(
     return [m.name for m in METRICS.values() if m.needs <= have]
 
 
+def _latent_metrics(is_image: bool, paths: bool, codes: bool) -> list[SampleMetric]:
+    """The latent-probe metrics scored for a latent space with paths (image
+    data only: path length is measured in image features) and codes."""
+    have = {k for k, on in (("paths", paths and is_image), ("codes", codes)) if on}
+    return [m for m in METRICS.values() if m.needs & LATENT_NEEDS and m.needs <= have]
+
+
 def latent_metric_names(is_image: bool, paths: bool, codes: bool) -> list[str]:
     """The latent-probe metrics a family with such a latent space logs."""
-    have = {"paths"} if paths and is_image else set()
-    have |= {"codes"} if codes else set()
-    return [m.name for m in METRICS.values() if m.needs & LATENT_NEEDS and m.needs <= have]
+    return [m.name for m in _latent_metrics(is_image, paths, codes)]
 
 
 def split_sampler_metric(name: str) -> tuple[str, str] | None:
@@ -378,14 +383,9 @@ def evaluate_latent(
     """Score a latent space: with `paths` (images at t and t + PATH_EPSILON
     along latent paths; image data) path_length, with `codes` probe_accuracy."""
     ref = reference(dataset, device)
-    have = {"paths"} if paths is not None and ref.data.is_image else set()
-    have |= {"codes"} if codes is not None else set()
     scoring = Scoring(None, dataset, ref, paths=paths, codes=codes)
-    return {
-        m.name: float(m.compute(scoring))
-        for m in METRICS.values()
-        if m.needs & LATENT_NEEDS and m.needs <= have
-    }
+    wanted = _latent_metrics(ref.data.is_image, paths is not None, codes is not None)
+    return {m.name: float(m.compute(scoring)) for m in wanted}
 
 
 @cache
@@ -393,8 +393,8 @@ def pixel_probe(dataset: str, n_labels: int, data_dir: str = "data") -> float:
     """The linear probe on raw pixels of the first n_labels training images:
     the baseline a code's probe_accuracy is read against."""
     data = load_dataset(dataset, data_dir)
-    n = min(n_labels, len(data.train_x))
-    return probes.linear_probe(data.train_x[:n], data.train_y[:n], data.test_x, data.test_y)
+    train_x, train_y = data.train_x[:n_labels], data.train_y[:n_labels]
+    return probes.linear_probe(train_x, train_y, data.test_x, data.test_y)
 
 
 def provenance(dataset: str, device: str = "cpu") -> dict[str, str]:

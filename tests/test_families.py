@@ -263,6 +263,7 @@ def test_sampler_names():
     assert parse_sampler("ddim10_eta0_w-1", 300) == Sampler(10, 0.0, False, -1.0)
     for bad in (
         "ddim0_eta0", "ddim2000_eta0", "ddim10_eta2", "euler", "ddpm50", "ddpm_w-2", "ddpm_beta_w",
+        "ddpm50_w1",
     ):  # fmt: skip
         with pytest.raises(ConfigError):
             parse_sampler(bad, 1000)
