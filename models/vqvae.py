@@ -80,7 +80,9 @@ class Codebook(nn.Module):
     @torch.no_grad()
     def ema_update(self, z: Tensor, idx: Tensor, decay: float, eps: float = 1e-5) -> None:
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        onehot = F.one_hot(idx.flatten(), len(self.embed)).type_as(flat)
+        # scatter, not F.one_hot: one_hot checks its indices on the host (a sync)
+        onehot = torch.zeros(len(flat), len(self.embed), device=flat.device, dtype=flat.dtype)
+        onehot.scatter_(1, idx.reshape(-1, 1), 1.0)
         self.ema_count.lerp_(onehot.sum(0), 1 - decay)
         self.ema_sum.lerp_(onehot.t() @ flat, 1 - decay)
         n = self.ema_count.sum()
@@ -166,7 +168,9 @@ class VQVAE(LatentCoder, GenerativeFamily):
         self.opt.step()
         if self.cfg.codebook_update == "ema":
             self.codebook.ema_update(z.detach(), idx, self.cfg.decay)
-        self.usage += torch.bincount(idx.flatten(), minlength=self.cfg.codebook_size)
+        # index_add_, not bincount: bincount sizes its output from the data (a sync)
+        flat = idx.flatten()
+        self.usage.index_add_(0, flat, torch.ones_like(flat, dtype=self.usage.dtype))
         return {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
 
     def train_epoch(self) -> dict[str, Tensor]:
