@@ -39,8 +39,7 @@ def latent_probes(
         steps = along.repeat(len(shown[0]) // STEPS_SHOWN)
         pictures["interpolations"] = (family.decode_path(shown, steps), STEPS_SHOWN)
     codes = None
-    n = min(probe_labels, len(data.train_x))
-    if (train_codes := family.probe_codes(data.train_x[:n])) is not None:
+    if (train_codes := family.probe_codes(data.train_x[:probe_labels])) is not None:
         test_codes = family.probe_codes(data.test_x)
-        codes = ProbeCodes(train_codes, data.train_y[:n], test_codes, data.test_y)
+        codes = ProbeCodes(train_codes, data.train_y[:probe_labels], test_codes, data.test_y)
     return evaluate_latent(data.name, paths, codes, str(device)), pictures
