@@ -331,9 +331,10 @@ def fid_by_steps(view: View) -> Figure | None:
     """fid against DDIM steps per schedule and eta, and the sampling time
     (unguided DDIM samplers)."""
     table = sampler_table(view.runs)
+    if not table.empty:
+        table = table[table["w"].isna() & ~table["beta"].astype(bool)]
     if table.empty:
         return None
-    table = table[table["w"].isna() & ~table["beta"].astype(bool)]
     hue = "schedule" if "schedule" in table else None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     sns.lineplot(data=table[table["metric"] == "fid"], x="steps", y="value", hue=hue,

@@ -232,6 +232,8 @@ def test_every_family_gets_its_figures(smoke_store, tmp_path, study):
     path, parent, summary = build_report(study, smoke_store.uri, None, tmp_path)
     figures = set(re.findall(r'<img alt="(\w+)"', path.read_text()))
     assert FAMILY_FIGURES[study] <= figures, figures
+    if study == "diffusion_guidance":  # its smoke samplers are all guided: no steps curve
+        assert "fid_by_steps" not in figures
     assert summary["trials"] == 4 and parent
 
 
