@@ -8,8 +8,8 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from study.tracking import (
     answers,
     close_parent,
     experiment_id,
-    import_store,
     init_store,
     kill_running_children,
     log_params,
@@ -100,47 +99,64 @@ def run_plan(plan: Plan) -> StudyResult:
 
 def execute(plan: Plan) -> StudyResult:
     quiet_libraries()
-    threading.Thread(target=import_store, args=(plan.tracking_uri,), daemon=True).start()
-    shipped = {}
-    if generates(FAMILIES[plan.study.family]) and load_dataset(plan.dataset).is_image:
-        # the feature classifier, trained once before any trial, goes to every trial
-        shipped = prepare_reference(plan.dataset)
-    with ray_cluster(plan) as concurrent:
-        init_store(plan.tracking_uri)  # before any client: a client creates the store
-        client = MlflowClient(plan.tracking_uri)
-        exp_id = experiment_id(client, plan.experiment)
-        print_header(plan, concurrent)
-        parent = open_parent(
-            client, exp_id, plan.parent_run_id, plan.run_dir.name, *parent_record(plan)
-        )
-        if plan.parent_run_id is None:
-            plan.parent_run_id = parent
-            plan.record_invocation()
-        print(
-            f"  MLflow: {plan.tracking_uri} · experiment '{plan.experiment}' · parent run {parent}",
-        )
-        if plan.optuna_url:
-            print(f"  Optuna: {plan.optuna_url} · study '{plan.run_dir.name}'")
-        print(flush=True)
-
-        def run_phase(name: str, trials: int, points: list[dict] | None) -> Any | None:
-            ctx = trial_context(plan, exp_id, parent, shipped, name)
-            callbacks = [
-                Progress(trials, plan.study.metric, plan.study.mode, plan.searched),
-                CloseRuns(plan.tracking_uri, exp_id, parent, name),
-            ]
-            if points is None:
-                return fit(plan, ctx, callbacks, concurrent)
-            return fit_confirm(plan, ctx, callbacks, concurrent, points)
-
-        results, confirmed, interrupted = phases(plan, run_phase)
-    if interrupted:
+    # MLflow's store (imports, a new store's tables) is made while Ray starts,
+    # and always finished: the CLI's exit would cut a half-made store short
+    with ThreadPoolExecutor(1) as pool:
+        store = pool.submit(init_store, plan.tracking_uri)
+        shipped = {}
+        if generates(FAMILIES[plan.study.family]) and load_dataset(plan.dataset).is_image:
+            # the feature classifier, trained once before any trial, goes to every trial
+            shipped = prepare_reference(plan.dataset)
+        with ray_cluster(plan) as concurrent:
+            store.result()  # before any client: a client creates the store
+            client = MlflowClient(plan.tracking_uri)
+            exp_id = experiment_id(client, plan.experiment)
+            print_header(plan, concurrent)
+            parent = start_study_run(plan, client, exp_id)
+            run_phase = phase_runner(plan, exp_id, parent, shipped, concurrent)
+            results, confirmed, interrupted = phases(plan, run_phase)
+    if interrupted:  # Ray is down: no trial writes to its run any more
         kill_running_children(client, exp_id, parent)
         close_parent(client, parent, None, "KILLED")
         return StudyResult(
             plan, exp_id, parent, pd.DataFrame(), pd.DataFrame(), (), interrupted=True
         )
     return summarise(plan, client, exp_id, parent, results, confirmed)
+
+
+def start_study_run(plan: Plan, client: MlflowClient, exp_id: str) -> str:
+    """The parent run, opened (or found again on --resume), and where to look."""
+    parent = open_parent(
+        client, exp_id, plan.parent_run_id, plan.run_dir.name, *parent_record(plan)
+    )
+    if plan.parent_run_id is None:
+        plan.parent_run_id = parent
+        plan.record_invocation()
+    print(f"  MLflow: {plan.tracking_uri} · experiment '{plan.experiment}' · parent run {parent}")
+    if plan.optuna_url:
+        print(f"  Optuna: {plan.optuna_url} · study '{plan.run_dir.name}'")
+    print(flush=True)
+    return parent
+
+
+def phase_runner(
+    plan: Plan, exp_id: str, parent: str, shipped: dict[str, bytes], concurrent: int
+) -> Callable[[str, int, list[dict] | None], Any | None]:
+    """run_phase(name, trials, points): the search (points None) or the
+    confirmation of the given points, with the progress and run-closing
+    callbacks; Tune's results, or None when interrupted."""
+
+    def run_phase(name: str, trials: int, points: list[dict] | None) -> Any | None:
+        ctx = trial_context(plan, exp_id, parent, shipped, name)
+        callbacks = [
+            Progress(trials, plan.study.metric, plan.study.mode, plan.searched),
+            CloseRuns(plan.tracking_uri, exp_id, parent, name),
+        ]
+        if points is None:
+            return fit(plan, ctx, callbacks, concurrent)
+        return fit_confirm(plan, ctx, callbacks, concurrent, points)
+
+    return run_phase
 
 
 def phases(plan: Plan, run_phase: Callable[..., Any]) -> tuple[Any, Any, bool]:

@@ -15,6 +15,7 @@ from typing import NoReturn
 from datasources import DataError
 from models.config import ConfigError
 from study import defaults as d
+from study.lean_start import skip_here
 from study.plan import prepare
 from study.preflight import UsageError
 from study.request import StudyRequest
@@ -175,6 +176,7 @@ def print_end(result) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    skip_here()
     args = build_parser().parse_args(argv)
     if args.list:
         if args.study in STUDIES:

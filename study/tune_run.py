@@ -16,6 +16,7 @@ from typing import Any
 from scoring.aggregate import per_configuration
 from study import defaults as d
 from study import optuna_store
+from study.lean_start import lean_children
 from study.plan import Plan
 from study.preflight import UsageError, check_resources, resource_asks, trials_at_once
 from study.spec import split_settings
@@ -72,13 +73,14 @@ def start_ray(address: str | None, init: Callable[..., Any], shutdown: Callable[
     where = address or "local"
     for attempt in (1, 2):
         try:
-            init(
-                address=address,
-                include_dashboard=False,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-                configure_logging=True,
-            )
+            with lean_children():
+                init(
+                    address=address,
+                    include_dashboard=False,
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                    configure_logging=True,
+                )
             return
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__

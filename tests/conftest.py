@@ -24,6 +24,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from study.lean_start import lean_env
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: ray, mlflow, ...
 
@@ -165,7 +167,7 @@ def ray_nodes(envs: list[dict[str, str]], cpus: int | None = None) -> Iterator[s
             )
             subprocess.run(
                 [str(BIN / "ray"), "start", *where, *common],
-                env=env,
+                env=lean_env(env),  # as the CLI starts its own node
                 check=True,
                 capture_output=True,
                 timeout=120,

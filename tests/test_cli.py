@@ -1,6 +1,8 @@
 """The CLI as a user runs it: a real local Ray, a real sqlite MLflow store."""
 
+import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from study.lean_start import NO_PRESTART, SKIPPED
 from study.preflight import UsageError, check_resources, trials_at_once
 from study.tracking import FINAL_METRICS
 from study.tune_run import start_ray
@@ -441,6 +444,38 @@ def test_a_local_ray_that_times_out_starting_is_tried_once_more_then_refused(cap
     with pytest.raises(UsageError, match="cannot start or join Ray at 10.0.0.1:6379: refused"):
         start_ray("10.0.0.1:6379", lambda **kw: (_ for _ in ()).throw(ConnectionError("refused")),
                   lambda: None)  # fmt: skip
+
+
+@pytest.mark.skipif(importlib.util.find_spec(SKIPPED) is None, reason=f"{SKIPPED} not installed")
+def test_the_ray_node_a_study_starts_imports_jsonschema_without_the_iri_grammars():
+    """rfc3987_syntax compiles 38 grammars at import (1.5 s of CPU in each of
+    Ray's processes); a study's node skips it. jsonschema still validates,
+    without the "iri" format check, and this process's environment is as it
+    was: only the node's processes are affected."""
+    import ray
+
+    keys = ("PYTHONPATH", NO_PRESTART[0])  # what the start changes for the node only
+    before = {k: os.environ.get(k) for k in keys}
+    start_ray(None, ray.init, ray.shutdown)
+    try:
+
+        @ray.remote(num_cpus=0)
+        def worker_view():
+            import sys
+
+            import jsonschema
+
+            valid = jsonschema.Draft7Validator({"type": "integer"}).is_valid(3)
+            iri = "iri" in jsonschema.Draft7Validator.FORMAT_CHECKER.checkers
+            return SKIPPED in sys.modules, iri, valid
+
+        assert ray.get(worker_view.remote()) == (False, False, True)
+    finally:
+        ray.shutdown()
+    assert {k: os.environ.get(k) for k in keys} == before
+    import jsonschema  # here the package is used, as in any process outside a study
+
+    assert "iri" in jsonschema.Draft7Validator.FORMAT_CHECKER.checkers
 
 
 def test_asha_stops_a_poor_trial_and_closes_its_run(tmp_path, shared_ray):
