@@ -8,8 +8,8 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from study.tracking import (
     answers,
     close_parent,
     experiment_id,
+    import_store,
     init_store,
     kill_running_children,
     log_params,
@@ -99,22 +100,19 @@ def run_plan(plan: Plan) -> StudyResult:
 
 def execute(plan: Plan) -> StudyResult:
     quiet_libraries()
-    # MLflow's store (imports, a new store's tables) is made while Ray starts,
-    # and always finished: the CLI's exit would cut a half-made store short
-    with ThreadPoolExecutor(1) as pool:
-        store = pool.submit(init_store, plan.tracking_uri)
-        shipped = {}
-        if generates(FAMILIES[plan.study.family]) and load_dataset(plan.dataset).is_image:
-            # the feature classifier, trained once before any trial, goes to every trial
-            shipped = prepare_reference(plan.dataset)
-        with ray_cluster(plan) as concurrent:
-            store.result()  # before any client: a client creates the store
-            client = MlflowClient(plan.tracking_uri)
-            exp_id = experiment_id(client, plan.experiment)
-            print_header(plan, concurrent)
-            parent = start_study_run(plan, client, exp_id)
-            run_phase = phase_runner(plan, exp_id, parent, shipped, concurrent)
-            results, confirmed, interrupted = phases(plan, run_phase)
+    threading.Thread(target=import_store, args=(plan.tracking_uri,), daemon=True).start()
+    shipped = {}
+    if generates(FAMILIES[plan.study.family]) and load_dataset(plan.dataset).is_image:
+        # the feature classifier, trained once before any trial, goes to every trial
+        shipped = prepare_reference(plan.dataset)
+    with ray_cluster(plan) as concurrent:
+        init_store(plan.tracking_uri)  # before any client: a client creates the store
+        client = MlflowClient(plan.tracking_uri)
+        exp_id = experiment_id(client, plan.experiment)
+        print_header(plan, concurrent)
+        parent = start_study_run(plan, client, exp_id)
+        run_phase = phase_runner(plan, exp_id, parent, shipped, concurrent)
+        results, confirmed, interrupted = phases(plan, run_phase)
     if interrupted:  # Ray is down: no trial writes to its run any more
         kill_running_children(client, exp_id, parent)
         close_parent(client, parent, None, "KILLED")

@@ -77,6 +77,15 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"cannot use tracking URI {uri}: {first}") from None
 
 
+def import_store(uri: str) -> None:
+    """Import MLflow's SQL store (a second and a half of imports) without
+    touching the store: run in a thread while Ray starts, it is ready when the
+    driver opens the store. Creating a new store waits for the checks that
+    need Ray: a refused study writes nothing."""
+    if uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
 def init_store(uri: str) -> None:
     """Create a new sqlite store's tables under a file lock: two studies
     started at once on a fresh store otherwise both run MLflow's schema

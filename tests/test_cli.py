@@ -319,6 +319,18 @@ def test_bad_input_or_state_gets_one_line_and_exit_code_2(bad_runs, message):
     assert after == before  # nothing started, nothing written
 
 
+def test_a_study_the_joined_cluster_cannot_hold_is_refused_with_nothing_written(
+    tmp_path, shared_ray
+):
+    """Only a joined cluster can say what its nodes hold, so this check runs
+    after Ray: the store (default ./mlflow.db) is still not created."""
+    out = shared_ray.run_cli(["gan_stability", "--smoke", "--gpus-per-trial", "64"], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    message = "--gpus-per-trial 64 but the largest node of the Ray cluster has 0 GPUs"
+    assert out.stderr.startswith(f"error: {message}") and out.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_bad_invocation_is_refused_before_ray_is_imported(tmp_path):
     """Validation comes first: a typo costs the user seconds, not Ray's import."""
     code = "import sys; from study.run import main; print(main(sys.argv[1:]), 'ray' in sys.modules)"
