@@ -37,21 +37,21 @@ def skip_here() -> None:
     sys.modules.setdefault(SKIPPED, None)
 
 
-def lean_env(env: Mapping[str, str]) -> dict[str, str]:
-    """env for processes of a Ray node: the stub first on their path, and no
-    idle workers started (for `ray start` too: the tests' nodes use it)."""
+def lean_changes(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables that processes of a Ray node started from env get: the
+    stub first on their path, and no idle workers (for `ray start` too: the
+    tests' nodes use it)."""
     path = os.pathsep.join(filter(None, [str(STUBS), env.get("PYTHONPATH")]))
-    return {**env, "PYTHONPATH": path, NO_PRESTART[0]: env.get(*NO_PRESTART)}
+    return {"PYTHONPATH": path, NO_PRESTART[0]: env.get(*NO_PRESTART)}
 
 
 @contextmanager
 def lean_children() -> Iterator[None]:
     """Processes started inside the block (Ray's services, and through its
-    raylet every worker) get `lean_env`."""
-    keys = ("PYTHONPATH", NO_PRESTART[0])
-    old = {k: os.environ.get(k) for k in keys}
-    lean = lean_env(os.environ)
-    os.environ.update({k: lean[k] for k in keys})
+    raylet every worker) get `lean_changes`."""
+    changes = lean_changes(os.environ)
+    old = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
     try:
         yield
     finally:

@@ -24,7 +24,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from study.lean_start import lean_env
+from study.lean_start import lean_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: ray, mlflow, ...
@@ -167,7 +167,7 @@ def ray_nodes(envs: list[dict[str, str]], cpus: int | None = None) -> Iterator[s
             )
             subprocess.run(
                 [str(BIN / "ray"), "start", *where, *common],
-                env=lean_env(env),  # as the CLI starts its own node
+                env={**env, **lean_changes(env)},  # as the CLI starts its own node
                 check=True,
                 capture_output=True,
                 timeout=120,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from study.lean_start import NO_PRESTART, SKIPPED
+from study.lean_start import SKIPPED, lean_changes
 from study.preflight import UsageError, check_resources, trials_at_once
 from study.tracking import FINAL_METRICS
 from study.tune_run import start_ray
@@ -466,7 +466,7 @@ def test_the_ray_node_a_study_starts_imports_jsonschema_without_the_iri_grammars
     was: only the node's processes are affected."""
     import ray
 
-    keys = ("PYTHONPATH", NO_PRESTART[0])  # what the start changes for the node only
+    keys = set(lean_changes(os.environ))  # what the start changes for the node only
     before = {k: os.environ.get(k) for k in keys}
     start_ray(None, ray.init, ray.shutdown)
     try:
@@ -488,6 +488,14 @@ def test_the_ray_node_a_study_starts_imports_jsonschema_without_the_iri_grammars
     import jsonschema  # here the package is used, as in any process outside a study
 
     assert "iri" in jsonschema.Draft7Validator.FORMAT_CHECKER.checkers
+    # the CLI's driver skips it as well
+    code = (
+        "from study.run import main; main(['--list']); import jsonschema; "
+        "print('iri' in jsonschema.Draft7Validator.FORMAT_CHECKER.checkers)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.stdout.splitlines()[-1] == "False", out.stderr[-2000:]
 
 
 def test_asha_stops_a_poor_trial_and_closes_its_run(tmp_path, shared_ray):
