@@ -18,6 +18,11 @@ class Family(ABC):
     # study's metrics against them before anything starts
     train_metrics: ClassVar[frozenset[str]]
     eval_metrics: ClassVar[frozenset[str]]
+    # whether K seeds train as one fused model (models.pack): the family then
+    # runs its steps through self.engine, and `counters` names the plain
+    # attributes (epochs, steps) each member copies from the pack's first
+    packs: ClassVar[bool] = False
+    counters: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def __init__(

@@ -12,9 +12,16 @@ from torch import Tensor
 from models.config import ConfigError, param
 from models.family import GenerativeFamily, balanced_labels
 from models.gan_archs import ARCHS, GROWS
-from models.gan_parts import LOSSES, ReplayBuffer, equalize_lr, gradient_penalty
+from models.gan_parts import (
+    LOSSES,
+    ReplayBuffer,
+    equalize_lr,
+    gradient_penalty,
+    interpolation_weights,
+)
 from models.latent import slerp
 from models.optimizers import OPTIMIZERS, make_optimizer
+from models.pack import Engine, Solo
 from models.stylegan import SAMPLER
 
 
@@ -92,6 +99,8 @@ class GAN(GenerativeFamily):
     Config = GANConfig
     train_metrics = frozenset({"d_loss", "g_loss"})
     eval_metrics = frozenset()  # a GAN is judged on its samples alone
+    packs = True
+    counters = ("epoch",)
 
     def __init__(
         self, cfg: GANConfig, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
@@ -119,66 +128,91 @@ class GAN(GenerativeFamily):
             else None
         )
         self.epoch = 0  # epochs trained: the growth schedule's clock
+        # trains this GAN alone; a seed pack swaps in its Fused engine (models.pack)
+        self.engine: Engine = Solo(
+            self, {"G": self.G, "D": self.D}, {"g": self.opt_g, "d": self.opt_d}
+        )
         self._grow(0.0)
 
     def _grow(self, t: float) -> None:
         if self.cfg.progressive:
             at = growth(t, self.G.levels, self.cfg.stage_epochs, self.cfg.fade_epochs)
-            for net in (self.G, self.D):
+            for net in self.engine.modules("G") + self.engine.modules("D"):
                 net.grow(*at)
 
     def _z(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.cfg.z_dim, device=self.device, generator=generator)
 
     def _labels(self, n: int) -> Tensor | None:
+        """Classes for n fakes (each member its own draw), None unconditional."""
         if self.y is None:
             return None
-        return torch.randint(0, self.n_classes, (n,), device=self.device)
 
-    def _d_step(self, real: Tensor, y_real: Tensor | None) -> Tensor:
-        y_fake = self._labels(len(real))
-        with torch.no_grad():
-            fake = self.G(self._z(len(real)), y_fake)
+        def draw(g: torch.Generator | None) -> Tensor:
+            return torch.randint(0, self.n_classes, (n,), device=self.device, generator=g)
+
+        return self.engine.draw(draw)
+
+    def _replayed(
+        self, fake: Tensor, y_fake: Tensor | None, gen: torch.Generator | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """One member's fakes with a share swapped for past ones from its buffer."""
+        k = int(len(fake) * self.cfg.replay_fraction) if self.replay.size else 0
+        old, old_y = self.replay.draw(k, gen) if k else (None, None)
+        self.replay.push(fake, y_fake)
+        if k:
+            fake = torch.cat([fake[: len(fake) - k], old])
+            y_fake = None if y_fake is None else torch.cat([y_fake[: len(y_fake) - k], old_y])
+        return fake, y_fake
+
+    def _d_step(self, real: Tensor, y_real: Tensor | None, b: int) -> Tensor:
+        e = self.engine
+        y_fake = self._labels(b)
+        fake = e.call("G", e.draw(lambda g: self._z(b, g)), y_fake)
         if self.replay is not None:
-            k = int(len(fake) * self.cfg.replay_fraction) if self.replay.size else 0
-            old, old_y = self.replay.draw(k) if k else (None, None)
-            self.replay.push(fake, y_fake)
-            if k:
-                fake = torch.cat([fake[: len(fake) - k], old])
-                y_fake = None if y_fake is None else torch.cat([y_fake[: len(y_fake) - k], old_y])
-        loss = self.loss.d(self.D(real, y_real), self.D(fake, y_fake))
+            fake, y_fake = e.each(GAN._replayed, fake, y_fake)
+        eps = None
         if self.loss.gradient_penalty:
-            critic = lambda x: self.D(x, y_real)  # noqa: E731
-            loss = loss + self.cfg.gp_weight * gradient_penalty(critic, real, fake)
-        self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_d.step()
-        return loss.detach()
+            dims = len(self.x.shape) - 1
+            eps = e.draw(lambda g: interpolation_weights(b, dims, self.device, g))
+        return e.step("d", self._d_loss, real, y_real, fake, y_fake, eps)["d_loss"]
+
+    def _d_loss(
+        self, nets: dict, real: Tensor, y_real: Tensor | None, fake: Tensor, y_fake, eps
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        D = nets["D"]
+        loss = self.loss.d(D(real, y_real), D(fake, y_fake))
+        if eps is not None:
+            critic = lambda x: D(x, y_real)  # noqa: E731
+            loss = loss + self.cfg.gp_weight * gradient_penalty(critic, real, fake, eps)
+        return loss, {"d_loss": loss}
 
     def _g_step(self, n: int) -> Tensor:
-        self.D.requires_grad_(False)  # the generator step must not move D
         y = self._labels(n)
-        loss = self.loss.g(self.D(self.G(self._z(n), y), y))
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
-        self.D.requires_grad_(True)
-        return loss.detach()
+        z = self.engine.draw(lambda g: self._z(n, g))
+        # the generator step must not move D
+        return self.engine.step("g", self._g_loss, z, y, fixed=("D",))["g_loss"]
+
+    def _g_loss(self, nets: dict, z: Tensor, y: Tensor | None) -> tuple[Tensor, dict]:
+        loss = self.loss.g(nets["D"](nets["G"](z, y), y))
+        return loss, {"g_loss": loss}
 
     def train_epoch(self) -> dict[str, Tensor]:
         """One pass over the training set in real batches; losses stay on the
-        device (summed there) so the epoch costs no host sync per step."""
+        device (summed there) so the epoch costs no host sync per step. In a
+        seed pack every tensor has the member dimension first."""
         b, n_disc = self.cfg.batch_size, self.cfg.n_disc
         steps = len(self.x) // b
-        perm = torch.randperm(len(self.x), device=self.device)
-        d_sum = torch.zeros((), device=self.device)
-        g_sum = torch.zeros((), device=self.device)
+        perm = self.engine.draw(
+            lambda g: torch.randperm(len(self.x), device=self.device, generator=g)
+        )
+        d_sum = g_sum = torch.zeros((), device=self.device)
         for i in range(steps):
             self._grow(self.epoch + i / steps)
-            idx = perm[i * b : (i + 1) * b]
-            d_sum += self._d_step(self.x[idx], None if self.y is None else self.y[idx])
+            idx = perm[..., i * b : (i + 1) * b]
+            d_sum = d_sum + self._d_step(self.x[idx], None if self.y is None else self.y[idx], b)
             if (i + 1) % n_disc == 0:
-                g_sum += self._g_step(b)
+                g_sum = g_sum + self._g_step(b)
         self.epoch += 1
         self._grow(float(self.epoch))  # alpha 0 of a new level draws as the old one
         return {"d_loss": d_sum / steps, "g_loss": g_sum / (steps // n_disc)}

@@ -45,11 +45,25 @@ LOSSES: dict[str, GANLoss] = {
 }
 
 
-def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
-    """E[(||grad_x critic(x)|| - 1)^2] at random interpolates of real and fake."""
-    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
-    x = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+def interpolation_weights(
+    n: int, dims: int, device: torch.device, generator: torch.Generator | None = None
+) -> Tensor:
+    """The gradient penalty's eps ~ U(0, 1), one per sample of n, shaped to
+    broadcast over samples of `dims` dimensions."""
+    return torch.rand((n, *([1] * dims)), device=device, generator=generator)
+
+
+def gradient_penalty(
+    critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, eps: Tensor | None = None
+) -> Tensor:
+    """E[(||grad_x critic(x)|| - 1)^2] at interpolates eps * real + (1 - eps) *
+    fake (eps: interpolation_weights, drawn here when not given). torch.func's
+    grad, not autograd.grad: it also runs inside a seed pack's vmap, and the
+    outer backward differentiates through it."""
+    if eps is None:
+        eps = interpolation_weights(len(real), real.dim() - 1, real.device)
+    x = eps * real + (1 - eps) * fake
+    grad = torch.func.grad(lambda v: critic(v).sum())(x)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
@@ -99,11 +113,13 @@ class ReplayBuffer:
         self.pos = (self.pos + len(x)) % self.capacity
         self.size = min(self.size + len(x), self.capacity)
 
-    def draw(self, n: int) -> tuple[Tensor, Tensor | None]:
+    def draw(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """n past samples, with their labels when the buffer keeps them."""
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        idx = torch.randint(0, self.size, (n,), device=self.data.device)
+        idx = torch.randint(0, self.size, (n,), device=self.data.device, generator=generator)
         return self.data[idx], None if self.labels is None else self.labels[idx]
 
     def sample(self, n: int) -> Tensor:

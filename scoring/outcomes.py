@@ -26,6 +26,13 @@ def ended(outcome: str | None) -> str:
     return "stopped" if outcome == RUNNING else outcome
 
 
+def seed_results(result: dict | None) -> list[dict]:
+    """The per-seed results a trial reported: a seed pack's members, or the
+    trial's own result (one seed)."""
+    result = result or {}
+    return result.get("members") or [result]
+
+
 def divergence(metrics: dict[str, float], max_loss: float) -> str | None:
     """Why training metrics count as diverged, or None: a non-finite value,
     or a loss whose magnitude exceeds max_loss."""

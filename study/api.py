@@ -140,14 +140,15 @@ def start_study_run(plan: Plan, client: MlflowClient, exp_id: str) -> str:
 def phase_runner(
     plan: Plan, exp_id: str, parent: str, shipped: dict[str, bytes], concurrent: int
 ) -> Callable[[str, int, list[dict] | None], Any | None]:
-    """run_phase(name, trials, points): the search (points None) or the
-    confirmation of the given points, with the progress and run-closing
-    callbacks; Tune's results, or None when interrupted."""
+    """run_phase(name, seeds, points): the search (points None) or the
+    confirmation of the given points, `seeds` trainings in all, with the
+    progress and run-closing callbacks; Tune's results, or None when
+    interrupted."""
 
-    def run_phase(name: str, trials: int, points: list[dict] | None) -> Any | None:
+    def run_phase(name: str, seeds: int, points: list[dict] | None) -> Any | None:
         ctx = trial_context(plan, exp_id, parent, shipped, name)
         callbacks = [
-            Progress(trials, plan.study.metric, plan.study.mode, plan.searched),
+            Progress(seeds, plan.study.metric, plan.study.mode, plan.searched, ctx.pack),
             CloseRuns(plan.tracking_uri, exp_id, parent, name),
         ]
         if points is None:
@@ -160,15 +161,16 @@ def phase_runner(
 def phases(plan: Plan, run_phase: Callable[..., Any]) -> tuple[Any, Any, bool]:
     """The search, then (with --confirm) its best configurations on fresh
     seeds: (search results, confirmation results or None, interrupted)."""
-    results = run_phase("search", plan.trials, None)
+    results = run_phase("search", plan.configs * plan.seeds, None)
     if results is None or not plan.confirm:
         return results, None, results is None
     points = confirm_points(plan, results)
     if not points:
         print(f"\nNothing to confirm: no configuration has a {plan.study.metric} on any seed")
         return results, None, False
-    print_confirm_header(plan, len(points) // plan.confirm_seeds)
-    confirmed = run_phase("confirm", len(points), points)
+    configs = len(points) // plan.packs(plan.confirm_seeds)
+    print_confirm_header(plan, configs)
+    confirmed = run_phase("confirm", configs * plan.confirm_seeds, points)
     return results, confirmed, confirmed is None
 
 
@@ -223,17 +225,24 @@ def print_header(plan: Plan, concurrent: int) -> None:
     gpus = f", {r.gpus_per_trial:g} GPU" if r.gpus_per_trial else ""
     print(f"{study.name}: {study.description}")
     print(
-        f"  {plan.dataset} · {plan.configs} configurations x {plan.seeds} seeds = {plan.trials} "
-        f"trials · {plan.search} search · {concurrent} at once ({r.cpus_per_trial:g} CPU"
-        f"{gpus} each)"
+        f"  {plan.dataset} · {plan.configs} configurations x {plan.seeds} seeds = "
+        f"{_trials(plan, plan.configs, plan.seeds)} · {plan.search} search · {concurrent} at "
+        f"once ({r.cpus_per_trial:g} CPU{gpus} each)"
     )
     if plan.confirm:
         print(
             f"  then the best {plan.confirm} on {plan.confirm_seeds} fresh seeds each = "
-            f"{plan.confirm_trials} confirmation trials"
+            f"{_trials(plan, plan.confirm, plan.confirm_seeds, 'confirmation ')}"
         )
     print("  searched: " + ("; ".join(f"{k} {a}" for k, a in plan.resolved.axes.items()) or "-"))
     print("  fixed: " + " ".join(f"{k}={v}" for k, v in sorted(plan.resolved.fixed.items())))
+
+
+def _trials(plan: Plan, configs: int, seeds: int, kind: str = "") -> str:
+    k, n = plan.pack(seeds), configs * seeds
+    if k == 1:
+        return f"{n} {kind}trials"
+    return f"{n} seeds in {configs * plan.packs(seeds)} {kind}trials (seed packs of {k})"
 
 
 def print_confirm_header(plan: Plan, configs: int) -> None:

@@ -15,9 +15,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from ray import tune
 
-from scoring.outcomes import RUNNING, SCORED, ended
+from scoring.outcomes import RUNNING, SCORED, ended, seed_results
 from study.defaults import HEARTBEAT_SECONDS
-from study.tracking import children, close_run, find_trial_run
+from study.tracking import children, close_run, trial_runs
 
 
 def _fmt(v: Any) -> str:
@@ -34,10 +34,12 @@ class Progress(tune.Callback):
         metric: str,
         mode: str,
         searched: tuple[str, ...],
+        pack: int = 1,
         interval: float = HEARTBEAT_SECONDS,
     ) -> None:
+        """`total`: the seeds to train, counted one by one in seed packs of `pack`."""
         self.total, self.metric, self.mode, self.searched = total, metric, mode, searched
-        self.interval = interval
+        self.pack, self.interval = pack, interval
         self.setup()
 
     def setup(self, **info: Any) -> None:
@@ -50,7 +52,7 @@ class Progress(tune.Callback):
 
     def _line(self, trials: list, event: str = "", ended: Any = None) -> None:
         done = sum(self.outcomes.values())
-        running = sum(t.status == "RUNNING" and t is not ended for t in trials)
+        running = self.pack * sum(t.status == "RUNNING" and t is not ended for t in trials)
         elapsed = int(time.monotonic() - self.start)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
         best = f" | best {self.metric} {self.best[0]:.4g} ({self.best[1]})" if self.best else ""
@@ -62,28 +64,33 @@ class Progress(tune.Callback):
         print(line + (f"\n           {event}" if event else ""), flush=True)
         self.last = time.monotonic()
 
-    def _count(self, trial: Any) -> tuple[str, Any]:
-        r = trial.last_result or {}
-        outcome = ended(r.get("outcome"))
-        self.outcomes[outcome] += 1
-        score = r.get(self.metric)
-        if outcome in SCORED and isinstance(score, float) and math.isfinite(score):
-            better = self.best is None or (
-                score < self.best[0] if self.mode == "min" else score > self.best[0]
-            )
-            if better:
-                self.best = (score, f"config {r.get('config_id')}, seed {r.get('seed')}")
-        return outcome, score
+    def _count(self, trial: Any) -> list[tuple[str, Any, Any]]:
+        """(outcome, score, seed) of each seed the trial trained, counted."""
+        out = []
+        for r in seed_results(trial.last_result):
+            outcome = ended(r.get("outcome"))
+            self.outcomes[outcome] += 1
+            score = r.get(self.metric)
+            if outcome in SCORED and isinstance(score, float) and math.isfinite(score):
+                better = self.best is None or (
+                    score < self.best[0] if self.mode == "min" else score > self.best[0]
+                )
+                if better:
+                    self.best = (score, f"config {r.get('config_id')}, seed {r.get('seed')}")
+            out.append((outcome, score, r.get("seed", "?")))
+        return out
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        outcome, score = self._count(trial)
         what = " ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.searched)
-        what += f" seed={(trial.last_result or {}).get('seed', '?')}"
-        detail = f"{self.metric}={_fmt(score)}" if score is not None else ""
-        self._line(trials, f"{outcome:9s} {detail:14s} {what}", ended=trial)
+        lines = []
+        for outcome, score, seed in self._count(trial):
+            detail = f"{self.metric}={_fmt(score)}" if score is not None else ""
+            lines.append(f"{outcome:9s} {detail:14s} {what} seed={seed}")
+        self._line(trials, "\n           ".join(lines), ended=trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.outcomes["failed"] += 1
+        # a pack's trial fails all its seeds
+        self.outcomes["failed"] += min(self.pack, max(1, self.total - sum(self.outcomes.values())))
         self._line(
             trials,
             f"failed    trial {trial.trial_id} (see its error file under the storage folder)",
@@ -130,9 +137,10 @@ class CloseRuns(tune.Callback):
 
     def _close(self, trial: Any, outcome: str, reason: str, status: str) -> None:
         def close(client: MlflowClient) -> None:
-            found = find_trial_run(client, self.experiment_id, self.parent_run_id, trial.trial_id)
-            if found and found.info.status == "RUNNING":
-                close_run(client, found.info.run_id, outcome, reason, status)
+            # one run, or one per member of a seed pack
+            for run in trial_runs(client, self.experiment_id, self.parent_run_id, trial.trial_id):
+                if run.info.status == "RUNNING":
+                    close_run(client, run.info.run_id, outcome, reason, status)
 
         self._tracked(f"close the run of trial {trial.trial_id}", close)
 

@@ -57,13 +57,22 @@ class Plan:
     def searched(self) -> tuple[str, ...]:
         return tuple(self.resolved.axes)
 
+    def pack(self, seeds: int) -> int:
+        """Seeds a trial trains at once in a phase of `seeds` seeds a configuration."""
+        return min(self.request.pack, seeds)
+
+    def packs(self, seeds: int) -> int:
+        """Trials a configuration takes in a phase of `seeds` seeds."""
+        return math.ceil(seeds / self.pack(seeds))
+
     @property
     def trials(self) -> int:
-        return self.configs * self.seeds
+        """Tune trials of the search."""
+        return self.configs * self.packs(self.seeds)
 
     @property
     def confirm_trials(self) -> int:
-        return self.confirm * self.confirm_seeds
+        return self.confirm * self.packs(self.confirm_seeds)
 
     @property
     def confirm_dir(self) -> Path:
@@ -108,7 +117,7 @@ def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
 
 
 def _check_numbers(r: StudyRequest) -> None:
-    for name in ("num_samples", "seeds", "epochs", "cpus_per_trial", "max_concurrent"):
+    for name in ("num_samples", "seeds", "pack", "epochs", "cpus_per_trial", "max_concurrent"):
         _positive("--" + name.replace("_", "-"), getattr(r, name))
     _positive("--gpus-per-trial", r.gpus_per_trial, allow_zero=True)
     _positive("--confirm", r.confirm, allow_zero=True)
@@ -118,6 +127,27 @@ def _check_numbers(r: StudyRequest) -> None:
     if r.scheduler not in d.SCHEDULERS:
         raise UsageError(
             f"unknown scheduler '{r.scheduler}'; choose from: {', '.join(d.SCHEDULERS)}"
+        )
+
+
+def _check_pack(r: StudyRequest, study: Study, resolved: Resolved, seeds: int) -> None:
+    """A seed pack needs a family that trains in packs, no compiled networks,
+    and (so the searcher's mean over a configuration's packs weighs every
+    seed alike) a pack size that divides the search's seeds."""
+    if r.pack == 1:
+        return
+    if not FAMILIES[study.family].packs:
+        raise UsageError(
+            f"--pack: family {study.family} (study {study.name}) does not train in seed "
+            "packs; run it without --pack"
+        )
+    if split_settings(study, resolved.fixed)[0].compile or "compile" in resolved.axes:
+        raise UsageError("--pack does not combine with compile=true (compile one member alone)")
+    k = min(r.pack, seeds)
+    if seeds % k:
+        raise UsageError(
+            f"--pack {r.pack} does not divide the {seeds} seeds of a configuration; pick a "
+            f"pack size that does (or one of {seeds} or more)"
         )
 
 
@@ -178,6 +208,7 @@ def prepare(request: StudyRequest) -> Plan:
     search = r.search or study.search
     configs, seeds = _budget(r, study, resolved, search)
     confirm, confirm_seeds = _confirm_budget(r, study, configs)
+    _check_pack(r, study, resolved, seeds)
     tracking_uri = resolve_tracking_uri(r.tracking_uri)
     check_tracking_uri(tracking_uri)
     if r.address:

@@ -17,6 +17,7 @@ class StudyRequest:
     data_dir: str = d.DATA_DIR
     num_samples: int | None = None  # configurations; None: the study's
     seeds: int | None = None  # None: the study's
+    pack: int = 1  # seeds of a configuration trained as one fused model (a seed pack)
     confirm: int | None = None  # best configurations re-run on fresh seeds; None: the study's
     confirm_seeds: int | None = None  # fresh seeds each; None: the study's
     epochs: int | None = None  # shorthand for sets["epochs"]

@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data-dir", default=d.DATA_DIR, help="folder for torchvision datasets")
     add("--num-samples", type=int, help="configurations to try (default: the study's)")
     add("--seeds", type=int, help="seeds per configuration (default: the study's)")
+    add(
+        "--pack",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train K seeds of a configuration as one fused model in one trial "
+        "(a seed pack; default 1: a trial per seed)",
+    )
     add("--epochs", type=int, help="shorthand for --set epochs=E")
     add(
         "--confirm",

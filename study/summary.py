@@ -8,30 +8,34 @@ from typing import Any
 
 import pandas as pd
 
-from scoring.outcomes import OUTCOMES, ended
+from scoring.outcomes import OUTCOMES, ended, seed_results
 from study.clock import PHASES, STAMPS
 
 CLOCK = (*PHASES, *STAMPS)  # each trial's own timing
 
 
 def trial_rows(results: Any, searched: tuple[str, ...], metrics: tuple[str, ...]) -> pd.DataFrame:
-    """One row per trial of a Tune ResultGrid: searched values, seed, outcome,
-    metrics, and the trial's own clock (seconds training and evaluating)."""
+    """One row per seed of a Tune ResultGrid (a trial, or each member of a
+    seed pack's trial): searched values, seed, outcome, metrics, and the
+    trial's own clock (seconds training and evaluating; a pack's rows share
+    their trial's, so sum it over distinct trial_id)."""
     rows = []
     for r in results:
-        last = r.metrics or {}
-        outcome = ended(last.get("outcome")) if r.error is None else "failed"
-        row = {k: (r.config or {}).get(k) for k in searched}
-        row |= {
-            "config_id": last.get("config_id"),
-            "seed": last.get("seed"),
-            "outcome": outcome,
-            "epoch": last.get("epoch"),
-        }
-        for m in metrics:
-            v = last.get(m)
-            row[m] = v if outcome != "diverged" and isinstance(v, float) else math.nan
-        rows.append(row | {k: last.get(k, math.nan) for k in CLOCK})
+        clock = {k: (r.metrics or {}).get(k, math.nan) for k in CLOCK}
+        clock["trial_id"] = (r.metrics or {}).get("trial_id")
+        for last in seed_results(r.metrics):  # a seed pack's trial: a row per seed
+            outcome = ended(last.get("outcome")) if r.error is None else "failed"
+            row = {k: (r.config or {}).get(k) for k in searched}
+            row |= {
+                "config_id": last.get("config_id"),
+                "seed": last.get("seed"),
+                "outcome": outcome,
+                "epoch": last.get("epoch"),
+            }
+            for m in metrics:
+                v = last.get(m)
+                row[m] = v if outcome != "diverged" and isinstance(v, float) else math.nan
+            rows.append(row | clock)
     return pd.DataFrame(rows)
 
 

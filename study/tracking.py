@@ -188,9 +188,20 @@ def children(client: MlflowClient, exp_id: str, parent_run_id: str, where: str =
     return client.search_runs([exp_id], query, max_results=50_000)
 
 
-def find_trial_run(client: MlflowClient, exp_id: str, parent_run_id: str, trial_id: str) -> Any:
-    """The child run of a Tune trial, or None."""
-    found = children(client, exp_id, parent_run_id, f"tags.trial_id = '{trial_id}'")
+def trial_runs(client: MlflowClient, exp_id: str, parent_run_id: str, trial_id: str) -> list:
+    """The child runs of a Tune trial: one, or a seed pack's one per member."""
+    return children(client, exp_id, parent_run_id, f"tags.trial_id = '{trial_id}'")
+
+
+def find_trial_run(
+    client: MlflowClient, exp_id: str, parent_run_id: str, trial_id: str, member: str = ""
+) -> Any:
+    """The child run of a Tune trial (of its `member`, in a seed pack), or None."""
+    found = [
+        r
+        for r in trial_runs(client, exp_id, parent_run_id, trial_id)
+        if r.data.tags.get("member", "") == member
+    ]
     return found[0] if found else None
 
 
@@ -247,11 +258,12 @@ class TrialRun:
         name: str,
         params: dict[str, Any],
         tags: dict[str, str],
+        member: str = "",
     ) -> TrialRun:
-        """The trial's run, with `tags` set: the existing one when the trial is
-        retried or resumed (found by its trial id), so no trial is ever logged
-        twice."""
-        found = find_trial_run(client, exp_id, parent_run_id, trial_id)
+        """The trial's run (of its `member`, a seed pack's index), with `tags`
+        set: the existing one when the trial is retried or resumed (found by
+        its trial id), so no trial is ever logged twice."""
+        found = find_trial_run(client, exp_id, parent_run_id, trial_id, member)
         if found and _same_trial(found.data.params, params):
             tags_found = found.data.tags
             ended = found.info.status == "FINISHED" and "outcome" in tags_found
@@ -271,6 +283,7 @@ class TrialRun:
             MLFLOW_PARENT_RUN_ID: parent_run_id,
             "trial_id": trial_id,
             MLFLOW_RUN_NAME: name,
+            **({"member": member} if member else {}),
             **tags,
         }
         run = client.create_run(exp_id, run_name=name, tags=tags)

@@ -9,7 +9,6 @@ collapse rules of scoring.outcomes may end it as `collapsed`.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 import traceback
@@ -27,16 +26,15 @@ from ray.tune.search.repeater import TRIAL_INDEX
 from datasources import Dataset, load_dataset
 from datasources.cache import install
 from models import FAMILIES, Family, encodes, generates
-from scoring.outcomes import RUNNING, divergence, final_outcome
+from models.pack import Pack, fuse
 from scoring.registry import METRICS, evaluate_samples, pixel_probe, provenance
 from study.clock import Clock
-from study.defaults import PENALTY
 from study.probes import latent_probes
-from study.sample_grid import log_picture
 from study.session import TrialSession, TuneSession
-from study.spec import Study, TrialConfig, axis_labels, config_id, split_settings
+from study.spec import TrialConfig, axis_labels, config_id, split_settings
 from study.studies import STUDIES
-from study.tracking import FINAL_METRICS, TrialRun
+from study.tracking import TrialRun
+from study.trial import Member, Trial, read_scalars
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,11 @@ class TrialContext:
     threads: int
     searched: tuple[str, ...]  # the axes, to name runs by what varies
     phase: str = "search"  # or "confirm": the search's best on fresh seeds
+    # this phase's seed indices are seed_base .. seed_base + seeds - 1; a
+    # trial trains `pack` of them at once (a seed pack) or one
+    seed_base: int = 0
+    seeds: int = 1
+    pack: int = 1
     # cache entries (the feature classifier) the driver built, name -> bytes:
     # installed on whatever node a trial runs, so one study scores in one
     # feature space whatever each node's own cache holds
@@ -68,16 +71,6 @@ def seed_everything(seed: int) -> None:
 def trial_device() -> torch.device:
     # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU share, if it has one
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def read_scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    """Device tensors to floats with one host sync for the whole dict."""
-    tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
-    out = {k: float(v) for k, v in metrics.items() if k not in tensors}
-    if tensors:
-        values = torch.stack([t.detach().float().reshape(()) for t in tensors.values()])
-        out |= dict(zip(tensors, values.tolist(), strict=True))
-    return out
 
 
 def speed_ups(family: Family, cfg: TrialConfig, device: torch.device):
@@ -165,7 +158,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
     study = STUDIES[ctx.study]
     values = {**ctx.fixed, **{k: v for k, v in config.items() if k != TRIAL_INDEX}}
     trial_cfg, family_cfg = split_settings(study, values)
-    seed = trial_cfg.seed + int(config.get(TRIAL_INDEX, 0))
+    seeds = [trial_cfg.seed + i for i in member_indices(ctx, int(config.get(TRIAL_INDEX, 0)))]
     # the full resolved config, defaults included: what the params record and
     # what the configuration id is a hash of
     resolved = {
@@ -187,167 +180,70 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
         scored_in = scored_with(study.family, data, ctx, trial_cfg.probe_labels, device)
     params = {
         **resolved,
-        "seed": seed,
         "config_id": cid,
         "family": study.family,
         "device": str(device),
         "threads": ctx.threads,
         **scored_in,
     }
+    # where this attempt runs; a retry may land elsewhere, so tags, not params
+    tags = {"ray_node": session.node_id, "host": gethostname(), "phase": ctx.phase}
+    if len(seeds) > 1:
+        tags["pack"] = str(len(seeds))
     with clock.phase("mlflow_seconds"):
-        run = TrialRun.open(
-            tracking_client(ctx.tracking_uri),
-            ctx.experiment_id,
-            ctx.parent_run_id,
-            session.trial_id,
-            run_name(values, ctx.searched, seed),
-            params,
-            # where this attempt runs; a retry may land elsewhere, so tags, not params
-            tags={"ray_node": session.node_id, "host": gethostname(), "phase": ctx.phase},
-        )
-    trial = _Trial(study, trial_cfg, family_cfg, data, seed, cid, run, session, clock)
+        runs = [
+            TrialRun.open(
+                tracking_client(ctx.tracking_uri),
+                ctx.experiment_id,
+                ctx.parent_run_id,
+                session.trial_id,
+                run_name(values, ctx.searched, seed),
+                params | {"seed": seed},
+                tags=tags,
+                member="" if len(seeds) == 1 else str(i),
+            )
+            for i, seed in enumerate(seeds)
+        ]
     try:
-        trial.start()
+        with clock.phase("model_seconds"):
+            pack = build(study.family, family_cfg, data, seeds)
+            autocast = speed_ups(pack.leader, trial_cfg, device)
+        members = [
+            Member(i, family, seed, run)
+            for i, (family, seed, run) in enumerate(zip(pack.members, seeds, runs, strict=True))
+        ]
+        Trial(study, trial_cfg, data, cid, pack, members, session, clock, evaluate).run(autocast)
     except MlflowException:
         # MLflow itself failed (past the client's retries: an outage); writing
         # the failure there would wait out the retries again. The driver
-        # closes the run, or --resume continues it.
+        # closes the runs, or --resume continues them.
         raise
     except Exception as e:
-        run.finish("failed", f"{type(e).__name__}: {e}"[:5000], status="FAILED")
-        run.log_json({"traceback": traceback.format_exc()}, "failure.json")
+        for run in runs:
+            run.finish("failed", f"{type(e).__name__}: {e}"[:5000], status="FAILED")
+            run.log_json({"traceback": traceback.format_exc()}, "failure.json")
         raise
 
 
-@dataclass
-class _Trial:
-    """One attempt at a trial, its set-up done: builds (or restores) the
-    model, then trains, evaluates, logs and checkpoints epoch by epoch."""
-
-    study: Study
-    cfg: TrialConfig
-    family_cfg: Any
-    data: Dataset
-    seed: int
-    cid: str
-    run: TrialRun
-    session: TrialSession
-    clock: Clock
-    _checkpointed: float = field(default=0.0, init=False)  # monotonic time of the last
-
-    def start(self) -> None:
-        with self.clock.phase("model_seconds"):
-            # seeded after every set-up step, right before the model: what a
-            # process loaded or cached earlier (a reused one) cannot shift its streams
-            seed_everything(self.seed)
-            family = FAMILIES[self.study.family](
-                self.family_cfg, self.data.train_x, self.data.test_x, self.data.train_y
-            )
-            autocast = speed_ups(family, self.cfg, self.data.train_x.device)
-            progress = self._restore(family)
-        if progress is None:
-            return
-        first, last_eval = progress
-        self.clock.stamp("started_at")  # when training (re)starts: after every set-up cost
-        self._checkpointed = time.monotonic()
-        for epoch in range(first, self.cfg.epochs + 1):
-            with self.clock.phase("train_seconds"), autocast:
-                train_metrics = read_scalars(family.train_epoch())
-            self.run.add(epoch, train_metrics)
-            diverged = divergence(train_metrics, self.cfg.max_loss)
-            final = diverged is not None or epoch == self.cfg.epochs
-            if not (final or epoch % self.cfg.eval_every == 0):
-                continue
-            if diverged is None:
-                last_eval = self._evaluate(family, epoch)
-            outcome, reason = (
-                final_outcome(diverged, last_eval, self.data.n_classes) if final else (RUNNING, "")
-            )
-            result = {
-                **train_metrics,
-                **last_eval,
-                "epoch": epoch,
-                "outcome": outcome,
-                "objective": _objective(self.study, last_eval, outcome),
-                "config_id": self.cid,
-                "seed": self.seed,
-            }
-            self._record(family, result, last_eval, reason, final)
-            if final:
-                return
-
-    def _restore(self, family: Family) -> tuple[int, dict[str, float]] | None:
-        """(first epoch, last evaluation) to continue from the session's
-        checkpoint; None when the trial had ended (it, or the driver, died
-        before Tune saved its end: the end is reported again, not retrained)."""
-        ended = self.run.recorded_end()
-        if ended is not None:
-            result, reason = ended
-            self.run.set_tags({"restored_from_epoch": str(result["epoch"])})
-            self.session.report(result | self.clock.as_dict(), None)
-            return None
-        state = self.session.restore(self.data.train_x.device)
-        if state is None:
-            return 1, {}
-        self.run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible
-        if state["result"]["outcome"] != RUNNING:
-            self.run.finish(state["result"]["outcome"], state["reason"])
-            self.session.report(state["result"], None)
-            return None
-        family.load_state_dict(state["family"])
-        torch.set_rng_state(state["rng"])
-        self.clock.add(state["clock"])
-        return state["epoch"] + 1, state["last_eval"]
-
-    def _evaluate(self, family: Family, epoch: int) -> dict[str, float]:
-        with self.clock.phase("eval_seconds"):
-            metrics, pictures = evaluate(family, self.data, self.cfg, self.seed)
-        self.run.add(epoch, metrics)
-        with self.clock.phase("log_seconds"):
-            for kind, (images, per_row) in pictures.items():
-                log_picture(self.run, images, kind, epoch, per_row, self.data.modes)
-        return metrics
-
-    def _record(
-        self, family: Family, result: dict, last_eval: dict, reason: str, final: bool
-    ) -> None:
-        """Write MLflow first, then report: a retry never finds epochs missing
-        from MLflow (the ones it redoes are already there and not written
-        again). The report carries a checkpoint at the end and whenever
-        `checkpoint_seconds` have passed since the last one."""
-        with self.clock.phase("log_seconds"):
-            if final:
-                self.run.log_json(result, FINAL_METRICS)
-                self.run.finish(result["outcome"], reason)
-            else:
-                self.run.flush()
-        if final:
-            self.clock.stamp("ended_at")
-        result |= self.clock.as_dict()
-        due = final or time.monotonic() - self._checkpointed >= self.cfg.checkpoint_seconds
-        state = None
-        if due:
-            state = {
-                "family": family.state_dict(),
-                "rng": torch.get_rng_state(),
-                "epoch": result["epoch"],
-                "last_eval": last_eval,
-                "clock": self.clock.seconds,
-                "result": result,
-                "reason": reason,
-            }
-            self._checkpointed = time.monotonic()
-        # this report's own time shows in the next result (the last's, nowhere)
-        with self.clock.phase("report_seconds"):
-            self.session.report(result, state)
+def member_indices(ctx: TrialContext, index: int) -> range:
+    """The seed indices a trial trains: the `index`-th pack of this phase's
+    seeds (one seed when packs are off)."""
+    first = ctx.seed_base + index * ctx.pack
+    return range(first, min(first + ctx.pack, ctx.seed_base + ctx.seeds))
 
 
-def _objective(study: Study, last_eval: dict[str, float], outcome: str) -> float:
-    """What the searcher sees: the study's metric, or the penalty when the
-    trial diverged or the metric is missing or not finite."""
-    penalty = PENALTY if study.mode == "min" else -PENALTY
-    score = last_eval.get(study.metric, penalty)
-    return score if outcome != "diverged" and math.isfinite(score) else penalty
+def build(family: str, cfg: Any, data: Dataset, seeds: list[int]) -> Pack:
+    """The trial's members: one family, or a fused pack of one per seed. Each
+    is seeded right before it is built, after every set-up step, so what a
+    process loaded or cached earlier (a reused one) cannot shift its streams."""
+
+    def make(seed: int) -> Family:
+        seed_everything(seed)
+        return FAMILIES[family](cfg, data.train_x, data.test_x, data.train_y)
+
+    if len(seeds) == 1:
+        return Pack([make(seeds[0])])
+    return Pack(fuse(make, seeds, data.train_x.device))
 
 
-__all__ = ["TrialContext", "evaluate", "run_trial", "train"]
+__all__ = ["TrialContext", "evaluate", "read_scalars", "run_trial", "train"]

@@ -147,7 +147,8 @@ def _searcher(plan: Plan) -> Any:
         study_name=plan.run_dir.name,
         storage=optuna_store.storage(plan.optuna_url),
     )
-    return Repeater(searcher, repeat=plan.seeds, set_index=True)
+    # a configuration's trials: one per seed, or per seed pack
+    return Repeater(searcher, repeat=plan.packs(plan.seeds), set_index=True)
 
 
 def _space(plan: Plan) -> tuple[dict[str, Any], Any]:
@@ -158,7 +159,7 @@ def _space(plan: Plan) -> tuple[dict[str, Any], Any]:
     from ray import tune
     from ray.tune.search.repeater import TRIAL_INDEX
 
-    return {TRIAL_INDEX: tune.grid_search(list(range(plan.seeds)))}, None
+    return {TRIAL_INDEX: tune.grid_search(list(range(plan.packs(plan.seeds))))}, None
 
 
 def _scheduler(plan: Plan) -> Any:
@@ -207,7 +208,8 @@ def confirm_points(plan: Plan, results: Any) -> list[dict]:
     """The confirmation trials: the search's best `plan.confirm`
     configurations by mean metric (ones with no value on any seed left out),
     each on `plan.confirm_seeds` seed indices after the search's, so no seed
-    repeats; seed by seed, so an interrupted phase leaves them even."""
+    repeats (the trial context's seed_base); seed (or seed pack) by seed, so
+    an interrupted phase leaves them even."""
     from ray.tune.search.repeater import TRIAL_INDEX
 
     study = plan.study
@@ -220,8 +222,8 @@ def confirm_points(plan: Plan, results: Any) -> list[dict]:
         if cid is not None:
             values.setdefault(cid, {k: (r.config or {})[k] for k in plan.searched})
     return [
-        {**values[cid], TRIAL_INDEX: plan.seeds + j}
-        for j in range(plan.confirm_seeds)
+        {**values[cid], TRIAL_INDEX: j}
+        for j in range(plan.packs(plan.confirm_seeds))
         for cid in best
     ]
 
@@ -279,6 +281,7 @@ def trial_context(
     plan: Plan, exp_id: str, parent_run_id: str, cache_files: dict[str, bytes], phase: str
 ) -> TrialContext:
     r = plan.request
+    seeds = plan.seeds if phase == "search" else plan.confirm_seeds
     return TrialContext(
         study=plan.study.name,
         dataset=plan.dataset,
@@ -291,4 +294,7 @@ def trial_context(
         searched=plan.searched,
         phase=phase,
         cache_files=cache_files,
+        seed_base=0 if phase == "search" else plan.seeds,
+        seeds=seeds,
+        pack=plan.pack(seeds),
     )
