@@ -22,6 +22,7 @@ from models.coders import (
     recon_metrics,
 )
 from models.config import param
+from models.pack import Engine, Solo
 
 ACTIVE = 0.5  # a sigmoid coding unit is "on" for an input above this
 
@@ -59,6 +60,9 @@ class TiedAE(nn.Module):
         out = F.linear(h, self.enc1.weight.t(), self.dec_b2)
         return (torch.sigmoid(out) if len(self.shape) == 3 else out).unflatten(1, self.shape)
 
+    def forward(self, x: Tensor, squash: bool) -> tuple[Tensor, Tensor]:
+        return _codes_and_output(self, x, squash)
+
 
 class _Untied(nn.Module):
     def __init__(self, arch: str, shape: tuple[int, ...], width: int, coding: int) -> None:
@@ -67,6 +71,17 @@ class _Untied(nn.Module):
             encoder(arch, shape, width, coding),
             decoder(arch, shape, width, coding),
         )
+
+    def forward(self, x: Tensor, squash: bool) -> tuple[Tensor, Tensor]:
+        return _codes_and_output(self, x, squash)
+
+
+def _codes_and_output(net: TiedAE | _Untied, x: Tensor, squash: bool) -> tuple[Tensor, Tensor]:
+    """(codes, reconstruction) of x; `squash`: sigmoid codes (the sparse
+    variants'). A forward pass, so a seed pack can call it on every member."""
+    h = net.encode(x)
+    h = torch.sigmoid(h) if squash else h
+    return h, net.decode(h)
 
 
 def kl_sparsity(codes: Tensor, p: float) -> Tensor:
@@ -79,6 +94,7 @@ class Autoencoder(LatentCoder):
     Config = AEConfig
     train_metrics = frozenset({"loss", "recon_loss", "sparsity_penalty"})
     eval_metrics = RECON_METRICS | {"sparsity", "active_fraction", "denoise_mse"}
+    packs = True
 
     def __init__(
         self, cfg: AEConfig, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
@@ -92,21 +108,33 @@ class Autoencoder(LatentCoder):
             else _Untied(cfg.arch, shape, cfg.width, cfg.coding)
         ).to(train_x.device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=True)
+        self.engine: Engine = Solo(self, {"net": self.net}, {"opt": self.opt})
         # held-out noise is drawn once, so denoise_mse compares like with like
         gen = torch.Generator(device=test_x.device).manual_seed(0)
         self.noisy_test = self.corrupt(test_x, gen)
 
     def corrupt(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self._corrupted(x, self._noise(tuple(x.shape), generator))
+
+    def _noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor | None:
+        """The corruption's random draw for inputs of `shape`; None: no noise."""
+        device = self.x.device
+        if self.cfg.noise == "gaussian":
+            return torch.randn(shape, device=device, generator=generator)
+        if self.cfg.noise == "dropout":
+            return torch.rand(shape, device=device, generator=generator)
+        return None
+
+    def _corrupted(self, x: Tensor, noise: Tensor | None) -> Tensor:
         level = self.cfg.noise_level
         if self.cfg.noise == "gaussian":
-            return x + level * torch.randn(x.shape, device=x.device, generator=generator)
+            return x + level * noise
         if self.cfg.noise == "dropout":
             # Vincent et al.'s masking noise: zeroed, not rescaled. Inverted
             # dropout's x / (1 - level) trains the conv AE on pixels of up to 2
             # and it then fails on clean inputs (measured at level 0.5: clean
             # recon_mse 0.059, the same digits doubled 0.014; masked 0.015)
-            keep = torch.rand(x.shape, device=x.device, generator=generator) >= level
-            return x * keep
+            return x * (noise >= level)
         return x
 
     def codes(self, x: Tensor) -> Tensor:
@@ -126,21 +154,21 @@ class Autoencoder(LatentCoder):
         return torch.zeros((), device=h.device)
 
     def _step(self, x: Tensor) -> dict[str, Tensor]:
-        h = self.codes(self.corrupt(x))
-        recon = F.mse_loss(self.net.decode(h), x)  # the clean input is the target
+        shape = (self.cfg.batch_size, *self.x.shape[1:])
+        noise = (
+            None if self.cfg.noise == "none" else self.engine.draw(lambda g: self._noise(shape, g))
+        )
+        return self.engine.step("opt", self._loss, x, noise)
+
+    def _loss(self, nets: dict, x: Tensor, noise: Tensor | None) -> tuple[Tensor, dict]:
+        h, out = nets["net"](self._corrupted(x, noise), self.cfg.penalty != "none")
+        recon = F.mse_loss(out, x)  # the clean input is the target
         penalty = self._penalty(h)
         loss = recon + self.cfg.sparsity_weight * penalty
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return {
-            "loss": loss.detach(),
-            "recon_loss": recon.detach(),
-            "sparsity_penalty": penalty.detach(),
-        }
+        return loss, {"loss": loss, "recon_loss": recon, "sparsity_penalty": penalty}
 
     def train_epoch(self) -> dict[str, Tensor]:
-        return epoch_means(self.x, self.cfg.batch_size, self._step)
+        return epoch_means(self.engine, self.x, self.cfg.batch_size, self._step)
 
     def encode_latent(self, x: Tensor) -> Tensor:
         return self.codes(x)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from models.config import ConfigError
 from models.family import Family, GenerativeFamily
 from models.latent import lerp, pairs
+from models.pack import Engine, Solo
 
 
 def conv_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -63,15 +64,17 @@ def check_batch(batch_size: int, n: int) -> None:
 
 
 def epoch_means(
-    x: Tensor, batch_size: int, step: Callable[[Tensor], dict[str, Tensor]]
+    engine: Engine, x: Tensor, batch_size: int, step: Callable[[Tensor], dict[str, Tensor]]
 ) -> dict[str, Tensor]:
-    """One shuffled pass in batches; step(batch) -> detached 0-d tensors, summed
-    on the device and averaged, so the epoch costs no host sync per step."""
+    """One shuffled pass in batches (each member of a seed pack its own
+    order, the member dimension first); step(batch) -> detached 0-d (or, in
+    a pack, (K,)) tensors, summed on the device and averaged, so the epoch
+    costs no host sync per step."""
     steps = len(x) // batch_size
-    perm = torch.randperm(len(x), device=x.device)
+    perm = engine.draw(lambda g: torch.randperm(len(x), device=x.device, generator=g))
     sums: dict[str, Tensor] = {}
     for i in range(steps):
-        for k, v in step(x[perm[i * batch_size : (i + 1) * batch_size]]).items():
+        for k, v in step(x[perm[..., i * batch_size : (i + 1) * batch_size]]).items():
             sums[k] = sums[k] + v if k in sums else v
     return {k: v / steps for k, v in sums.items()}
 
@@ -111,7 +114,11 @@ def recon_sum(out: Tensor, x: Tensor, kind: str = "bce") -> Tensor:
     elif kind == "mse":
         nll = (out - x) ** 2
     else:
-        nll = F.binary_cross_entropy(out, x, reduction="none")
+        # BCE refuses a NaN input (an error on the CPU, a device assert on a
+        # GPU); a diverged network's NaN must reach the loss instead, where
+        # the divergence rule sees it (and, in a seed pack, must not stop the
+        # other members). For finite outputs the value and gradient are BCE's.
+        nll = F.binary_cross_entropy(out.nan_to_num(0.5), x, reduction="none") + 0 * out
     return nll.flatten(1).sum(1)
 
 
@@ -149,7 +156,11 @@ class LatentCoder(Family):
 class EncoderDecoder(LatentCoder, GenerativeFamily):
     """What the VAE families share: an encoder to `code_size` numbers, a
     decoder from `latent_size`, one Adam over both, and a step counter that
-    drives their schedules; checkpoints hold all of it."""
+    drives their schedules; checkpoints hold all of it. They train in seed
+    packs: each step is a loss function of the networks `enc` and `dec`."""
+
+    packs = True
+    counters = ("step",)
 
     def __init__(
         self,
@@ -172,6 +183,7 @@ class EncoderDecoder(LatentCoder, GenerativeFamily):
         self.dec = decoder(arch, shape, width, latent_size).to(train_x.device)
         params = [*self.enc.parameters(), *self.dec.parameters()]
         self.opt = torch.optim.Adam(params, lr=lr, fused=True)
+        self.engine: Engine = Solo(self, {"enc": self.enc, "dec": self.dec}, {"opt": self.opt})
         self.batch_size = batch_size
         self.steps_per_epoch = len(train_x) // batch_size
         self.step = 0
@@ -180,26 +192,21 @@ class EncoderDecoder(LatentCoder, GenerativeFamily):
     def decode_latent(self, z: Tensor) -> Tensor:
         return self.dec(z)
 
-    def optimise(self, loss: Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.step += 1
-
-    def elbo_step(
+    def elbo_loss(
         self, out: Tensor, x: Tensor, kl: Tensor, weight: float = 1.0
-    ) -> dict[str, Tensor]:
-        """One optimiser step on the per-pixel negative ELBO, reconstruction +
-        weight * KL, from the decoded batch `out` and per-example `kl`. kl_train
-        is the epoch's mean; "kl" is the held-out value evaluate() logs."""
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The per-pixel negative ELBO, reconstruction + weight * KL, from the
+        decoded batch `out` and per-example `kl`, and its parts. kl_train is
+        the epoch's mean; "kl" is the held-out value evaluate() logs."""
         rec, kl = recon_sum(out, x, self.recon_loss).mean(), kl.mean()
         loss = (rec + weight * kl) / self.pixels  # per pixel, both terms alike
-        self.optimise(loss)
-        return {
-            "loss": loss.detach(),
-            "recon_loss": rec.detach() / self.pixels,
-            "kl_train": kl.detach(),
-        }
+        return loss, {"loss": loss, "recon_loss": rec / self.pixels, "kl_train": kl}
+
+    def optimise(self, loss_fn: Callable, *inputs: Tensor | None) -> dict[str, Tensor]:
+        """One optimiser step on loss_fn(nets, *inputs) (every member's, in a pack)."""
+        metrics = self.engine.step("opt", loss_fn, *inputs)
+        self.step += 1
+        return metrics
 
     def state_dict(self) -> dict:
         return {

@@ -27,6 +27,7 @@ from torch import Tensor
 from models.coders import check_batch, epoch_means
 from models.config import ConfigError, param
 from models.family import GenerativeFamily, balanced_labels
+from models.pack import Engine, Solo
 from models.unet import UNet
 
 
@@ -151,6 +152,7 @@ class Diffusion(GenerativeFamily):
     Config = DiffusionConfig
     train_metrics = frozenset({"eps_loss", "grad_norm"})
     eval_metrics = frozenset()  # judged on its samples, one set per sampler
+    packs = True
 
     def __init__(
         self, cfg: DiffusionConfig, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
@@ -179,35 +181,35 @@ class Diffusion(GenerativeFamily):
         # al.): single snapshots of a short run swing by several fid points
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=True)
+        self.engine: Engine = Solo(self, {"net": self.net, "ema": self.ema_net}, {"opt": self.opt})
         self.loss = LOSSES[cfg.loss]
 
-    def _step(self, x0: Tensor, y: Tensor | None) -> dict[str, Tensor]:
-        t = torch.randint(self.cfg.T, (len(x0),), device=x0.device)
-        noise = torch.randn_like(x0)
-        ab = self.alpha_bar[t][:, None, None, None]
+    def _step(self, i: Tensor) -> dict[str, Tensor]:
+        """One step on the images (and labels) at indices i."""
+        e, n, device = self.engine, self.cfg.batch_size, self.x.device
+        x0, y = self.x[i], None if self.y is None else self.y[i]
+        t = e.draw(lambda g: torch.randint(self.cfg.T, (n,), device=device, generator=g))
+        noise = e.draw(lambda g: torch.randn((n, *self.x.shape[1:]), device=device, generator=g))
         if y is not None:  # the null label, so the same net learns eps(x)
-            drop = torch.rand(len(y), device=y.device) < self.cfg.cond_drop
+            drop = e.draw(lambda g: torch.rand(n, device=device, generator=g)) < self.cfg.cond_drop
             y = torch.where(drop, self.n_classes, y)
-        loss = self.loss(self.net(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y), noise)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
-            if self.cfg.clip_grad
-            else torch.zeros((), device=x0.device)
-        )
-        self.opt.step()
-        ema, params = list(self.ema_net.parameters()), list(self.net.parameters())
-        torch._foreach_lerp_(ema, params, 1 - self.cfg.ema)
-        return {"eps_loss": loss.detach(), "grad_norm": grad_norm.detach()}
+        out = e.step("opt", self._loss, x0, t, noise, y, clip=self.cfg.clip_grad)
+        if not self.cfg.clip_grad:
+            out["grad_norm"] = torch.zeros_like(out["eps_loss"])
+        e.lerp("ema", "net", 1 - self.cfg.ema)
+        return out
+
+    def _loss(
+        self, nets: dict, x0: Tensor, t: Tensor, noise: Tensor, y: Tensor | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        ab = self.alpha_bar[t][:, None, None, None]
+        loss = self.loss(nets["net"](ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y), noise)
+        return loss, {"eps_loss": loss}
 
     def train_epoch(self) -> dict[str, Tensor]:
         # batches of indices pick images and (conditional) their labels alike
         index = torch.arange(len(self.x), device=self.x.device)
-        y = self.y
-        return epoch_means(
-            index, self.cfg.batch_size, lambda i: self._step(self.x[i], None if y is None else y[i])
-        )
+        return epoch_means(self.engine, index, self.cfg.batch_size, self._step)
 
     def evaluate(self) -> dict[str, float]:
         return {}

@@ -7,6 +7,7 @@ exp(-rate * step)) updated every `anneal_every` steps."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,21 @@ def temperature(cfg: DVAEConfig, step: int, steps_per_epoch: int) -> float:
         updated = step - step % cfg.anneal_every  # held between updates
         return max(cfg.tau_min, cfg.tau0 * math.exp(-cfg.rate * updated))
     return cfg.tau0
+
+
+def gumbel_noise(
+    shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None
+) -> Tensor:
+    """Gumbel(0, 1) noise drawn as F.gumbel_softmax draws it (-log of Exp(1))."""
+    return -torch.empty(shape, device=device).exponential_(generator=generator).log()
+
+
+def hard_gumbel_softmax(logits: Tensor, gumbels: Tensor, tau: float) -> Tensor:
+    """F.gumbel_softmax(logits, tau, hard=True) with the noise given: one-hot
+    forward, the relaxed sample's gradient backward (straight-through)."""
+    soft = ((logits + gumbels) / tau).softmax(-1)
+    hard = torch.zeros_like(soft).scatter(-1, soft.argmax(-1, keepdim=True), 1.0)
+    return hard - soft.detach() + soft
 
 
 def uniform_kl(logits: Tensor) -> Tensor:
@@ -86,19 +102,26 @@ class DiscreteVAE(EncoderDecoder):
     def tau(self) -> float:
         return temperature(self.cfg, self.step, self.steps_per_epoch)
 
-    def logits(self, x: Tensor) -> Tensor:
-        return self.enc(x).unflatten(1, (self.cfg.d, self.cfg.k))
+    def logits(self, x: Tensor, enc: Callable | None = None) -> Tensor:
+        """(N, d, k) logits of q(c | x); `enc`: the encoder to use (a pack member's)."""
+        return (enc or self.enc)(x).unflatten(1, (self.cfg.d, self.cfg.k))
 
     def _decode_indices(self, codes: Tensor) -> Tensor:
         return self.dec(F.one_hot(codes, self.cfg.k).float().flatten(1))
 
     def _step(self, x: Tensor) -> dict[str, Tensor]:
-        logits = self.logits(x)
-        z = F.gumbel_softmax(logits, tau=self.tau, hard=True)  # straight-through
-        return self.elbo_step(self.dec(z.flatten(1)), x, uniform_kl(logits), self.cfg.kl_weight)
+        shape = (self.batch_size, self.cfg.d, self.cfg.k)
+        gumbels = self.engine.draw(lambda g: gumbel_noise(shape, self.x.device, g))
+        return self.optimise(self._loss, x, gumbels)
+
+    def _loss(self, nets: dict, x: Tensor, gumbels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = self.logits(x, nets["enc"])
+        z = hard_gumbel_softmax(logits, gumbels, self.tau)  # straight-through
+        return self.elbo_loss(nets["dec"](z.flatten(1)), x, uniform_kl(logits), self.cfg.kl_weight)
 
     def train_epoch(self) -> dict[str, Tensor | float]:
-        out: dict[str, Tensor | float] = dict(epoch_means(self.x, self.batch_size, self._step))
+        steps = epoch_means(self.engine, self.x, self.batch_size, self._step)
+        out: dict[str, Tensor | float] = dict(steps)
         out["tau"] = self.tau
         return out
 

@@ -60,20 +60,44 @@ class Solo:
         return self.nets[net](*args)
 
     def step(
-        self, opt: str, loss_fn: LossFn, *inputs: Any, fixed: Sequence[str] = ()
+        self,
+        opt: str,
+        loss_fn: LossFn,
+        *inputs: Any,
+        fixed: Sequence[str] = (),
+        clip: float = 0.0,
     ) -> dict[str, Tensor]:
-        """One optimiser step of `opt` on loss_fn(nets, *inputs); the networks
-        named in `fixed` take part in the loss but get no gradient."""
+        """One optimiser step of `opt` on loss_fn(nets, *inputs) -> (loss,
+        metrics); the networks named in `fixed` take part in the loss but get
+        no gradient; `clip` > 0 clips the gradient's norm (then in the
+        metrics as grad_norm)."""
         for name in fixed:
             self.nets[name].requires_grad_(False)
         loss, metrics = loss_fn(self.nets, *inputs)
         optimizer = self.optimizers[opt]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
         for name in fixed:
             self.nets[name].requires_grad_(True)
         return {k: v.detach() for k, v in metrics.items()}
+
+    lead: tuple[int, ...] = ()  # the member dimension tensors carry: none alone
+
+    @torch.no_grad()
+    def update(self, net: str, fn: Callable[[dict[str, Tensor]], None]) -> None:
+        """fn(network `net`'s parameters and buffers by name), in place and
+        without gradients: an update outside the optimiser step."""
+        fn(dict([*self.nets[net].named_parameters(), *self.nets[net].named_buffers()]))
+
+    @torch.no_grad()
+    def lerp(self, dst: str, src: str, weight: float) -> None:
+        """Network dst's parameters move `weight` of the way to src's (an EMA)."""
+        dst_params, src_params = self.nets[dst].parameters(), self.nets[src].parameters()
+        torch._foreach_lerp_(list(dst_params), list(src_params), weight)
 
 
 class Stacked:
@@ -84,7 +108,11 @@ class Stacked:
         self.nets = nets
         self.base = copy.deepcopy(nets[0]).to("meta")
         params, self.buffers = stack_module_state(nets)
-        self.params = {k: nn.Parameter(v.detach()) for k, v in params.items()}
+        trains = dict(nets[0].named_parameters())
+        self.params = {
+            k: nn.Parameter(v.detach(), requires_grad=trains[k].requires_grad)
+            for k, v in params.items()
+        }
 
     def bound(self, params: dict[str, Tensor], buffers: dict[str, Tensor]) -> Callable:
         """The network of one member (inside vmap) as a function of its inputs."""
@@ -161,15 +189,37 @@ class Fused:
             return self._run(lambda nets, *a: nets[net](*a), list(self.stacks), *args)
 
     def step(
-        self, opt: str, loss_fn: LossFn, *inputs: Any, fixed: Sequence[str] = ()
+        self,
+        opt: str,
+        loss_fn: LossFn,
+        *inputs: Any,
+        fixed: Sequence[str] = (),
+        clip: float = 0.0,
     ) -> dict[str, Tensor]:
         losses, metrics = self._run(loss_fn, fixed, *inputs)
         optimizer = self.optimizers[opt]
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
+        if clip:
+            metrics["grad_norm"] = _clip_members(optimizer, clip)
         optimizer.step()
         self._hold_frozen()
         return {k: v.detach() for k, v in metrics.items()}
+
+    @property
+    def lead(self) -> tuple[int, ...]:
+        return (self.size,)
+
+    @torch.no_grad()
+    def update(self, net: str, fn: Callable[[dict[str, Tensor]], None]) -> None:
+        fn({**self.stacks[net].params, **self.stacks[net].buffers})
+        self._hold_frozen()
+
+    @torch.no_grad()
+    def lerp(self, dst: str, src: str, weight: float) -> None:
+        to, by = self.stacks[dst].params, self.stacks[src].params
+        torch._foreach_lerp_([to[k] for k in to], [by[k] for k in to], weight)
+        self._hold_frozen()
 
     def freeze(self, k: int) -> None:
         """Member k stops training: its networks stay as they are now."""
@@ -209,6 +259,19 @@ class Fused:
 
 
 Engine = Solo | Fused
+
+
+@torch.no_grad()
+def _clip_members(optimizer: torch.optim.Optimizer, max_norm: float) -> Tensor:
+    """clip_grad_norm_ member by member over stacked gradients: each member's
+    norm over all its parameters, its gradients scaled as clip_grad_norm_
+    would scale them alone. Returns the (K,) norms before clipping."""
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+    return norms
 
 
 def _stack(tensors: list[Tensor | None]) -> Tensor | None:
@@ -260,7 +323,10 @@ class Pack:
         metrics = self.leader.train_epoch()
         if not self.fused:
             return [metrics]
-        return [{k: v[i] for k, v in metrics.items()} for i in range(len(self.members))]
+        return [
+            {k: v[i] if isinstance(v, Tensor) and v.dim() else v for k, v in metrics.items()}
+            for i in range(len(self.members))
+        ]
 
     def freeze(self, k: int) -> None:
         if self.fused:

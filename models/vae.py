@@ -7,6 +7,7 @@ for `warmup_epochs`, then holds)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -72,21 +73,30 @@ class VAE(EncoderDecoder):
         )
         self.cfg = cfg
 
-    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mu, logvar = self.enc(x).chunk(2, dim=1)
+    def posterior(self, x: Tensor, enc: Callable | None = None) -> tuple[Tensor, Tensor]:
+        """(mu, logvar) of q(z | x); `enc`: the encoder to use (a pack member's)."""
+        mu, logvar = (enc or self.enc)(x).chunk(2, dim=1)
         return mu, logvar.clamp(-30, 20)  # exp() stays finite at any learning rate
 
     def encode_latent(self, x: Tensor) -> Tensor:
         return self.posterior(x)[0]
 
     def _step(self, x: Tensor) -> dict[str, Tensor]:
+        n, device = self.batch_size, self.x.device
+        noise = self.engine.draw(
+            lambda g: torch.randn(n, self.cfg.latent, device=device, generator=g)
+        )
+        return self.optimise(self._loss, x, noise)
+
+    def _loss(self, nets: dict, x: Tensor, noise: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         weight = kl_weight_at(self.cfg, self.step / self.steps_per_epoch)
-        mu, logvar = self.posterior(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation
-        return self.elbo_step(self.dec(z), x, gaussian_kl(mu, logvar), weight)
+        mu, logvar = self.posterior(x, nets["enc"])
+        z = mu + noise * (0.5 * logvar).exp()  # reparameterisation
+        return self.elbo_loss(nets["dec"](z), x, gaussian_kl(mu, logvar), weight)
 
     def train_epoch(self) -> dict[str, Tensor | float]:
-        out: dict[str, Tensor | float] = dict(epoch_means(self.x, self.batch_size, self._step))
+        steps = epoch_means(self.engine, self.x, self.batch_size, self._step)
+        out: dict[str, Tensor | float] = dict(steps)
         out["kl_weight"] = kl_weight_at(self.cfg, self.step / self.steps_per_epoch)
         return out
 

@@ -30,6 +30,7 @@ from models.coders import (
 )
 from models.config import param
 from models.family import GenerativeFamily
+from models.pack import Engine, Solo
 
 
 @dataclass
@@ -77,28 +78,47 @@ class Codebook(nn.Module):
         q = self.embed[idx].view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
         return idx.view(z.shape[0], z.shape[2], z.shape[3]), q
 
-    @torch.no_grad()
-    def ema_update(self, z: Tensor, idx: Tensor, decay: float, eps: float = 1e-5) -> None:
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        # scatter, not F.one_hot: one_hot checks its indices on the host (a sync)
-        onehot = torch.zeros(len(flat), len(self.embed), device=flat.device, dtype=flat.dtype)
-        onehot.scatter_(1, idx.reshape(-1, 1), 1.0)
-        self.ema_count.lerp_(onehot.sum(0), 1 - decay)
-        self.ema_sum.lerp_(onehot.t() @ flat, 1 - decay)
-        n = self.ema_count.sum()
-        smoothed = (self.ema_count + eps) / (n + len(self.embed) * eps) * n
-        self.embed.copy_(self.ema_sum / smoothed[:, None])
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.quantise(z)
 
-    @torch.no_grad()
-    def restart(self, dead: Tensor, z: Tensor) -> None:
-        """Entries `dead` (bool (K,)) take random encoder vectors of z (a
-        candidate drawn for every entry and kept where dead: no host sync)."""
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        fresh = flat[torch.randint(len(flat), (len(self.embed),), device=z.device)]
-        column = dead[:, None]
-        self.embed.copy_(torch.where(column, fresh, self.embed))
-        self.ema_sum.copy_(torch.where(column, fresh, self.ema_sum))
-        self.ema_count.copy_(torch.where(dead, 1.0, self.ema_count))
+
+# The codebook's two updates outside the gradient step, on its tensors
+# (embed, ema_count, ema_sum) with any leading dimensions: one codebook's, or
+# a seed pack's stacked ones (the member dimension first) in one go.
+
+
+def _grid_rows(z: Tensor) -> Tensor:
+    """(..., N, D, H, W) -> (..., N * H * W, D)."""
+    return z.movedim(-3, -1).flatten(-4, -2)
+
+
+@torch.no_grad()
+def ema_update(book: dict[str, Tensor], z: Tensor, idx: Tensor, decay: float) -> None:
+    """Laplace-smoothed EMA of the entries' counts and sums over z's vectors
+    (z (..., N, D, H, W), idx their entries (..., N, H, W)); e = m / N."""
+    eps = 1e-5
+    embed, count, total = book["embed"], book["ema_count"], book["ema_sum"]
+    flat = _grid_rows(z)
+    # scatter, not F.one_hot: one_hot checks its indices on the host (a sync)
+    onehot = torch.zeros(*flat.shape[:-1], embed.shape[-2], device=z.device, dtype=z.dtype)
+    onehot.scatter_(-1, idx.flatten(-3).unsqueeze(-1), 1.0)
+    count.lerp_(onehot.sum(-2), 1 - decay)
+    total.lerp_(onehot.transpose(-1, -2) @ flat, 1 - decay)
+    n = count.sum(-1, keepdim=True)
+    smoothed = (count + eps) / (n + embed.shape[-2] * eps) * n
+    embed.copy_(total / smoothed.unsqueeze(-1))
+
+
+@torch.no_grad()
+def restart(book: dict[str, Tensor], dead: Tensor, z: Tensor, pick: Tensor) -> None:
+    """Entries `dead` (bool (..., K)) take the encoder vectors of z at rows
+    `pick` (..., K): a candidate drawn for every entry and kept where dead,
+    with no host sync."""
+    fresh = _grid_rows(z).gather(-2, pick.unsqueeze(-1).expand(*pick.shape, z.shape[-3]))
+    column = dead.unsqueeze(-1)
+    book["embed"].copy_(torch.where(column, fresh, book["embed"]))
+    book["ema_sum"].copy_(torch.where(column, fresh, book["ema_sum"]))
+    book["ema_count"].copy_(torch.where(dead, 1.0, book["ema_count"]))
 
 
 def vq_encoder(c: int, width: int, dim: int) -> nn.Module:
@@ -126,6 +146,7 @@ class VQVAE(LatentCoder, GenerativeFamily):
     Config = VQVAEConfig
     train_metrics = frozenset({"loss", "recon_loss", "codebook_loss", "commit_loss"})
     eval_metrics = RECON_METRICS | {"codebook_perplexity", "dead_codes"}
+    packs = True
 
     def __init__(
         self, cfg: VQVAEConfig, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
@@ -143,39 +164,47 @@ class VQVAE(LatentCoder, GenerativeFamily):
         else:
             self.codebook.embed.requires_grad_(False)
         self.opt = torch.optim.Adam(params, lr=cfg.lr, fused=True)
-        self.usage = torch.zeros(cfg.codebook_size, device=device)  # this epoch's
+        nets = {"enc": self.enc, "dec": self.dec, "codebook": self.codebook}
+        self.engine: Engine = Solo(self, nets, {"opt": self.opt})
 
-    def losses(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    def losses(
+        self, x: Tensor, nets: dict | None = None
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """(the recon, commit and codebook losses; the encoder's grid z; its
-        code indices). The decoder reads z + sg[q - z]: the straight-through
+        code indices), with this model's networks or `nets` (a pack
+        member's). The decoder reads z + sg[q - z]: the straight-through
         estimator."""
-        z = self.enc(x)
-        idx, q = self.codebook.quantise(z)
+        nets = nets or {"enc": self.enc, "dec": self.dec, "codebook": self.codebook}
+        z = nets["enc"](x)
+        idx, q = nets["codebook"](z)
         losses = {
-            "recon_loss": F.mse_loss(self.dec(z + (q - z).detach()), x),
+            "recon_loss": F.mse_loss(nets["dec"](z + (q - z).detach()), x),
             "commit_loss": F.mse_loss(z, q.detach()),
             "codebook_loss": F.mse_loss(q, z.detach()),
         }
         return losses, z, idx
 
-    def _step(self, x: Tensor) -> dict[str, Tensor]:
-        parts, z, idx = self.losses(x)
+    def _loss(self, nets: dict, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        parts, z, idx = self.losses(x, nets)
         loss = parts["recon_loss"] + self.cfg.commitment * parts["commit_loss"]
         if self.cfg.codebook_update == "loss":
             loss = loss + parts["codebook_loss"]
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        return loss, {"loss": loss, **parts, "z": z, "idx": idx}
+
+    def _step(self, x: Tensor) -> dict[str, Tensor]:
+        out = self.engine.step("opt", self._loss, x)
+        z, idx = out.pop("z"), out.pop("idx")
         if self.cfg.codebook_update == "ema":
-            self.codebook.ema_update(z.detach(), idx, self.cfg.decay)
-        # index_add_, not bincount: bincount sizes its output from the data (a sync)
-        flat = idx.flatten()
-        self.usage.index_add_(0, flat, torch.ones_like(flat, dtype=self.usage.dtype))
-        return {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
+            self.engine.update("codebook", lambda book: ema_update(book, z, idx, self.cfg.decay))
+        # scatter_add_, not bincount: bincount sizes its output from the data (a sync)
+        flat = idx.flatten(-3)
+        self.usage.scatter_add_(-1, flat, torch.ones_like(flat, dtype=self.usage.dtype))
+        return out
 
     def train_epoch(self) -> dict[str, Tensor]:
-        self.usage.zero_()
-        out = epoch_means(self.x, self.cfg.batch_size, self._step)
+        # this epoch's code usage, one row per member of a seed pack
+        self.usage = torch.zeros(*self.engine.lead, self.cfg.codebook_size, device=self.x.device)
+        out = epoch_means(self.engine, self.x, self.cfg.batch_size, self._step)
         if self.cfg.restart_dead:
             self.restart_dead()
         return out
@@ -184,8 +213,15 @@ class VQVAE(LatentCoder, GenerativeFamily):
     def restart_dead(self) -> None:
         """Entries no training position chose this epoch take the encoder
         outputs of a random training batch."""
-        batch = self.x[torch.randint(len(self.x), (self.cfg.batch_size,), device=self.x.device)]
-        self.codebook.restart(self.usage == 0, self.enc(batch))
+        e, n, device = self.engine, len(self.x), self.x.device
+        batch = self.x[
+            e.draw(lambda g: torch.randint(n, (self.cfg.batch_size,), device=device, generator=g))
+        ]
+        z = e.call("enc", batch)
+        rows = z.shape[-4] * z.shape[-2] * z.shape[-1]
+        size = self.cfg.codebook_size
+        pick = e.draw(lambda g: torch.randint(rows, (size,), device=device, generator=g))
+        e.update("codebook", lambda book: restart(book, self.usage == 0, z, pick))
 
     def codes(self, x: Tensor) -> Tensor:
         """Code indices (N, H, W)."""
