@@ -31,10 +31,11 @@ class StudyRun:
     out: str  # what the study printed
     launch: float  # time.time() when the command started
     end: float  # and when it exited
-    trials: pd.DataFrame  # the study's trials.csv
+    trials: pd.DataFrame  # the study's trials.csv, one row per Tune trial (its clock)
     slots: int  # trials at once, from the study's header
     cpu_mean: float  # share of all cores busy over the run (Linux)
     cpu_median: float  # median second
+    seeds: int = 0  # seeds trained (trials.csv's rows: a seed pack's trial has one a seed)
 
     @property
     def wall(self) -> float:
@@ -74,11 +75,13 @@ def run(args: list[str]) -> StudyRun:
         final = _cpu_times()
         if proc.returncode != 0:
             sys.exit(f"study failed with exit code {proc.returncode}:\n{out[-2000:]}")
-        trials = pd.read_csv(glob.glob(f"{tmp}/runs/*/summary/trials.csv")[0])
+        seeds = pd.read_csv(glob.glob(f"{tmp}/runs/*/summary/trials.csv")[0])
+    # a seed pack's rows share their trial's clock: the clock once per trial
+    trials = seeds[seeds["trial_id"].isna() | ~seeds.duplicated("trial_id")]
     slots = int(re.search(r"(\d+) at once", out).group(1))
     mean = (final[0] - first[0]) / (final[1] - first[1])
     median = sorted(samples)[len(samples) // 2] if samples else mean
-    return StudyRun(out, launch, end, trials, slots, mean, median)
+    return StudyRun(out, launch, end, trials, slots, mean, median, len(seeds))
 
 
 LABELS = {

@@ -21,7 +21,7 @@ from models.diffusion import SCHEDULES, Diffusion, DiffusionConfig, beta_update
 from models.dvae import DiscreteVAE, DVAEConfig
 from models.latent import lerp, slerp
 from models.vae import VAE, VAEConfig
-from models.vqvae import VQVAE, Codebook, VQVAEConfig, usage_perplexity
+from models.vqvae import VQVAE, Codebook, VQVAEConfig, ema_update, usage_perplexity
 from scoring.features import extractor_for
 from scoring.outcomes import collapse_reason, final_outcome
 from scoring.probes import PATH_EPSILON
@@ -77,7 +77,7 @@ def test_ema_moves_a_used_code_toward_its_vectors_by_the_published_update():
     assert idx.flatten().tolist() == [0, 0, 0]
     decay, eps = 0.9, 1e-5
     before = float(book.embed[0].detach().sub(torch.tensor([1.0, 1.0])).norm())
-    book.ema_update(z, idx, decay, eps)
+    ema_update(dict([*book.named_parameters(), *book.named_buffers()]), z, idx, decay)
     # van den Oord et al., appendix: N = g N + (1 - g) n, m = g m + (1 - g) sum z,
     # e = m / N with Laplace-smoothed N
     counts = np.array([0.9 * 1 + 0.1 * 3, 0.9, 0.9, 0.9])
@@ -225,9 +225,9 @@ def test_mse_reconstruction_is_the_chapters_loss(mnist):
     vae = VAE(VAEConfig(latent=4, width=16, recon_loss="mse"), mnist.train_x[:256], x)
     decoded = vae.dec(torch.randn(4, 4))
     kl = torch.rand(4)
-    metrics = vae.elbo_step(decoded, x, kl, weight=3.0)
+    loss, _ = vae.elbo_loss(decoded, x, kl, weight=3.0)
     chapter = F.mse_loss(decoded, x) + 3.0 * kl.mean() / 784
-    assert float(metrics["loss"]) == pytest.approx(float(chapter.detach()), rel=1e-5)
+    assert float(loss) == pytest.approx(float(chapter.detach()), rel=1e-5)
 
 
 def test_dvae_kl_weight_scales_the_kl_term(mnist):

@@ -1,5 +1,7 @@
+import copy
 import math
 
+import pytest
 import torch
 
 from scoring.outcomes import divergence
@@ -169,3 +171,142 @@ def test_a_trial_retried_after_its_end_reports_that_end_and_trains_nothing(tmp_p
     assert after.data.tags["restored_from_epoch"] == "3"
     history = client.get_metric_history(after.info.run_id, "d_loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+# --- seed packs: a trial training several seeds as one fused model ----------
+
+
+def _pack_context(tmp_path, name: str, settings: dict):
+    """A smoke wgan_gp gan_stability trial of 3 epochs as a pack of 3 seeds."""
+    from dataclasses import replace
+
+    client, exp, parent = _store(tmp_path, name)
+    base = {"arch": "mlp", "loss": "wgan_gp", "epochs": "3", **settings}
+    ctx = _gan_context(tmp_path, client, exp, parent, base)
+    return client, exp, parent, replace(ctx, seeds=3, pack=3)
+
+
+def _pack_trial(ctx, trial_id: str):
+    from study.session import LocalSession
+    from study.trainable import run_trial
+
+    session = LocalSession(trial_id)
+    run_trial({}, ctx, session)
+    return session.results
+
+
+def test_a_pack_trial_logs_every_seed_to_its_own_run_as_a_lone_trial_would(tmp_path):
+    from dataclasses import replace
+
+    from ray.tune.search.repeater import TRIAL_INDEX
+
+    from study.session import LocalSession
+    from study.tracking import trial_runs
+    from study.trainable import run_trial
+
+    client, exp, parent, ctx = _pack_context(tmp_path, "pack", {})
+    results = _pack_trial(ctx, "p")
+    assert [r["epoch"] for r in results] == [1, 2, 3]
+    end = results[-1]
+    members = end["members"]
+    assert [m["seed"] for m in members] == [0, 1, 2]
+    assert (
+        len({m["config_id"] for m in members}) == 1 and end["config_id"] == members[0]["config_id"]
+    )
+    assert end["objective"] == sum(m["objective"] for m in members) / 3
+    assert all(m["outcome"] in ("ok", "collapsed") for m in members) and end["outcome"] == "ended"
+
+    runs = sorted(trial_runs(client, exp, parent, "p"), key=lambda r: r.data.tags["member"])
+    assert [r.data.tags["member"] for r in runs] == ["0", "1", "2"]
+    for run, member in zip(runs, members, strict=True):
+        assert run.info.status == "FINISHED" and run.data.tags["pack"] == "3"
+        assert run.data.params["seed"] == str(member["seed"])
+        assert run.data.tags["outcome"] == member["outcome"]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "fid")] == [1, 2, 3]
+        assert run.data.metrics["fid"] == member["fid"]
+        pictures = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "final_metrics.json" in pictures and any("sample" in p for p in pictures)
+
+    # the second seed alone (a trial of one, seed index 1) trains to the same losses
+    alone = LocalSession("alone")
+    run_trial({TRIAL_INDEX: 1}, replace(ctx, pack=1), alone)
+    lone = alone.results[-1]
+    assert lone["seed"] == 1 and "members" not in lone
+    for key in ("d_loss", "g_loss", "fid"):
+        assert members[1][key] == pytest.approx(lone[key], rel=1e-3), key
+
+
+def test_a_member_that_diverges_ends_alone_and_counts_as_the_penalty(tmp_path):
+    from study.defaults import PENALTY
+    from study.tracking import trial_runs
+
+    client, exp, parent, ctx = _pack_context(tmp_path, "diverge", {})
+    calm = _pack_trial(ctx, "calm")
+    # max_loss between the calmest two seeds' worst loss over all epochs and
+    # the third seed's loss at epoch 1: that seed alone diverges, at once
+    worst = [
+        max(abs(r["members"][k][n]) for r in calm for n in ("d_loss", "g_loss")) for k in range(3)
+    ]
+    first = [max(abs(calm[0]["members"][k][n]) for n in ("d_loss", "g_loss")) for k in range(3)]
+    hit = max(range(3), key=lambda k: first[k])
+    others = [k for k in range(3) if k != hit]
+    assert first[hit] > max(worst[k] for k in others)  # the seeds tell apart
+    threshold = (first[hit] + max(worst[k] for k in others)) / 2
+
+    from dataclasses import replace
+
+    from study.spec import resolve
+    from study.studies import STUDIES
+
+    fixed = {**ctx.fixed, **resolve(STUDIES["gan_stability"], {"max_loss": str(threshold)}).fixed}
+    results = _pack_trial(replace(ctx, fixed={**ctx.fixed, "max_loss": fixed["max_loss"]}), "hit")
+    end = results[-1]
+    diverged = end["members"][hit]
+    assert diverged["outcome"] == "diverged" and diverged["epoch"] == 1
+    assert diverged["objective"] == PENALTY
+    for k in others:  # trained on, exactly as in the undisturbed pack
+        assert end["members"][k]["epoch"] == 3
+        for key in ("d_loss", "g_loss", "fid"):
+            assert end["members"][k][key] == pytest.approx(calm[-1]["members"][k][key], rel=1e-6)
+    assert end["objective"] == pytest.approx(
+        (PENALTY + sum(end["members"][k]["objective"] for k in others)) / 3
+    )
+    run = next(
+        r for r in trial_runs(client, exp, parent, "hit") if r.data.tags["member"] == str(hit)
+    )
+    assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "diverged"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")] == [1]
+
+
+def test_a_pack_trial_retried_from_its_checkpoint_ends_as_an_uninterrupted_one(tmp_path):
+    from study.session import LocalSession
+    from study.tracking import trial_runs
+    from study.trainable import run_trial
+
+    class Dying(LocalSession):
+        """Keeps the checkpoints; the process dies on reporting epoch 2."""
+
+        def report(self, result, state):
+            if state is not None:  # as saved then (training goes on in these tensors)
+                self.states = [*getattr(self, "states", []), copy.deepcopy(state)]
+            if result["epoch"] == 2:
+                raise RuntimeError("killed")
+            super().report(result, state)
+
+    client, exp, parent, ctx = _pack_context(tmp_path, "retry", {"checkpoint_seconds": "0"})
+    through = _pack_trial(ctx, "through")[-1]
+    first = Dying("r")
+    with pytest.raises(RuntimeError):
+        run_trial({}, ctx, first)
+    retry = LocalSession("r")
+    retry.report({}, first.states[0])  # Tune hands the retry the epoch-1 checkpoint
+    retry.results.clear()
+    run_trial({}, ctx, retry)
+    assert [r["epoch"] for r in retry.results] == [2, 3]
+    for k in range(3):
+        for key in ("d_loss", "g_loss", "fid", "objective"):
+            got, want = retry.results[-1]["members"][k][key], through["members"][k][key]
+            assert got == pytest.approx(want, rel=1e-6), (k, key)
+    for run in trial_runs(client, exp, parent, "r"):  # every epoch once, every run ended
+        assert run.info.status == "FINISHED" and run.data.tags["restored_from_epoch"] == "1"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "fid")] == [1, 2, 3]
