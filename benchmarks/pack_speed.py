@@ -73,8 +73,9 @@ def main() -> None:
         torch.manual_seed(seed)
         return FAMILIES[study.family](cfg, data.train_x, data.test_x, data.train_y)
 
-    print(f"{a.study} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"torch {torch.__version__}; cuda_start={cuda_start:.1f} s")  # fmt: skip
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{a.study} on {device} ({name}), torch {torch.__version__}")
+    print(f"cuda_start={cuda_start:.1f} s")
     print("settings: " + " ".join(f"{k}={v}" for k, v in sorted(fixed.items())))
     print(
         f"{'pack':>4}  {'s/epoch':>8}  {'seed-epochs/s':>13}  {'x unpacked':>10}  {'peak MiB':>8}"
