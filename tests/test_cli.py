@@ -9,6 +9,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -16,7 +17,7 @@ from study.lean_start import SKIPPED, lean_changes
 from study.preflight import UsageError, check_resources, trials_at_once
 from study.tracking import FINAL_METRICS
 from study.tune_run import start_ray
-from tests.conftest import cli_env, run_cli
+from tests.conftest import cli_env, run_cli, steps
 from tests.test_clients import assert_optuna_matches_mlflow
 
 
@@ -206,6 +207,33 @@ def _nothing(tmp: Path) -> dict[str, str]:
 
 
 # (arguments, set-up of the bad state returning extra environment, the message)
+def test_a_study_in_seed_packs_logs_every_seed_and_prints_its_tables(tmp_path, shared_ray):
+    """--pack 3: the search's 2 seeds a configuration train as packs of 2,
+    the confirmation's 3 fresh seeds as one pack of 3; every seed is a run of
+    its own, and the tables count seeds, as without packs."""
+    uri = f"sqlite:///{tmp_path}/store.db"
+    args = ["gan_stability", "--smoke", "--pack", "3", "--confirm", "1", "--confirm-seeds", "3"]
+    out = shared_ray.run_cli([*args, "--tracking-uri", uri, "--name", "packed"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "4 seeds in 2 trials (seed packs of 2)" in out.stdout
+    assert "3 seeds in 1 confirmation trials (seed packs of 3)" in out.stdout
+    assert "4/4 done" in out.stdout and "3/3 done" in out.stdout
+    assert "Best configurations by fid" in out.stdout and "Outcomes: 7 trials" in out.stdout
+    client, parents, children = _children(uri)
+    assert len(parents) == 1 and len(children) == 7
+    seeds: dict[tuple, set] = {}
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        assert run.info.status == "FINISHED" and tags["outcome"] in {"ok", "collapsed", "diverged"}
+        seeds.setdefault((tags["phase"], tags["pack"]), set()).add(int(params["seed"]))
+        if tags["outcome"] != "diverged":
+            assert steps(client, run.info.run_id, "fid") == [1, 2]
+    assert seeds[("search", "2")] == {0, 1}
+    assert seeds[("confirm", "3")] == {2, 3, 4}
+    trials = pd.read_csv(tmp_path / "runs" / "packed" / "summary" / "trials.csv")
+    assert len(trials) == 7 and trials["trial_id"].nunique() == 3
+
+
 BAD = [
     (
         ["no_such_study"],
@@ -227,6 +255,13 @@ BAD = [
     ),
     (["gan_stability", "--dataset", "ring", "--set", "arch=dcgan"], _nothing, "divisible by 4"),
     (["gan_stability", "--seeds", "0"], _nothing, "--seeds must be > 0"),
+    (["gan_stability", "--pack", "0"], _nothing, "--pack must be > 0"),
+    (["gan_stability", "--pack", "3", "--seeds", "4"], _nothing, "--pack 3 does not divide the 4"),
+    (
+        ["gan_stability", "--pack", "2", "--set", "compile=true"],
+        _nothing,
+        "--pack does not combine with compile=true",
+    ),
     (["gan_stability", "--num-samples", "x"], _nothing, "invalid int value"),
     (["gan_stability", "--search", "bayes"], _nothing, "invalid choice"),
     (["gan_stability", "--tracking-uri", "http://127.0.0.1:9"], _nothing, "does not answer"),

@@ -170,3 +170,14 @@ def test_a_pack_checkpoint_continues_as_if_never_stopped(family: str, settings: 
     train(restored, 1)
     for k in range(2):
         assert_close(restored.members[k], through.members[k], tol=0.0)
+
+
+def test_a_family_that_does_not_train_in_packs_refuses_pack(monkeypatch):
+    from models.gan import GAN
+    from study.plan import prepare
+    from study.preflight import UsageError
+    from study.request import StudyRequest
+
+    monkeypatch.setattr(GAN, "packs", False)
+    with pytest.raises(UsageError, match="family gan .* does not train in seed packs"):
+        prepare(StudyRequest("gan_stability", smoke=True, pack=2))
