@@ -15,7 +15,7 @@ from scoring.aggregate import per_configuration
 NOT_KNOBS = {
     "run_id", "parent_run_id", "study_run", "run_name", "status", "outcome", "outcome_reason",
     "trial_id", "ray_node", "restored_from_epoch", "seed", "config_id", "device", "threads",
-    "start_time", "phase",
+    "start_time", "phase", "pack", "member",
     "dataset", "family",
 }  # fmt: skip
 

@@ -178,7 +178,13 @@ class GAN(GenerativeFamily):
         return e.step("d", self._d_loss, real, y_real, fake, y_fake, eps)["d_loss"]
 
     def _d_loss(
-        self, nets: dict, real: Tensor, y_real: Tensor | None, fake: Tensor, y_fake, eps
+        self,
+        nets: dict,
+        real: Tensor,
+        y_real: Tensor | None,
+        fake: Tensor,
+        y_fake: Tensor | None,
+        eps: Tensor | None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         D = nets["D"]
         loss = self.loss.d(D(real, y_real), D(fake, y_fake))

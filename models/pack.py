@@ -312,7 +312,7 @@ class Pack:
 
     def __init__(self, members: list[Any]) -> None:
         self.members, self.leader = members, members[0]
-        self.engine: Engine = self.leader.engine if hasattr(self.leader, "engine") else None
+        self.engine: Engine | None = getattr(self.leader, "engine", None)
 
     @property
     def fused(self) -> bool:

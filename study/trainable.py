@@ -186,24 +186,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
         "threads": ctx.threads,
         **scored_in,
     }
-    # where this attempt runs; a retry may land elsewhere, so tags, not params
-    tags = {"ray_node": session.node_id, "host": gethostname(), "phase": ctx.phase}
-    if len(seeds) > 1:
-        tags["pack"] = str(len(seeds))
     with clock.phase("mlflow_seconds"):
-        runs = [
-            TrialRun.open(
-                tracking_client(ctx.tracking_uri),
-                ctx.experiment_id,
-                ctx.parent_run_id,
-                session.trial_id,
-                run_name(values, ctx.searched, seed),
-                params | {"seed": seed},
-                tags=tags,
-                member="" if len(seeds) == 1 else str(i),
-            )
-            for i, seed in enumerate(seeds)
-        ]
+        names = [run_name(values, ctx.searched, seed) for seed in seeds]
+        runs = open_runs(ctx, session, params, dict(zip(seeds, names, strict=True)))
     try:
         with clock.phase("model_seconds"):
             pack = build(study.family, family_cfg, data, seeds)
@@ -223,6 +208,31 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
             run.finish("failed", f"{type(e).__name__}: {e}"[:5000], status="FAILED")
             run.log_json({"traceback": traceback.format_exc()}, "failure.json")
         raise
+
+
+def open_runs(
+    ctx: TrialContext, session: TrialSession, params: dict[str, Any], names: dict[int, str]
+) -> list[TrialRun]:
+    """The run of each seed the trial trains (`names`: seed -> run name;
+    `params` the trial's, each run's with its seed), found again on a retry by
+    the trial's id and, in a seed pack, the member's place in it."""
+    # where this attempt runs; a retry may land elsewhere, so tags, not params
+    tags = {"ray_node": session.node_id, "host": gethostname(), "phase": ctx.phase}
+    if len(names) > 1:
+        tags["pack"] = str(len(names))
+    return [
+        TrialRun.open(
+            tracking_client(ctx.tracking_uri),
+            ctx.experiment_id,
+            ctx.parent_run_id,
+            session.trial_id,
+            name,
+            params | {"seed": seed},
+            tags=tags,
+            member="" if len(names) == 1 else str(i),
+        )
+        for i, (seed, name) in enumerate(names.items())
+    ]
 
 
 def member_indices(ctx: TrialContext, index: int) -> range:

@@ -138,15 +138,12 @@ class Trial:
         return {
             "epoch": max(r.get("epoch", 0) for r in results),
             "outcome": PACK_ENDED if final else RUNNING,
-            "objective": sum(r.get("objective", self.penalty) for r in results) / len(results),
+            "objective": sum(r.get("objective", penalty(self.study)) for r in results)
+            / len(results),
             "config_id": self.cid,
             "seed": self.members[0].seed,
             "members": results,
         }
-
-    @property
-    def penalty(self) -> float:
-        return PENALTY if self.study.mode == "min" else -PENALTY
 
     def _report(self, epoch: int, final: bool) -> None:
         """Report to Tune, with a checkpoint at the end and whenever
@@ -222,9 +219,13 @@ def read_scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def penalty(study: Study) -> float:
+    """The objective of a seed that diverged: the worst a search can see."""
+    return PENALTY if study.mode == "min" else -PENALTY
+
+
 def objective(study: Study, last_eval: dict[str, float], outcome: str) -> float:
     """What the searcher sees of one seed: the study's metric, or the penalty
     when it diverged or the metric is missing or not finite."""
-    penalty = PENALTY if study.mode == "min" else -PENALTY
-    score = last_eval.get(study.metric, penalty)
-    return score if outcome != "diverged" and math.isfinite(score) else penalty
+    score = last_eval.get(study.metric, penalty(study))
+    return score if outcome != "diverged" and math.isfinite(score) else penalty(study)
