@@ -213,13 +213,10 @@ class VQVAE(LatentCoder, GenerativeFamily):
     def restart_dead(self) -> None:
         """Entries no training position chose this epoch take the encoder
         outputs of a random training batch."""
-        e, n, device = self.engine, len(self.x), self.x.device
-        batch = self.x[
-            e.draw(lambda g: torch.randint(n, (self.cfg.batch_size,), device=device, generator=g))
-        ]
-        z = e.call("enc", batch)
-        rows = z.shape[-4] * z.shape[-2] * z.shape[-1]
-        size = self.cfg.codebook_size
+        e, device, b = self.engine, self.x.device, self.cfg.batch_size
+        idx = e.draw(lambda g: torch.randint(len(self.x), (b,), device=device, generator=g))
+        z = e.call("enc", self.x[idx])
+        rows, size = z.shape[-4] * z.shape[-2] * z.shape[-1], self.cfg.codebook_size
         pick = e.draw(lambda g: torch.randint(rows, (size,), device=device, generator=g))
         e.update("codebook", lambda book: restart(book, self.usage == 0, z, pick))
 

@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from datasources import load_dataset
 from models import FAMILIES, generates
 from scoring.aggregate import per_configuration, per_group
+from scoring.outcomes import seed_results
 from scoring.ranking import confirmation_table
 from scoring.registry import prepare_reference
 from study.callbacks import CloseRuns, Progress
@@ -182,7 +183,7 @@ def summarise(
     confirmed ones with both estimates."""
     study = plan.study
     phases = [("search", results), *([("confirm", confirmed)] if confirmed else [])]
-    reported = {k for _, grid in phases for r in grid for k in (r.metrics or {})}
+    reported = {k for _, grid in phases for r in grid for s in seed_results(r.metrics) for k in s}
     # a sampler left out by --set samplers=... is no column
     metrics = tuple(
         m for m in study.table_metrics or (study.metric,) if m == study.metric or m in reported

@@ -219,6 +219,7 @@ def test_a_study_in_seed_packs_logs_every_seed_and_prints_its_tables(tmp_path, s
     assert "3 seeds in 1 confirmation trials (seed packs of 3)" in out.stdout
     assert "4/4 done" in out.stdout and "3/3 done" in out.stdout
     assert "Best configurations by fid" in out.stdout and "Outcomes: 7 trials" in out.stdout
+    assert "modes_covered" in out.stdout  # every table column, read from the seeds' results
     client, parents, children = _children(uri)
     assert len(parents) == 1 and len(children) == 7
     seeds: dict[tuple, set] = {}
