@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import run_cli, start_cli, steps, study_runs
@@ -36,7 +37,10 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
     return out
 
 
-def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_path):
+@pytest.mark.parametrize("pack", [1, 2], ids=["one seed", "a seed pack of 2"])
+def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_path, pack):
+    """SIGKILL of the trial's process mid-training: Tune retries it from its
+    last checkpoint, in the same runs (a pack's: one a seed), each epoch once."""
     uri = f"sqlite:///{tmp_path}/store.db"
     args = [
         "gan_stability",
@@ -44,7 +48,9 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
         "--num-samples",
         "1",
         "--seeds",
-        "1",
+        str(pack),
+        "--pack",
+        str(pack),
         "--tracking-uri",
         uri,
         "--set",
@@ -61,7 +67,7 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
     cli = start_cli(args, tmp_path)
     try:
         client = MlflowClient(uri)
-        deadline, run_id = time.monotonic() + 180, None
+        deadline, run_ids = time.monotonic() + 180, None
         while time.monotonic() < deadline:  # wait for the first checkpoint's epochs in MLflow
             exp = (
                 client.get_experiment_by_name("gan_stability")
@@ -78,11 +84,11 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
                 else []
             )
             checkpoints = list((tmp_path / "runs").glob("*/train_*/checkpoint_*"))
-            if runs and checkpoints and steps(client, runs[0].info.run_id, "fid"):
-                run_id = runs[0].info.run_id
+            if len(runs) == pack and checkpoints and steps(client, runs[0].info.run_id, "fid"):
+                run_ids = sorted(r.info.run_id for r in runs)
                 break
             time.sleep(0.5)
-        assert run_id, "the trial never reported a checkpoint"
+        assert run_ids, "the trial never reported a checkpoint"
         workers = [p for p, cmd in _descendants(cli.pid) if "ImplicitFunc" in cmd]
         assert len(workers) == 1, workers
         os.kill(workers[0], signal.SIGKILL)
@@ -94,16 +100,16 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
     runs = [
         r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
     ]
-    assert [r.info.run_id for r in runs] == [run_id]  # the retry re-opened the same run
-    run = runs[0]
-    assert run.info.status == "FINISHED" and run.data.tags["outcome"] in ("ok", "collapsed")
-    # every epoch exactly once, across the kill
-    assert steps(client, run_id, "d_loss") == list(range(1, 41))
-    assert steps(client, run_id, "fid") == list(range(2, 41, 2))
-    assert "Outcomes: 1 trial:" in stdout
-    # it continued from a checkpoint: a restart from scratch would not say so
-    restored = int(run.data.tags["restored_from_epoch"])
-    assert restored % 2 == 0 and 2 <= restored < 40
+    assert sorted(r.info.run_id for r in runs) == run_ids  # the retry re-opened the same runs
+    assert f"Outcomes: {pack} trial" in stdout
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["outcome"] in ("ok", "collapsed")
+        # every epoch exactly once, across the kill
+        assert steps(client, run.info.run_id, "d_loss") == list(range(1, 41))
+        assert steps(client, run.info.run_id, "fid") == list(range(2, 41, 2))
+        # it continued from a checkpoint: a restart from scratch would not say so
+        restored = int(run.data.tags["restored_from_epoch"])
+        assert restored % 2 == 0 and 2 <= restored < 40
 
 
 def _wait_gone(pids: list[int], seconds: float) -> None:
