@@ -212,13 +212,14 @@ class GAN(GenerativeFamily):
         perm = self.engine.draw(
             lambda g: torch.randperm(len(self.x), device=self.device, generator=g)
         )
-        d_sum = g_sum = torch.zeros((), device=self.device)
+        d_sum = torch.zeros(self.engine.lead, device=self.device)  # one sum per member
+        g_sum = torch.zeros(self.engine.lead, device=self.device)
         for i in range(steps):
             self._grow(self.epoch + i / steps)
             idx = perm[..., i * b : (i + 1) * b]
-            d_sum = d_sum + self._d_step(self.x[idx], None if self.y is None else self.y[idx], b)
+            d_sum += self._d_step(self.x[idx], None if self.y is None else self.y[idx], b)
             if (i + 1) % n_disc == 0:
-                g_sum = g_sum + self._g_step(b)
+                g_sum += self._g_step(b)
         self.epoch += 1
         self._grow(float(self.epoch))  # alpha 0 of a new level draws as the old one
         return {"d_loss": d_sum / steps, "g_loss": g_sum / (steps // n_disc)}

@@ -33,7 +33,44 @@ from torch.func import functional_call, stack_module_state, vmap
 LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
 
-class Solo:
+class Engine:
+    """What a family's training steps run through: `Solo` or `Fused`."""
+
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def step(
+        self,
+        opt: str,
+        loss_fn: LossFn,
+        *inputs: Any,
+        fixed: Sequence[str] = (),
+        clip: float = 0.0,
+    ) -> dict[str, Tensor]:
+        """One optimiser step of `opt` on loss_fn(nets, *inputs) -> (loss,
+        metrics); the networks named in `fixed` take part in the loss but get
+        no gradient; `clip` > 0 clips the gradient's norm (then in the
+        metrics as grad_norm)."""
+        losses, metrics = self._losses(loss_fn, fixed, *inputs)
+        optimizer = self.optimizers[opt]
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # in a pack, each member's gradient is its own
+        if clip:
+            metrics["grad_norm"] = self._clip(optimizer, clip)
+        optimizer.step()
+        self._settle(fixed)
+        return {k: v.detach() for k, v in metrics.items()}
+
+    def _losses(self, loss_fn: LossFn, fixed: Sequence[str], *inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def _clip(self, optimizer: torch.optim.Optimizer, max_norm: float) -> Tensor:
+        raise NotImplementedError
+
+    def _settle(self, fixed: Sequence[str]) -> None:
+        """After the optimiser step."""
+
+
+class Solo(Engine):
     """One member: a family's networks and optimisers as they are."""
 
     size = 1
@@ -59,31 +96,18 @@ class Solo:
         """Network `net` on args, without gradients."""
         return self.nets[net](*args)
 
-    def step(
-        self,
-        opt: str,
-        loss_fn: LossFn,
-        *inputs: Any,
-        fixed: Sequence[str] = (),
-        clip: float = 0.0,
-    ) -> dict[str, Tensor]:
-        """One optimiser step of `opt` on loss_fn(nets, *inputs) -> (loss,
-        metrics); the networks named in `fixed` take part in the loss but get
-        no gradient; `clip` > 0 clips the gradient's norm (then in the
-        metrics as grad_norm)."""
+    def _losses(self, loss_fn: LossFn, fixed: Sequence[str], *inputs: Any) -> Any:
         for name in fixed:
             self.nets[name].requires_grad_(False)
-        loss, metrics = loss_fn(self.nets, *inputs)
-        optimizer = self.optimizers[opt]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
+        return loss_fn(self.nets, *inputs)
+
+    def _clip(self, optimizer: torch.optim.Optimizer, max_norm: float) -> Tensor:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def _settle(self, fixed: Sequence[str]) -> None:
         for name in fixed:
             self.nets[name].requires_grad_(True)
-        return {k: v.detach() for k, v in metrics.items()}
 
     lead: tuple[int, ...] = ()  # the member dimension tensors carry: none alone
 
@@ -134,7 +158,7 @@ class Stacked:
                 t[k] = saved[n]
 
 
-class Fused:
+class Fused(Engine):
     """K members of one family, each network stacked (see the module doc);
     `engines`: the members' own Solo engines, `generators`: their streams."""
 
@@ -188,23 +212,23 @@ class Fused:
         with torch.no_grad():
             return self._run(lambda nets, *a: nets[net](*a), list(self.stacks), *args)
 
-    def step(
-        self,
-        opt: str,
-        loss_fn: LossFn,
-        *inputs: Any,
-        fixed: Sequence[str] = (),
-        clip: float = 0.0,
-    ) -> dict[str, Tensor]:
-        losses, metrics = self._run(loss_fn, fixed, *inputs)
-        optimizer = self.optimizers[opt]
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        if clip:
-            metrics["grad_norm"] = _clip_members(optimizer, clip)
-        optimizer.step()
+    def _losses(self, loss_fn: LossFn, fixed: Sequence[str], *inputs: Any) -> Any:
+        return self._run(loss_fn, fixed, *inputs)
+
+    @torch.no_grad()
+    def _clip(self, optimizer: torch.optim.Optimizer, max_norm: float) -> Tensor:
+        """clip_grad_norm_ member by member over stacked gradients: each
+        member's norm over all its parameters, its gradients scaled as
+        clip_grad_norm_ would scale them alone; the (K,) norms before."""
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+        return norms
+
+    def _settle(self, fixed: Sequence[str]) -> None:
         self._hold_frozen()
-        return {k: v.detach() for k, v in metrics.items()}
 
     @property
     def lead(self) -> tuple[int, ...]:
@@ -256,22 +280,6 @@ class Fused:
             g.set_state(s.cpu())
         for k in state["frozen"]:
             self.freeze(k)
-
-
-Engine = Solo | Fused
-
-
-@torch.no_grad()
-def _clip_members(optimizer: torch.optim.Optimizer, max_norm: float) -> Tensor:
-    """clip_grad_norm_ member by member over stacked gradients: each member's
-    norm over all its parameters, its gradients scaled as clip_grad_norm_
-    would scale them alone. Returns the (K,) norms before clipping."""
-    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
-    return norms
 
 
 def _stack(tensors: list[Tensor | None]) -> Tensor | None:

@@ -69,7 +69,7 @@ class Trial:
         for epoch in range(first, self.cfg.epochs + 1):
             with self.clock.phase("train_seconds"), autocast:
                 metrics = self.pack.train_epoch()
-            if self._epoch(epoch, [read_scalars(m) for m in metrics]):
+            if self._epoch(epoch, read_members(metrics)):
                 return
 
     def _epoch(self, epoch: int, metrics: list[dict[str, float]]) -> bool:
@@ -209,7 +209,7 @@ class Trial:
                 self.pack.freeze(m.index)
 
 
-def read_scalars(metrics: dict[str, Any]) -> dict[str, float]:
+def read_scalars(metrics: dict[Any, Any]) -> dict[Any, float]:
     """Device tensors to floats with one host sync for the whole dict."""
     tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
     out = {k: float(v) for k, v in metrics.items() if k not in tensors}
@@ -222,6 +222,12 @@ def read_scalars(metrics: dict[str, Any]) -> dict[str, float]:
 def penalty(study: Study) -> float:
     """The objective of a seed that diverged: the worst a search can see."""
     return PENALTY if study.mode == "min" else -PENALTY
+
+
+def read_members(metrics: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Every member's metrics as floats, with one host sync for them all."""
+    flat = read_scalars({(i, k): v for i, m in enumerate(metrics) for k, v in m.items()})
+    return [{k: flat[(i, k)] for k in m} for i, m in enumerate(metrics)]
 
 
 def objective(study: Study, last_eval: dict[str, float], outcome: str) -> float:

@@ -237,6 +237,8 @@ def test_a_pack_trial_logs_every_seed_to_its_own_run_as_a_lone_trial_would(tmp_p
 
 
 def test_a_member_that_diverges_ends_alone_and_counts_as_the_penalty(tmp_path):
+    from dataclasses import replace
+
     from study.defaults import PENALTY
     from study.tracking import trial_runs
 
@@ -253,19 +255,14 @@ def test_a_member_that_diverges_ends_alone_and_counts_as_the_penalty(tmp_path):
     assert first[hit] > max(worst[k] for k in others)  # the seeds tell apart
     threshold = (first[hit] + max(worst[k] for k in others)) / 2
 
-    from dataclasses import replace
-
-    from study.spec import resolve
-    from study.studies import STUDIES
-
-    fixed = {**ctx.fixed, **resolve(STUDIES["gan_stability"], {"max_loss": str(threshold)}).fixed}
-    results = _pack_trial(replace(ctx, fixed={**ctx.fixed, "max_loss": fixed["max_loss"]}), "hit")
+    results = _pack_trial(replace(ctx, fixed={**ctx.fixed, "max_loss": threshold}), "hit")
     end = results[-1]
     diverged = end["members"][hit]
     assert diverged["outcome"] == "diverged" and diverged["epoch"] == 1
     assert diverged["objective"] == PENALTY
     for k in others:  # trained on, exactly as in the undisturbed pack
         assert end["members"][k]["epoch"] == 3
+        assert end["members"][k]["outcome"] == calm[-1]["members"][k]["outcome"] != "diverged"
         for key in ("d_loss", "g_loss", "fid"):
             assert end["members"][k][key] == pytest.approx(calm[-1]["members"][k][key], rel=1e-6)
     assert end["objective"] == pytest.approx(
