@@ -205,6 +205,30 @@ def find_trial_run(
     return found[0] if found else None
 
 
+def final_result(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
+    """The last result a run recorded as its end, or None (it has none)."""
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            path = client.download_artifacts(run_id, FINAL_METRICS, d)
+        except (MlflowException, OSError):
+            return None
+        return json.loads(Path(path).read_text())
+
+
+def recorded_results(
+    client: MlflowClient, exp_id: str, parent_run_id: str, trial_id: str
+) -> list[dict[str, Any]] | None:
+    """The final results a trial's runs recorded (a seed pack's in member
+    order); None unless every one of its runs ended with one."""
+    runs = trial_runs(client, exp_id, parent_run_id, trial_id)
+    if not runs or any(r.info.status != "FINISHED" for r in runs):
+        return None
+    runs.sort(key=lambda r: int(r.data.tags.get("member") or 0))
+    results = [final_result(client, r.info.run_id) for r in runs]
+    ended = [r for r in results if r is not None]
+    return ended if len(ended) == len(runs) else None
+
+
 def close_run(client: MlflowClient, run_id: str, outcome: str, reason: str, status: str) -> None:
     client.log_batch(run_id, tags=[RunTag("outcome", outcome), RunTag("outcome_reason", reason)])
     client.set_terminated(run_id, status)
@@ -296,13 +320,9 @@ class TrialRun:
         retries it from an older checkpoint. None for any other run."""
         if self._ended is None:
             return None
-        with tempfile.TemporaryDirectory() as d:
-            try:
-                path = self.client.download_artifacts(self.run_id, FINAL_METRICS, d)
-            except (MlflowException, OSError):
-                return None  # ended without a final result (stopped early): train
-            result = json.loads(Path(path).read_text())
-        return result, self._ended
+        result = final_result(self.client, self.run_id)
+        # None: it ended without a final result (stopped early): train
+        return None if result is None else (result, self._ended)
 
     def add(self, step: int, metrics: dict[str, float]) -> None:
         ts = int(time.time() * 1000)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scoring.aggregate import per_configuration
+from scoring.outcomes import RUNNING, seed_results
 from study import defaults as d
 from study import optuna_store
 from study.lean_start import lean_children
@@ -21,7 +22,8 @@ from study.plan import Plan
 from study.preflight import UsageError, check_resources, resource_asks, trials_at_once
 from study.spec import split_settings
 from study.summary import trial_rows
-from study.trainable import TrialContext, train
+from study.tracking import recorded_results
+from study.trainable import TrialContext, tracking_client, train
 
 
 def quiet_libraries() -> None:
@@ -239,7 +241,8 @@ def _tune(
     trials: int,
 ) -> Any | None:
     """A Tuner whose state is the folder `where`: restored when resuming
-    with state there, else new; its ResultGrid, or None when interrupted."""
+    with state there, else new; its results (`settled`), or None when
+    interrupted."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -274,7 +277,34 @@ def _tune(
         results = tuner.fit()
     except KeyboardInterrupt:
         return None
-    return results if results.num_terminated + results.num_errors >= trials else None
+    if results.num_terminated + results.num_errors < trials:
+        return None
+    return settled(results, ctx)
+
+
+def settled(results: Any, ctx: TrialContext) -> list[Any]:
+    """Tune's results, with the end each trial recorded in MLflow in place of
+    a result of Tune's that is no end (a trial still `running`, or failed):
+    after a driver died, Tune can hold a trial's older result while the trial
+    had ended and recorded it (MLflow is written first, then Tune)."""
+    from dataclasses import replace
+
+    client = tracking_client(ctx.tracking_uri)
+    out = []
+    for r in results:
+        metrics = r.metrics or {}
+        ends = [s.get("outcome") not in (None, RUNNING) for s in seed_results(metrics)]
+        recorded = None
+        if (r.error is not None or not all(ends)) and "trial_id" in metrics:
+            recorded = recorded_results(
+                client, ctx.experiment_id, ctx.parent_run_id, metrics["trial_id"]
+            )
+        if recorded is None:
+            out.append(r)
+            continue
+        ended = {"members": recorded} if len(recorded) > 1 else recorded[0]
+        out.append(replace(r, metrics=metrics | ended, error=None))
+    return out
 
 
 def trial_context(

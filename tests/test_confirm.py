@@ -120,7 +120,12 @@ def test_confirm_reruns_the_best_on_fresh_seeds_and_resumes_after_a_kill(tmp_pat
     best = search.groupby("config_id")["recon_mse"].mean().nsmallest(2).index
     assert {c for c, _ in seed["confirm"]} == set(best)
 
-    # the end table, and the same read back from MLflow
+    # the end tables, and the same read back from MLflow: every trial at its
+    # end, those that ended before the kill too
+    trials = pd.read_csv(tmp_path / "runs" / "cf" / "summary" / "trials.csv")
+    assert (trials["epoch"] == EPOCHS).all() and "stopped" not in set(trials["outcome"]), (
+        trials.to_string()
+    )
     table = pd.read_csv(tmp_path / "runs" / "cf" / "summary" / "confirmation.csv")
     assert set(table["config_id"]) == set(best) and table["confirm_seeds"].tolist() == [2, 2]
     assert table["search_rank"].tolist() in ([1, 2], [2, 1])

@@ -173,6 +173,63 @@ def test_a_trial_retried_after_its_end_reports_that_end_and_trains_nothing(tmp_p
     assert sorted(m.step for m in history) == [1, 2, 3]
 
 
+def test_the_tables_take_a_trials_recorded_end_where_tunes_result_is_no_end(tmp_path):
+    """After the driver dies, Tune can hold an older result of a trial that
+    had ended and recorded its end in MLflow (written before Tune is told):
+    the results the tables are built from take that end. A trial stopped
+    early, which recorded no end, keeps Tune's result."""
+    from ray.tune import Result
+
+    from study.session import LocalSession
+    from study.summary import trial_rows
+    from study.tracking import close_run, find_trial_run
+    from study.trainable import run_trial
+    from study.tune_run import settled
+
+    class Stopped(LocalSession):
+        def report(self, result, state):
+            super().report(result, state)
+            if result["epoch"] == 2:
+                raise RuntimeError("stopped by the scheduler")
+
+    client, exp, parent = _store(tmp_path, "settle")
+    ctx = _gan_context(tmp_path, client, exp, parent, {"arch": "mlp", "epochs": "3"})
+    ended, stopped = LocalSession("ended"), Stopped("stopped")
+    run_trial({}, ctx, ended)
+    with pytest.raises(RuntimeError):
+        run_trial({}, ctx, stopped)
+    run = find_trial_run(client, exp, parent, "stopped")
+    close_run(client, run.info.run_id, "stopped", "stopped early", "FINISHED")  # as CloseRuns
+    packed = _pack_context(tmp_path, "settle-pack", {})[3]
+    pack = LocalSession("pack")
+    run_trial({}, packed, pack)
+
+    def tune_result(session, trial_id: str, error=None) -> Result:
+        older = session.results[1] | {"trial_id": trial_id}  # epoch 2 of 3: running
+        return Result(metrics=older, checkpoint=None, error=error, path=str(tmp_path))
+
+    results = [
+        tune_result(ended, "ended"),
+        tune_result(ended, "ended", RuntimeError("the process died after its end")),
+        tune_result(stopped, "stopped"),
+    ]
+    out = settled(results, ctx)
+    final = ended.results[-1]
+    for r in out[:2]:
+        assert r.error is None and r.metrics["epoch"] == 3 and r.metrics["fid"] == final["fid"]
+        assert r.metrics["outcome"] == final["outcome"] != "running"
+    assert out[2] is results[2]  # no recorded end: Tune's result stays
+    rows = trial_rows(out, (), ("fid",))
+    assert rows["outcome"].tolist() == [final["outcome"], final["outcome"], "stopped"]
+    assert rows["fid"].tolist()[:2] == [final["fid"]] * 2
+
+    (packed_out,) = settled([tune_result(pack, "pack")], packed)
+    members = pack.results[-1]["members"]
+    assert [m["seed"] for m in packed_out.metrics["members"]] == [0, 1, 2]
+    assert [m["fid"] for m in packed_out.metrics["members"]] == [m["fid"] for m in members]
+    assert [m["epoch"] for m in packed_out.metrics["members"]] == [3, 3, 3]
+
+
 # --- seed packs: a trial training several seeds as one fused model ----------
 
 
