@@ -20,6 +20,7 @@ from study import optuna_store
 from study.lean_start import lean_children
 from study.plan import Plan
 from study.preflight import UsageError, check_resources, resource_asks, trials_at_once
+from study.snapshots import upload_whole
 from study.spec import split_settings
 from study.summary import trial_rows
 from study.tracking import recorded_results
@@ -246,6 +247,7 @@ def _tune(
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    upload_whole()
     r = plan.request
     trainable = tune.with_resources(
         tune.with_parameters(train, ctx=ctx), {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial}

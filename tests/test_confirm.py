@@ -47,13 +47,13 @@ def test_confirm_defaults_follow_the_study_and_the_search(tmp_path):
         prepare(_request(tmp_path, confirm=1, confirm_seeds=0))
 
 
-def _kill_during_confirm(cli: subprocess.Popen, lines: list[str]) -> None:
-    """SIGKILL the driver once a confirmation trial has ended (Tune saved the
-    phase's state with its checkpoint) and others have not."""
+def _kill_during_confirm(cli: subprocess.Popen, lines: list[str], pack: int) -> None:
+    """SIGKILL the driver once a confirmation trial (`pack` seeds) has ended
+    and others have not."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         text = "".join(lines)
-        if "Confirming" in text and " 1/4 done" in text.split("Confirming", 1)[1]:
+        if "Confirming" in text and f" {pack}/4 done" in text.split("Confirming", 1)[1]:
             break
         assert cli.poll() is None, "".join(lines)[-3000:]
         time.sleep(0.1)
@@ -63,19 +63,22 @@ def _kill_during_confirm(cli: subprocess.Popen, lines: list[str]) -> None:
     cli.wait(timeout=30)
 
 
-def test_confirm_reruns_the_best_on_fresh_seeds_and_resumes_after_a_kill(tmp_path, shared_ray):
+@pytest.mark.parametrize("pack", [1, 2], ids=["one seed a trial", "seed packs of 2"])
+def test_confirm_reruns_the_best_on_fresh_seeds_and_resumes_after_a_kill(
+    tmp_path, shared_ray, pack
+):
     uri = f"sqlite:///{tmp_path}/store.db"
     args = [
         "sparse_ae", "--smoke", "--search", "random", "--num-samples", "3", "--seeds", "2",
         "--confirm", "2", "--confirm-seeds", "2", "--tracking-uri", uri, "--name", "cf",
         "--set", f"epochs={EPOCHS}", "--set", "eval_every=2", "--set", "train_size=2000",
-        "--set", "checkpoint_seconds=0", "--address", shared_ray.address,
+        "--set", "checkpoint_seconds=0", "--address", shared_ray.address, "--pack", str(pack),
     ]  # fmt: skip
     cli = start_cli(args, tmp_path, stderr=subprocess.STDOUT, env=shared_ray.env)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True).start()
     try:
-        _kill_during_confirm(cli, lines)
+        _kill_during_confirm(cli, lines, pack)
     finally:
         if cli.poll() is None:
             cli.kill()
@@ -88,7 +91,7 @@ def test_confirm_reruns_the_best_on_fresh_seeds_and_resumes_after_a_kill(tmp_pat
     assert ended_before
 
     again = run_cli(["sparse_ae", "--resume", "--name", "cf"], tmp_path, env=shared_ray.env)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     out = again.stdout
     assert "Confirmed on fresh seeds" in out and "P(best)" in out
     assert "Outcomes: 10 trials" in out
@@ -99,9 +102,10 @@ def test_confirm_reruns_the_best_on_fresh_seeds_and_resumes_after_a_kill(tmp_pat
     phases = {p: [r for r in children if r.data.tags["phase"] == p] for p in ("search", "confirm")}
     assert len(phases["search"]) == 6 and len(phases["confirm"]) == 4
     assert all(r.info.status == "FINISHED" for r in children)
-    # each confirmation trial ran once: its own run, every epoch logged once,
+    # each confirmation trial ran once: a run a seed, every epoch logged once,
     # and the ones that had ended before the kill kept their end
-    assert len({r.data.tags["trial_id"] for r in phases["confirm"]}) == 4
+    assert len({r.data.tags["trial_id"] for r in phases["confirm"]}) == 4 // pack
+    assert all(r.data.tags.get("pack", "1") == str(pack) for r in children)
     for run in phases["confirm"]:
         assert steps(client, run.info.run_id, "loss") == list(range(1, EPOCHS + 1))
     assert {r.info.run_id: r.info.end_time for r in phases["confirm"]

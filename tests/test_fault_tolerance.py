@@ -197,7 +197,7 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
 
     # the resumed command names no settings: they come from the saved invocation
     again = run_cli(["gan_stability", "--resume"], tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "Outcomes: 4 trials" in again.stdout
 
     _wait_gone([p for p, _ in ray_processes], 90)
@@ -251,3 +251,36 @@ def test_ctrl_c_ends_with_130_the_resume_hint_and_no_running_run(tmp_path):
     parents, children = study_runs(uri)
     assert parents[0].info.status == "KILLED"
     assert children and all(r.info.status == "KILLED" for r in children)
+
+
+def test_tunes_saved_state_reaches_the_storage_whole_before_the_driver_goes_on(tmp_path):
+    """Tune copies its saved state (trials, searcher) from a staging folder to
+    the storage path in the background; a driver killed before that copy ends
+    leaves a state --resume cannot trust. Each save now returns with the
+    storage holding exactly what it staged."""
+    import ray
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    from study.snapshots import upload_whole
+    from study.tune_run import start_ray
+
+    start_ray(None, ray.init, ray.shutdown)  # the storage's staging folder is Ray's
+    try:
+        upload_whole()
+        storage = StorageContext(storage_path=str(tmp_path / "runs"), experiment_dir_name="exp")
+        manager = _ExperimentCheckpointManager(storage=storage, checkpoint_period="auto")
+        staging = Path(storage.experiment_driver_staging_path)
+        stored = Path(storage.experiment_fs_path)
+        for i in range(3):
+
+            def save(i: int = i) -> None:
+                staging.mkdir(parents=True, exist_ok=True)
+                (staging / "searcher.txt").write_text(str(i))
+                (staging / "trials.bin").write_bytes(bytes([i]) * 20_000_000)
+
+            manager.sync_up_experiment_state(save, force=True)
+            assert (stored / "searcher.txt").read_text() == str(i)
+            assert (stored / "trials.bin").read_bytes() == bytes([i]) * 20_000_000
+    finally:
+        ray.shutdown()
