@@ -181,8 +181,8 @@ def _scheduler(plan: Plan) -> Any:
 
 
 def fit(plan: Plan, ctx: TrialContext, callbacks: list, concurrent: int) -> Any | None:
-    """Run (or continue) the plan's search; the ResultGrid, or None when
-    interrupted (Ctrl-C: Tune stops its trials and returns early)."""
+    """Run (or continue) the plan's search; its trials' results, or None
+    when interrupted (Ctrl-C: Tune stops its trials and returns early)."""
     space, search = _space(plan)
     config = {
         "search_alg": search,
