@@ -215,18 +215,28 @@ def final_result(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
         return json.loads(Path(path).read_text())
 
 
-def recorded_results(
-    client: MlflowClient, exp_id: str, parent_run_id: str, trial_id: str
-) -> list[dict[str, Any]] | None:
-    """The final results a trial's runs recorded (a seed pack's in member
-    order); None unless every one of its runs ended with one."""
-    runs = trial_runs(client, exp_id, parent_run_id, trial_id)
-    if not runs or any(r.info.status != "FINISHED" for r in runs):
-        return None
-    runs.sort(key=lambda r: int(r.data.tags.get("member") or 0))
-    results = [final_result(client, r.info.run_id) for r in runs]
-    ended = [r for r in results if r is not None]
-    return ended if len(ended) == len(runs) else None
+def recorded_ends(
+    client: MlflowClient, exp_id: str, parent_run_id: str, trial_ids: set[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """By trial id, the final results the runs of these trials recorded (a
+    seed pack's in member order), for the trials every run of which ended
+    with one; one search for them all."""
+    runs: dict[str, list[Any]] = {}
+    for run in children(client, exp_id, parent_run_id):
+        if run.data.tags.get("trial_id") in trial_ids:
+            runs.setdefault(run.data.tags["trial_id"], []).append(run)
+    out = {}
+    for trial_id, found in runs.items():
+        # a run stopped early (closed by the driver) has no final result
+        stopped = [r.data.tags.get("outcome") == "stopped" for r in found]
+        if any(r.info.status != "FINISHED" for r in found) or any(stopped):
+            continue
+        found.sort(key=lambda r: int(r.data.tags.get("member") or 0))
+        results = [final_result(client, r.info.run_id) for r in found]
+        ended = [r for r in results if r is not None]
+        if len(ended) == len(found):
+            out[trial_id] = ended
+    return out
 
 
 def close_run(client: MlflowClient, run_id: str, outcome: str, reason: str, status: str) -> None:

@@ -23,7 +23,7 @@ from study.preflight import UsageError, check_resources, resource_asks, trials_a
 from study.snapshots import upload_whole
 from study.spec import split_settings
 from study.summary import trial_rows
-from study.tracking import recorded_results
+from study.tracking import recorded_ends
 from study.trainable import TrialContext, tracking_client, train
 
 
@@ -291,21 +291,25 @@ def settled(results: Any, ctx: TrialContext) -> list[Any]:
     had ended and recorded it (MLflow is written first, then Tune)."""
     from dataclasses import replace
 
+    results = list(results)
+
+    def no_end(r: Any) -> bool:
+        ends = [s.get("outcome") not in (None, RUNNING) for s in seed_results(r.metrics)]
+        return r.error is not None or not all(ends)
+
+    unsettled = {(r.metrics or {}).get("trial_id") for r in results if no_end(r)} - {None}
+    if not unsettled:
+        return results
     client = tracking_client(ctx.tracking_uri)
+    recorded = recorded_ends(client, ctx.experiment_id, ctx.parent_run_id, unsettled)
     out = []
     for r in results:
-        metrics = r.metrics or {}
-        ends = [s.get("outcome") not in (None, RUNNING) for s in seed_results(metrics)]
-        recorded = None
-        if (r.error is not None or not all(ends)) and "trial_id" in metrics:
-            recorded = recorded_results(
-                client, ctx.experiment_id, ctx.parent_run_id, metrics["trial_id"]
-            )
-        if recorded is None:
+        ends = recorded.get((r.metrics or {}).get("trial_id"))  # only unsettled ones
+        if ends is None:
             out.append(r)
-            continue
-        ended = {"members": recorded} if len(recorded) > 1 else recorded[0]
-        out.append(replace(r, metrics=metrics | ended, error=None))
+        else:
+            ended = {"members": ends} if len(ends) > 1 else ends[0]
+            out.append(replace(r, metrics=r.metrics | ended, error=None))
     return out
 
 
