@@ -1,7 +1,9 @@
 """Seaborn figures for a study's trials. PLOTS maps each model family to the
 figures that answer its questions; COMMON figures suit every study. Each
 function takes a `View` and returns a figure, or None when the runs lack what
-it shows (a knob the invocation did not vary, a metric not logged)."""
+it shows (a knob the invocation did not vary, a metric not logged). No figure
+names a family's setting: it asks the family which setting plays a role
+(`View.role`, from `Family.roles`)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from analysis.stats import bin_values, budget_curve, config_stats, knobs, stability_map
+from models import FAMILIES, Family
 from models.config import ConfigError
 from models.diffusion import parse_sampler
 from scoring.outcomes import COLOURS as OUTCOME_COLOURS
@@ -24,8 +27,8 @@ from scoring.registry import split_sampler_metric
 
 @dataclass
 class View:
-    """What a figure may use: the trials, their histories and the study's
-    main metric and direction."""
+    """What a figure may use: the trials, their histories, the study's main
+    metric and direction, and the axis it compares techniques by (`group`)."""
 
     runs: pd.DataFrame
     history: pd.DataFrame
@@ -33,12 +36,40 @@ class View:
     mode: str
     metrics: tuple[str, ...] = ()
     knobs: list[str] = field(default_factory=list)
+    group: str = ""  # the study's group_by axis, if any
 
-    def varies(self, col: str) -> bool:
-        return col in self.runs and self.runs[col].nunique(dropna=True) > 1
+    def varies(self, col: str | None) -> bool:
+        return col is not None and col in self.runs and self.runs[col].nunique(dropna=True) > 1
 
-    def has(self, *cols: str) -> bool:
-        return all(c in self.runs and self.runs[c].notna().any() for c in cols)
+    def has(self, *cols: str | None) -> bool:
+        return all(c is not None and c in self.runs and self.runs[c].notna().any() for c in cols)
+
+    def role(self, name: str, i: int = 0) -> str | None:
+        return role(self.runs, name, i)
+
+    def acts(self, setting: str) -> pd.Series:
+        """Which runs the setting acts in (`Family.acts_when`: a target that
+        only one kind of penalty aims at); every run where the family says
+        nothing."""
+        family = _family(self.runs)
+        when = family.acts_when.get(setting) if family else None
+        if when is None or when[0] not in self.runs:
+            return pd.Series(True, index=self.runs.index)
+        return self.runs[when[0]] == when[1]
+
+
+def _family(runs: pd.DataFrame) -> type[Family] | None:
+    """The model family of the runs (their `family` param), if one."""
+    names = runs["family"].dropna().unique() if "family" in runs else []
+    return FAMILIES.get(names[0]) if len(names) == 1 else None
+
+
+def role(runs: pd.DataFrame, name: str, i: int = 0) -> str | None:
+    """The i-th setting playing role `name` (models.family.ROLES) for the
+    runs' family, if the runs have it as a column; else None."""
+    family = _family(runs)
+    settings = family.roles.get(name, ()) if family else ()
+    return settings[i] if i < len(settings) and settings[i] in runs else None
 
 
 def _figure(width: float = 6.4, height: float = 4.2) -> tuple[Figure, plt.Axes]:
@@ -121,14 +152,16 @@ COMMON: list[Callable[[View], Figure | None]] = [outcome_rates, metric_by_knob, 
 
 
 def gan_lr_heatmap(view: View) -> Figure | None:
-    """Mean fid and share of stable (ok) seeds over binned lr_g x lr_d."""
-    if not (view.varies("lr_g") and view.varies("lr_d") and view.has("fid")):
+    """Mean fid and share of stable (ok) seeds over binned learning rates
+    (the generator's against the discriminator's)."""
+    x, y = view.role("learning_rate", 0), view.role("learning_rate", 1)
+    if not (view.varies(x) and view.varies(y) and view.has("fid")):
         return None
-    if (view.runs["lr_g"] == view.runs["lr_d"]).all():  # tied: technique_map shows them
+    if (view.runs[x] == view.runs[y]).all():  # tied: technique_map shows them
         return None
     runs = view.runs.assign(fid=view.runs["fid"].where(view.runs["outcome"] != "diverged"))
-    ok = stability_map(runs, "lr_g", "lr_d", bins=4)
-    fid = _binned_mean(runs, "lr_g", "lr_d", "fid", bins=4)
+    ok = stability_map(runs, x, y, bins=4)
+    fid = _binned_mean(runs, x, y, "fid", bins=4)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     sns.heatmap(fid, annot=True, fmt=".0f", cmap="viridis_r", ax=axes[0],
                 cbar_kws={"label": "mean fid"})  # fmt: skip
@@ -141,19 +174,21 @@ def gan_lr_heatmap(view: View) -> Figure | None:
 
 
 def technique_map(view: View) -> Figure | None:
-    """Per technique and (tied) learning rate: the share of seeds ending ok
-    and the mean fid of the scored ones: each technique's stable range."""
-    if not (view.varies("technique") and view.varies("lr_g") and view.has("fid")):
+    """Per technique (the study's group axis) and (tied) learning rate: the
+    share of seeds ending ok and the mean fid of the scored ones: each
+    technique's stable range."""
+    group, rate = view.group, view.role("learning_rate")
+    if not (group and view.varies(group) and view.varies(rate) and view.has("fid")):
         return None
     runs = view.runs.assign(
         ok=(view.runs["outcome"] == "ok").astype(float),
         fid=view.runs["fid"].where(view.runs["outcome"] != "diverged"),
-        lr=view.runs["lr_g"].map(lambda v: f"{float(v):.2g}"),
+        rate_label=view.runs[rate].map(lambda v: f"{float(v):.2g}"),
     )
-    order = runs.groupby("technique")["ok"].mean().sort_values(ascending=False).index
-    cols = sorted(runs["lr"].unique(), key=float)
-    ok = runs.pivot_table("ok", "technique", "lr").reindex(index=order, columns=cols)
-    fid = runs.pivot_table("fid", "technique", "lr").reindex(index=order, columns=cols)
+    order = runs.groupby(group)["ok"].mean().sort_values(ascending=False).index
+    cols = sorted(runs["rate_label"].unique(), key=float)
+    ok = runs.pivot_table("ok", group, "rate_label").reindex(index=order, columns=cols)
+    fid = runs.pivot_table("fid", group, "rate_label").reindex(index=order, columns=cols)
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(order) + 1.8), layout="constrained")
     sns.heatmap(ok, annot=True, fmt=".0%", cmap="RdYlGn", vmin=0, vmax=1, ax=axes[0],
                 cbar_kws={"label": "share ok"})  # fmt: skip
@@ -200,40 +235,44 @@ def modes_over_epochs(view: View) -> Figure | None:
 
 
 def sparsity_tradeoff(view: View) -> Figure | None:
-    """Reconstruction against achieved sparsity, coloured by the penalty weight."""
-    if not (view.varies("sparsity_weight") and view.has("sparsity", "recon_mse")):
+    """Reconstruction against achieved sparsity, coloured by the penalty
+    weight; and, where a penalty aims at a target, the distance to it."""
+    weight, kind, target = view.role("weight"), view.role("regulariser"), view.role("target")
+    if not (view.varies(weight) and view.has("sparsity", "recon_mse")):
         return None
-    data = view.runs.assign(log10_weight=np.log10(view.runs["sparsity_weight"].astype(float)))
+    data = view.runs.assign(log10_weight=np.log10(view.runs[weight].astype(float)))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    style = "penalty" if view.varies("penalty") else None
+    style = kind if view.varies(kind) else None
     sns.scatterplot(data=data, x="sparsity", y="recon_mse", hue="log10_weight", style=style,
                     palette="viridis", ax=axes[0])  # fmt: skip
     axes[0].set_xlabel("achieved sparsity (mean coding activation)")
     axes[0].set_title("Reconstruction vs achieved sparsity")
-    kl = data[data["penalty"] == "kl"] if "penalty" in data else data.iloc[:0]
-    if len(kl):  # only the KL penalty has a target
-        gap = (kl["sparsity"] - kl["target_sparsity"]).abs()
-        sns.scatterplot(data=kl.assign(gap=gap), x="sparsity_weight", y="gap",
-                        hue="target_sparsity", palette="crest", ax=axes[1])  # fmt: skip
+    aimed = data[view.acts(target)] if view.has(target) else data.iloc[:0]
+    if len(aimed):
+        gap = (aimed["sparsity"] - aimed[target]).abs()
+        sns.scatterplot(data=aimed.assign(gap=gap), x=weight, y="gap",
+                        hue=target, palette="crest", ax=axes[1])  # fmt: skip
         axes[1].set_xscale("log")
         axes[1].set_ylabel("|achieved - target sparsity|")
-        axes[1].set_title("KL penalty: distance to the target as the weight rises")
+        axes[1].set_title("The penalty aiming at a target: distance to it as the weight rises")
     return fig
 
 
 def denoising_levels(view: View) -> Figure | None:
-    """Held-out reconstruction and denoising error by noise level and architecture."""
-    if not view.has("denoise_mse", "noise_level"):  # logged only when noise is on
+    """Held-out reconstruction and denoising error by noise level and the
+    family's first split (its architecture)."""
+    level, kind, split = view.role("noise", 0), view.role("noise", 1), view.role("split")
+    if not view.has("denoise_mse", level):  # logged only when noise is on
         return None
     cols = [c for c in ("recon_mse", "denoise_mse") if view.has(c)]
     fig, axes = plt.subplots(1, len(cols), figsize=(5.5 * len(cols), 4), layout="constrained",
                              squeeze=False)  # fmt: skip
     for ax, col in zip(axes[0], cols, strict=True):
-        sns.pointplot(data=view.runs, x="noise_level", y=col,
-                      hue="arch" if view.varies("arch") else None,
+        sns.pointplot(data=view.runs, x=level, y=col,
+                      hue=split if view.varies(split) else None,
                       linestyles=None, dodge=0.3, ax=ax,
                       native_scale=True)  # fmt: skip
-        if view.varies("noise"):
+        if view.varies(kind):
             ax.set_title(f"{col} (mean and spread over noise kinds and seeds)")
     fig.suptitle("Denoising autoencoders by noise level")
     return fig
@@ -245,18 +284,19 @@ def denoising_levels(view: View) -> Figure | None:
 def rate_distortion(view: View) -> Figure | None:
     """KL (rate) against reconstruction (distortion), coloured by the KL weight;
     and active units against the weight."""
-    if not (view.varies("kl_weight") and view.has("kl", "recon_mse")):
+    weight, schedule, latent = view.role("weight"), view.role("schedule"), view.role("latent")
+    if not (view.varies(weight) and view.has("kl", "recon_mse")):
         return None
-    data = view.runs.assign(log10_kl_weight=np.log10(view.runs["kl_weight"].astype(float)))
+    data = view.runs.assign(log10_weight=np.log10(view.runs[weight].astype(float)))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    sns.scatterplot(data=data, x="kl", y="recon_mse", hue="log10_kl_weight", palette="viridis",
-                    style="schedule" if view.varies("schedule") else None, ax=axes[0])  # fmt: skip
+    sns.scatterplot(data=data, x="kl", y="recon_mse", hue="log10_weight", palette="viridis",
+                    style=schedule if view.varies(schedule) else None, ax=axes[0])  # fmt: skip
     axes[0].set_xlabel("KL per image (nats): rate")
     axes[0].set_ylabel("held-out recon_mse: distortion")
     axes[0].set_title("Rate-distortion")
     if view.has("active_units"):
-        sns.scatterplot(data=data, x="kl_weight", y="active_units",
-                        hue="latent" if view.varies("latent") else None, ax=axes[1])  # fmt: skip
+        sns.scatterplot(data=data, x=weight, y="active_units",
+                        hue=latent if view.varies(latent) else None, ax=axes[1])  # fmt: skip
         axes[1].set_xscale("log")
         axes[1].set_title("Active units (Burda et al.) as the KL weight rises")
     return fig
@@ -265,12 +305,13 @@ def rate_distortion(view: View) -> Figure | None:
 def by_schedule(view: View) -> Figure | None:
     """The discrete VAE's metrics by temperature schedule, seeds as points."""
     cols = [c for c in ("recon_mse", "code_perplexity", "fid") if view.has(c)]
-    if "schedule" not in view.runs or not cols:
+    schedule = view.role("schedule")
+    if schedule is None or not cols:
         return None
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.8), layout="constrained")
     for ax, col in zip(np.atleast_1d(axes), cols, strict=True):
-        sns.boxplot(data=view.runs, x="schedule", y=col, ax=ax, color="#a8dadc", fliersize=0)
-        sns.stripplot(data=view.runs, x="schedule", y=col, ax=ax, color="#1d3557", size=4)
+        sns.boxplot(data=view.runs, x=schedule, y=col, ax=ax, color="#a8dadc", fliersize=0)
+        sns.stripplot(data=view.runs, x=schedule, y=col, ax=ax, color="#1d3557", size=4)
     fig.suptitle("Temperature schedules compared (boxes: trials; points: seeds)")
     return fig
 
@@ -278,11 +319,12 @@ def by_schedule(view: View) -> Figure | None:
 def temperature_curves(view: View) -> Figure | None:
     """The temperature each trial trained at, epoch by epoch."""
     data = view.history[view.history["metric"] == "tau"]
-    if data.empty:
+    schedule = view.role("schedule")
+    if data.empty or schedule is None:
         return None
-    data = data.merge(view.runs[["run_id", "schedule"]], on="run_id")
+    data = data.merge(view.runs[["run_id", schedule]], on="run_id")
     fig, ax = _figure()
-    sns.lineplot(data=data, x="epoch", y="value", hue="schedule", units="run_id",
+    sns.lineplot(data=data, x="epoch", y="value", hue=schedule, units="run_id",
                  estimator=None, alpha=0.7, ax=ax)  # fmt: skip
     ax.set_ylabel("Gumbel-softmax temperature")
     ax.set_title("Temperature schedules as trained")
@@ -296,8 +338,11 @@ def _sampler_steps(sampler: str, runs: pd.DataFrame) -> pd.DataFrame | None:
     """Steps, eta, sigma^2 = beta noise and guidance scale (NaN: unguided)
     of a diffusion sampler name for each run (ddpm's steps are the run's T),
     or None when the name is no sampler."""
+    steps = role(runs, "steps")
+    if steps is None:
+        return None
     try:
-        parsed = [parse_sampler(sampler, int(t)) for t in runs["T"]]
+        parsed = [parse_sampler(sampler, int(t)) for t in runs[steps]]
     except (ConfigError, KeyError, ValueError, TypeError):
         return None
     rows = [(v.steps, v.eta, v.beta_noise, np.nan if v.guidance is None else v.guidance)
@@ -320,8 +365,8 @@ def sampler_table(runs: pd.DataFrame) -> pd.DataFrame:
         if steps is None:
             continue
         part = runs[["run_id", "config_id", "seed", col]].rename(columns={col: "value"})
-        for knob in ("schedule", "cond_drop"):
-            if knob in runs:
+        for knob in (role(runs, "schedule"), role(runs, "condition")):
+            if knob is not None:
                 part[knob] = runs[knob]
         rows.append(part.assign(metric=split[0], sampler=split[1], **steps))
     return pd.concat(rows, ignore_index=True).dropna(subset=["value"]) if rows else pd.DataFrame()
@@ -335,7 +380,8 @@ def fid_by_steps(view: View) -> Figure | None:
         table = table[table["w"].isna() & ~table["beta"].astype(bool)]
     if table.empty:
         return None
-    hue = "schedule" if "schedule" in table else None
+    schedule = view.role("schedule")
+    hue = schedule if schedule in table else None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     sns.lineplot(data=table[table["metric"] == "fid"], x="steps", y="value", hue=hue,
                  style="eta", markers=True, errorbar=("pi", 100), ax=axes[0])  # fmt: skip
@@ -355,7 +401,8 @@ def guidance_tradeoff(view: View) -> Figure | None:
     if table.empty or table["w"].notna().sum() == 0:
         return None
     table = table[table["w"].notna()]
-    hue = "cond_drop" if "cond_drop" in table and table["cond_drop"].nunique() > 1 else None
+    drop = view.role("condition")
+    hue = drop if drop in table and table[drop].nunique() > 1 else None
     shown = [m for m in ("fid", "recall", "class_accuracy") if (table["metric"] == m).any()]
     fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.8), layout="constrained")
     for ax, metric in zip(np.atleast_1d(axes), shown, strict=True):
@@ -373,15 +420,15 @@ def guidance_tradeoff(view: View) -> Figure | None:
 def codebook_usage(view: View) -> Figure | None:
     """Codes in use (perplexity) by codebook size, with and without restarts
     and per update rule; and reconstruction against codes in use."""
-    if not view.has("codebook_perplexity", "recon_mse", "codebook_size"):
+    size = view.role("latent")
+    if not view.has("codebook_perplexity", "recon_mse", size):
         return None
     runs = view.runs
-    hue = "restart_dead" if "restart_dead" in runs else None
-    style = "codebook_update" if "codebook_update" in runs else None
+    hue, style = view.role("split", 0), view.role("split", 1)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    sns.scatterplot(data=runs, x="codebook_size", y="codebook_perplexity", hue=hue, style=style,
+    sns.scatterplot(data=runs, x=size, y="codebook_perplexity", hue=hue, style=style,
                     s=60, ax=axes[0])  # fmt: skip
-    sizes = np.sort(runs["codebook_size"].astype(float).unique())
+    sizes = np.sort(runs[size].astype(float).unique())
     axes[0].plot(sizes, sizes, color="grey", lw=1, ls="--", label="all in use")
     axes[0].set(xscale="log", yscale="log", title="Codes in use by codebook size")
     sns.scatterplot(data=runs, x="codebook_perplexity", y="recon_mse", hue=hue, style=style,

@@ -116,6 +116,7 @@ figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}img{max-width:100%}
 def _what_matters(study, runs: pd.DataFrame, knob_cols: list[str], out: Path) -> list[str]:
     """Budget curve, knob importance and a stability map (with their CSVs),
     where the study tried more than one configuration."""
+    from analysis.plots import role
     from analysis.stats import budget_curve, importance, stability_map
 
     sections: list[str] = []
@@ -130,7 +131,8 @@ def _what_matters(study, runs: pd.DataFrame, knob_cols: list[str], out: Path) ->
         "importance of a random forest over the knobs (sums to 1).</p>" + _table_html(imp)
     )
     numeric = [k for k in imp["param"] if pd.api.types.is_numeric_dtype(runs[k])]
-    pair = ["lr_g", "lr_d"] if {"lr_g", "lr_d"} <= set(knob_cols) else numeric[:2]
+    rates = [r for i in (0, 1) if (r := role(runs, "learning_rate", i)) in knob_cols]
+    pair = rates if len(rates) == 2 else numeric[:2]
     if len(pair) == 2:
         smap = stability_map(runs, pair[0], pair[1])
         smap.to_csv(out / "stability_map.csv")
@@ -197,7 +199,7 @@ def _figures(
     glossary = metric_glossary(list(runs.columns))
     if len(glossary):
         sections.append("<h2>Sample metrics</h2>" + _table_html(glossary))
-    view = View(runs, history, study.metric, study.mode, tuple(metrics), knob_cols)
+    view = View(runs, history, study.metric, study.mode, tuple(metrics), knob_cols, study.group_by)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         figs = figures(study.family, view)

@@ -12,13 +12,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from study.tracking import RUN_TAGS as TAGS
 from study.tracking import resolve_tracking_uri
 
-# a seed pack's runs also carry `pack` (its size) and `member` (their place in it)
-TAGS = (
-    "outcome", "outcome_reason", "trial_id", "ray_node", "restored_from_epoch", "phase", "pack",
-    "member",
-)  # fmt: skip
 _PAGE = 1000  # runs per search request
 _BULK = 100  # run ids per bulk history request (the REST API's limit)
 

@@ -26,8 +26,8 @@ import torch
 from datasources import load_dataset
 from models import FAMILIES
 from models.pack import Pack, fuse
-from study.spec import resolve, split_settings
 from study.studies import STUDIES
+from study.studies.spec import resolve, split_settings
 
 
 def _sync(device: torch.device) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from study.clock import PHASES
+from study.trial.clock import PHASES
 
 
 @dataclass
@@ -154,3 +154,15 @@ def print_breakdown(study: StudyRun) -> None:
     )
     for _, r in table.iterrows():
         print(f"  {r['phase']:<{width}}  {r['core_seconds']:8.1f} s  {r['share']:6.1%}")
+
+
+if __name__ == "__main__":
+    # a module the benchmarks share, not a benchmark: say so, and how to use it
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="benchmarks/study_clock.py",
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog="Run benchmarks/throughput.py or benchmarks/overhead.py instead.",
+    ).parse_args()
+    print("study_clock is a module of throughput.py and overhead.py; see --help")

@@ -23,9 +23,9 @@ unpacked run's, and the busy share.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
-import sys
 
 import study_clock
 
@@ -34,9 +34,17 @@ PACK_RUN = ["--num-samples", "1", "--seeds", str(max(PACKS)), "--confirm", "0"]
 
 
 def main() -> None:
-    args = sys.argv[1:] or ["gan_stability"]
-    if "--pack" in args:
-        args.remove("--pack")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Any other flag goes to `python -m study.run` as it is.",
+    )
+    p.add_argument("study", nargs="?", default="gan_stability", help="the study to time")
+    p.add_argument(
+        "--pack", action="store_true", help="one configuration's 16 seeds unpacked and in packs"
+    )
+    known, rest = p.parse_known_args()
+    args = [known.study, *rest]
+    if known.pack:
         packs(args)
         return
     study = study_clock.run(args)

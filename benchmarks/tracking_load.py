@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from study.tracking import FINAL_METRICS  # noqa: E402  (sets the retry settings)
+from study.tracking.store import FINAL_METRICS  # noqa: E402  (sets the retry settings)
 
 KEYS = [f"metric_{i}" for i in range(10)]
 

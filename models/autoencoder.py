@@ -92,6 +92,17 @@ def kl_sparsity(codes: Tensor, p: float) -> Tensor:
 
 class Autoencoder(LatentCoder):
     Config = AEConfig
+    roles = {
+        "learning_rate": ("lr",),
+        "architecture": ("arch", "coding", "width"),
+        "split": ("arch", "penalty"),
+        "regulariser": ("penalty",),
+        "weight": ("sparsity_weight",),
+        "target": ("target_sparsity",),
+        "noise": ("noise_level", "noise"),
+        "latent": ("coding",),
+    }
+    acts_when = {"target_sparsity": ("penalty", "kl")}
     train_metrics = frozenset({"loss", "recon_loss", "sparsity_penalty"})
     eval_metrics = RECON_METRICS | {"sparsity", "active_fraction", "denoise_mse"}
     packs = True

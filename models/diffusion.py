@@ -150,6 +150,15 @@ def parse_sampler(name: str, T: int) -> Sampler:
 
 class Diffusion(GenerativeFamily):
     Config = DiffusionConfig
+    roles = {
+        "learning_rate": ("lr",),
+        "architecture": ("channels", "attention"),
+        "loss": ("loss",),
+        "split": ("schedule", "cond_drop"),
+        "schedule": ("schedule",),
+        "steps": ("T",),
+        "condition": ("cond_drop",),
+    }
     train_metrics = frozenset({"eps_loss", "grad_norm"})
     eval_metrics = frozenset()  # judged on its samples, one set per sampler
     packs = True

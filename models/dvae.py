@@ -80,6 +80,14 @@ def perplexity(codes: Tensor, k: int) -> float:
 
 class DiscreteVAE(EncoderDecoder):
     Config = DVAEConfig
+    roles = {
+        "learning_rate": ("lr",),
+        "architecture": ("arch", "d", "k", "width"),
+        "split": ("schedule", "arch"),
+        "weight": ("kl_weight",),
+        "schedule": ("schedule",),
+        "latent": ("d", "k"),
+    }
     train_metrics = frozenset({"loss", "recon_loss", "kl_train", "tau"})
     eval_metrics = RECON_METRICS | {"kl", "code_perplexity"}
 

@@ -11,9 +11,32 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+# The roles a family's settings can play. Figures and reports ask a family
+# which of its settings plays a role (`Family.roles`) instead of knowing any
+# family's names; each role maps to settings of the family's Config, the
+# main one first.
+ROLES = {
+    "learning_rate": "the optimisers' learning rates (a GAN's generator's first)",
+    "architecture": "the settings that choose or size the networks",
+    "loss": "the training objective",
+    "split": "the knobs a figure splits its points by: colour first, then marker",
+    "regulariser": "the kind of regulariser on the codes",
+    "weight": "the regulariser's weight",
+    "target": "what the regulariser aims at",
+    "noise": "the input corruption: its level, then its kind",
+    "latent": "the size of the latent space or of the codebook",
+    "schedule": "a schedule over training (of a weight, a temperature or the noise)",
+    "steps": "the diffusion steps T",
+    "condition": "the conditioning dropout",
+}
+
 
 class Family(ABC):
     Config: ClassVar[type]  # the typed config dataclass next to the model
+    # role -> settings of Config that play it (keys from ROLES)
+    roles: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # setting -> (another setting, the value under which the first acts at all)
+    acts_when: ClassVar[dict[str, tuple[str, Any]]] = {}
     # every name train_epoch() and evaluate() may return; the harness checks a
     # study's metrics against them before anything starts
     train_metrics: ClassVar[frozenset[str]]

@@ -54,6 +54,15 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 
 class VAE(EncoderDecoder):
     Config = VAEConfig
+    roles = {
+        "learning_rate": ("lr",),
+        "architecture": ("arch", "latent", "width"),
+        "loss": ("recon_loss",),
+        "split": ("schedule", "arch"),
+        "weight": ("kl_weight",),
+        "schedule": ("schedule",),
+        "latent": ("latent",),
+    }
     train_metrics = frozenset({"loss", "recon_loss", "kl_train", "kl_weight"})
     eval_metrics = RECON_METRICS | {"kl", "active_units"}
 

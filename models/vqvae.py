@@ -144,6 +144,13 @@ def vq_decoder(c: int, width: int, dim: int) -> nn.Module:
 
 class VQVAE(LatentCoder, GenerativeFamily):
     Config = VQVAEConfig
+    roles = {
+        "learning_rate": ("lr",),
+        "architecture": ("codebook_size", "code_dim", "width"),
+        "split": ("restart_dead", "codebook_update"),
+        "weight": ("commitment",),
+        "latent": ("codebook_size",),
+    }
     train_metrics = frozenset({"loss", "recon_loss", "codebook_loss", "commit_loss"})
     eval_metrics = RECON_METRICS | {"codebook_perplexity", "dead_codes"}
     packs = True

@@ -1,6 +1,15 @@
-"""Studies: definitions (a registry), the CLI, validation and resume, the run
-on Ray Tune, the one trainable, and MLflow bookkeeping. Builds on `models`,
-`datasources` and `scoring`; `analysis` reads what it writes.
+"""Studies, in four rooms that import one way (each only those above it):
+
+    studies/   the study definitions, pure data: axes, settings, STUDIES
+    tracking/  what a study writes: the MLflow store, a seed's run, Optuna storage
+    trial/     one trial on whatever node: set-up, the epoch loop, probes, pictures
+    runner/    the command line, validation and resume, Ray Tune, the end tables
+
+and beside them `request.py` (what a user asks), `plan.py` (the validated
+plan, the one shape of a trial's settings), `errors.py` and `internals.py`
+(every workaround for a library's internals, checked at start-up). Builds on
+`models`, `datasources` and `scoring`; `analysis` reads what studies wrote
+through `study.tracking` and the definitions in `study.studies`.
 
     from study import StudyRequest, run_study
     result = run_study(StudyRequest("gan_stability", smoke=True))
@@ -19,7 +28,7 @@ def __getattr__(name: str) -> Any:
 
         return StudyRequest
     if name in ("StudyResult", "run_study"):
-        from study import api
+        from study.runner import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'study' has no attribute {name!r}")

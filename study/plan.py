@@ -1,78 +1,94 @@
-"""From a `StudyRequest` to a validated `Plan`: every mistake a user can make
-is found here, before Ray starts or anything is written. This module also
-owns resuming: the invocation file a run leaves behind, and reading it back."""
+"""`Plan`: a validated request, the one shape of a study's settings. It is
+built once, after every check (`study.runner.prepare`), and shipped to each
+trial as it is (`tune.with_parameters`), so no field is copied from one
+object into the next on the way. Pure data: it imports only the study
+definitions, so the runner and the trial both build on it.
+
+    plan.phase("search")  # the seeds a phase trains and how they pack
+"""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from datasources import DATASETS, Dataset, load_dataset
-from models import FAMILIES, encodes, generates, has_latent_space
-from models.config import ConfigError
-from scoring.features import InceptionError, inception_extractor
-from scoring.registry import latent_metric_names, metric_names, split_sampler_metric
-from study import defaults as d
-from study.optuna_store import check_url, default_url, resolve_url
-from study.preflight import (
-    UsageError,
-    check_folder_name,
-    check_ray_address,
-    check_resources,
-    check_storage,
-    resource_asks,
-    this_machine,
-)
 from study.request import StudyRequest
-from study.spec import Resolved, Study, resolve, split_settings
-from study.studies import STUDIES
-from study.tracking import check_tracking_uri, resolve_tracking_uri
+from study.studies import Resolved, Study
 
-INVOCATION_FILE = "invocation.json"  # what --resume needs, beside Tune's own state
+PHASES = ("search", "confirm")  # the search, then its best on fresh seeds
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
+class Phase:
+    """The seeds one phase trains: indices `seed_base` .. `seed_base + seeds
+    - 1` of every configuration, `pack` of them to a trial (a seed pack)."""
+
+    name: str
+    seed_base: int
+    seeds: int
+    pack: int
+
+    @property
+    def packs(self) -> int:
+        """Trials a configuration takes in this phase."""
+        return math.ceil(self.seeds / self.pack)
+
+    def members(self, index: int) -> range:
+        """The seed indices of the `index`-th trial of a configuration."""
+        first = self.seed_base + index * self.pack
+        return range(first, min(first + self.pack, self.seed_base + self.seeds))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Plan:
-    """A validated request: everything a run needs, nothing started yet."""
+    """Everything a run needs, nothing started yet. `experiment_id` and
+    `parent_run_id` are filled in (`dataclasses.replace`) once the study's
+    MLflow parent run is open; a resumed plan knows its parent from the start."""
 
     request: StudyRequest
     study: Study
     resolved: Resolved
     dataset: str
+    data_dir: str  # absolute: trials run in other working directories
     search: str
     configs: int
     seeds: int
+    confirm: int = 0  # best configurations re-run on fresh seeds after the search
+    confirm_seeds: int = 0
     tracking_uri: str
     experiment: str
     run_dir: Path
-    confirm: int = 0  # best configurations re-run on fresh seeds after the search
-    confirm_seeds: int = 0
-    parent_run_id: str | None = None  # set when resuming
+    parent_run_id: str | None = None
+    experiment_id: str | None = None
+    optuna_url: str | None = None  # the searcher's history; None when nothing is searched
 
     @property
     def searched(self) -> tuple[str, ...]:
         return tuple(self.resolved.axes)
 
-    def pack(self, seeds: int) -> int:
-        """Seeds a trial trains at once in a phase of `seeds` seeds a configuration."""
-        return min(self.request.pack, seeds)
+    @property
+    def threads(self) -> int:
+        """Torch threads of one trial: the CPUs it was given."""
+        return max(1, int(self.request.cpus_per_trial))
 
-    def packs(self, seeds: int) -> int:
-        """Trials a configuration takes in a phase of `seeds` seeds."""
-        return math.ceil(seeds / self.pack(seeds))
+    def phase(self, name: str) -> Phase:
+        if name not in PHASES:
+            raise ValueError(f"unknown phase '{name}'; one of {', '.join(PHASES)}")
+        seeds = self.seeds if name == "search" else self.confirm_seeds
+        base = 0 if name == "search" else self.seeds
+        return Phase(
+            name=name, seed_base=base, seeds=seeds, pack=max(1, min(self.request.pack, seeds))
+        )
 
     @property
     def trials(self) -> int:
         """Tune trials of the search."""
-        return self.configs * self.packs(self.seeds)
+        return self.configs * self.phase("search").packs
 
     @property
     def confirm_trials(self) -> int:
-        return self.confirm * self.packs(self.confirm_seeds)
+        return self.confirm * self.phase("confirm").packs if self.confirm else 0
 
     @property
     def confirm_dir(self) -> Path:
@@ -80,257 +96,12 @@ class Plan:
         return self.run_dir / "confirm"
 
     @property
-    def optuna_url(self) -> str | None:
-        """Where the searcher's history goes; None when nothing is searched."""
-        if not self.searched:
-            return None
-        return self.request.optuna_storage or default_url(self.run_dir)
-
-    @property
     def summary_dir(self) -> Path:
         """The end-of-study tables, beside Tune's state."""
         return self.run_dir / "summary"
-
-    def record_invocation(self) -> None:
-        """Create the run folder (only now, after every check passed) with
-        what --resume needs: the request, the store and the parent run."""
-        self.run_dir.mkdir(parents=True)
-        info = {
-            "study": self.study.name,
-            "parent_run_id": self.parent_run_id,
-            "tracking_uri": self.tracking_uri,
-            "experiment": self.experiment,
-            "request": self.request.to_json(),
-        }
-        (self.run_dir / INVOCATION_FILE).write_text(json.dumps(info, indent=2))
 
     def resume_hint(self) -> str:
         return (
             f"python -m study.run {self.study.name} --resume --name {self.run_dir.name} "
             f"--storage {self.run_dir.parent}"
         )
-
-
-def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
-    if value is not None and (value < 0 or (value == 0 and not allow_zero) or math.isnan(value)):
-        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def _check_numbers(r: StudyRequest) -> None:
-    for name in ("num_samples", "seeds", "pack", "epochs", "cpus_per_trial", "max_concurrent"):
-        _positive("--" + name.replace("_", "-"), getattr(r, name))
-    _positive("--gpus-per-trial", r.gpus_per_trial, allow_zero=True)
-    _positive("--confirm", r.confirm, allow_zero=True)
-    _positive("--confirm-seeds", r.confirm_seeds)
-    if r.search is not None and r.search not in d.SEARCHES:
-        raise UsageError(f"unknown search '{r.search}'; choose from: {', '.join(d.SEARCHES)}")
-    if r.scheduler not in d.SCHEDULERS:
-        raise UsageError(
-            f"unknown scheduler '{r.scheduler}'; choose from: {', '.join(d.SCHEDULERS)}"
-        )
-
-
-def _check_pack(r: StudyRequest, study: Study, resolved: Resolved, seeds: int) -> None:
-    """A seed pack needs a family that trains in packs, no compiled networks,
-    and (so the searcher's mean over a configuration's packs weighs every
-    seed alike) a pack size that divides the search's seeds."""
-    if r.pack == 1:
-        return
-    if not FAMILIES[study.family].packs:
-        raise UsageError(
-            f"--pack: family {study.family} (study {study.name}) does not train in seed "
-            "packs; run it without --pack"
-        )
-    if split_settings(study, resolved.fixed)[0].compile or "compile" in resolved.axes:
-        raise UsageError("--pack does not combine with compile=true (compile one member alone)")
-    k = min(r.pack, seeds)
-    if seeds % k:
-        raise UsageError(
-            f"--pack {r.pack} does not divide the {seeds} seeds of a configuration; pick a "
-            f"pack size that does (or one of {seeds} or more)"
-        )
-
-
-def _budget(r: StudyRequest, study: Study, resolved: Resolved, search: str) -> tuple[int, int]:
-    """(configurations, seeds). A grid search runs every point of its grid,
-    or the number asked for, drawn from it; never more than it has."""
-    seeds = r.seeds or (d.SMOKE_SEEDS if r.smoke else study.seeds)
-    if not resolved.axes:  # every axis fixed: one configuration, its seeds
-        if r.num_samples not in (None, 1):
-            raise UsageError(
-                f"--num-samples {r.num_samples} but nothing is searched (every axis is fixed), "
-                "so there is one configuration; --sweep a setting to compare several"
-            )
-        return 1, seeds
-    if search != "grid":
-        return r.num_samples or (d.SMOKE_CONFIGS if r.smoke else study.num_samples), seeds
-    points = math.prod(len(a.grid()) for a in resolved.axes.values())
-    if r.num_samples and r.num_samples > points:
-        raise UsageError(
-            f"--num-samples {r.num_samples} but the grid has {points} point"
-            f"{'' if points == 1 else 's'}; ask for at most that many, or widen it with --sweep"
-        )
-    return r.num_samples or (min(points, d.SMOKE_GRID_POINTS) if r.smoke else points), seeds
-
-
-def _confirm_budget(r: StudyRequest, study: Study, configs: int) -> tuple[int, int]:
-    """(configurations confirmed, fresh seeds each). The study's default
-    shrinks to what the search tries; --smoke confirms only when asked."""
-    if r.confirm is None:
-        confirm = 0 if r.smoke else min(study.confirm, configs)
-    elif r.confirm > configs:
-        raise UsageError(
-            f"--confirm {r.confirm} but the search tries {configs} configuration"
-            f"{'' if configs == 1 else 's'}; confirm at most that many"
-        )
-    else:
-        confirm = r.confirm
-    if r.confirm_seeds is not None and not confirm:
-        raise UsageError(
-            f"--confirm-seeds {r.confirm_seeds} but nothing is confirmed; add --confirm K"
-        )
-    return confirm, (r.confirm_seeds or study.confirm_seeds) if confirm else 0
-
-
-def prepare(request: StudyRequest) -> Plan:
-    if request.name is not None:
-        check_folder_name("--name", request.name)
-    r = resumed_request(request) if request.resume else request
-    if r.study not in STUDIES:
-        given = f"unknown study '{r.study}'" if r.study else "no study given"
-        raise UsageError(f"{given}; choose from: {', '.join(STUDIES)}")
-    study = STUDIES[r.study]
-    _check_numbers(r)
-    if r.dataset is not None and r.dataset not in DATASETS:
-        raise UsageError(f"unknown dataset '{r.dataset}'; choose from: {', '.join(DATASETS)}")
-    sets = dict(r.sets) | ({"epochs": str(r.epochs)} if r.epochs is not None else {})
-    resolved = resolve(study, sets, smoke=r.smoke, sweeps=r.sweeps)
-    search = r.search or study.search
-    configs, seeds = _budget(r, study, resolved, search)
-    confirm, confirm_seeds = _confirm_budget(r, study, configs)
-    _check_pack(r, study, resolved, seeds)
-    tracking_uri = resolve_tracking_uri(r.tracking_uri)
-    check_tracking_uri(tracking_uri)
-    if r.address:
-        check_ray_address(r.address)
-    elif not os.environ.get("RAY_ADDRESS"):  # Ray starts here: check this machine now
-        check_resources(this_machine(), resource_asks(r.cpus_per_trial, r.gpus_per_trial))
-    storage = Path(r.storage).expanduser().resolve()
-    check_storage(storage, tracking_uri)
-    if r.optuna_storage:
-        r = replace(r, optuna_storage=resolve_url(r.optuna_storage))
-        check_url(r.optuna_storage)
-    plan = Plan(
-        r,
-        study,
-        resolved,
-        r.dataset or study.dataset,
-        search,
-        configs,
-        seeds,
-        tracking_uri,
-        r.experiment or study.name,
-        storage / (r.name or ""),
-        confirm,
-        confirm_seeds,
-    )
-    if r.resume:
-        info = json.loads((plan.run_dir / INVOCATION_FILE).read_text())
-        plan.parent_run_id = info["parent_run_id"]
-    else:
-        plan.run_dir = storage / (r.name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if plan.run_dir.exists():
-            raise UsageError(f"{plan.run_dir} exists; pick another --name or add --resume")
-    _check_model(plan, r.data_dir)
-    return plan
-
-
-def _check_model(plan: Plan, data_dir: str) -> None:
-    """The dataset loads (cached after), the model builds on it for every
-    searched choice, and the study's metrics are ones the family logs."""
-    inception = plan.resolved.fixed.get("inception_weights")
-    if inception:
-        try:
-            inception_extractor(inception)
-        except InceptionError as e:
-            raise UsageError(str(e)) from None
-    data = load_dataset(plan.dataset, data_dir).subset(4096)  # DataError if missing
-    try:
-        _check_builds(plan.study, plan.resolved, data)
-    except ConfigError as e:
-        raise UsageError(f"study {plan.study.name} on {plan.dataset}: {e}") from None
-    check_metric_names(plan.study, data)
-
-
-def _check_builds(study: Study, resolved: Resolved, data: Dataset) -> None:
-    """Build the model once per searched choice on a few samples, so a setting
-    that cannot work with this dataset fails here, not in every trial."""
-    variants = [{}] + [
-        {k: v} for k, a in resolved.axes.items() if hasattr(a, "values") for v in a.values
-    ]
-    base = {k: a.grid()[0] for k, a in resolved.axes.items()}
-    for extra in variants:
-        _, cfg = split_settings(study, {**resolved.fixed, **base, **extra})
-        FAMILIES[study.family](cfg, data.train_x, data.test_x, data.train_y)
-
-
-def check_metric_names(study: Study, data: Dataset) -> None:
-    """The study's objective and table columns must be metrics its family or
-    the sample-metric registry produce on this data: a typo would otherwise
-    give every trial the penalty."""
-    family = FAMILIES[study.family]
-    known = set(family.train_metrics | family.eval_metrics)
-    if generates(family):
-        known |= set(metric_names(data.is_image))
-    known |= set(latent_metric_names(data.is_image, has_latent_space(family), encodes(family)))
-    for name in (study.metric, *study.table_metrics):
-        split = split_sampler_metric(name)
-        per_sampler = split and split[0] in known and family.is_sampler(split[1])
-        if name not in known and not per_sampler:
-            raise UsageError(
-                f"study {study.name}: metric '{name}' is not logged by family "
-                f"{study.family} on {data.name}; it logs: {', '.join(sorted(known))}"
-            )
-
-
-def resumed_request(request: StudyRequest) -> StudyRequest:
-    """The original request of the run --name (or the study's latest) under
-    --storage: a resumed study keeps its settings, store and searcher."""
-    storage = Path(request.storage).expanduser().resolve()
-    if request.name:
-        run_dir = storage / request.name
-    else:
-        found = sorted(
-            (
-                p
-                for p in storage.glob(f"*/{INVOCATION_FILE}")
-                if json.loads(p.read_text()).get("study") == request.study
-            ),
-            key=lambda p: p.stat().st_mtime,
-        )
-        if not found:
-            raise UsageError(f"nothing to resume: no {request.study} run under {storage}")
-        run_dir = found[-1].parent
-    saved = run_dir / INVOCATION_FILE
-    if not saved.exists():
-        raise UsageError(f"nothing to resume at {run_dir}")
-    info = json.loads(saved.read_text())
-    if request.study and info["study"] != request.study:
-        raise UsageError(f"{run_dir} holds study {info['study']}, not {request.study}")
-    if "request" not in info:
-        raise UsageError(
-            f"{saved} was written by an earlier genstudy (no saved request); "
-            "resume it with that version, or start the study afresh"
-        )
-    original = StudyRequest.from_json(info["request"])
-    return replace(
-        original,
-        resume=True,
-        name=run_dir.name,
-        storage=str(storage),
-        tracking_uri=info["tracking_uri"],
-        experiment=info["experiment"],
-    )
-
-
-__all__ = ["INVOCATION_FILE", "Plan", "UsageError", "prepare"]

@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from study import defaults as d
+from study.studies import defaults as d
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StudyRequest:
-    study: str | None
+    study: str | None = field(kw_only=False)  # the one positional: StudyRequest("gan_stability")
     dataset: str | None = None  # None: the study's
     data_dir: str = d.DATA_DIR
     num_samples: int | None = None  # configurations; None: the study's

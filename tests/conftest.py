@@ -24,7 +24,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from study.lean_start import lean_changes
+from study.runner.lean_start import lean_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: ray, mlflow, ...
@@ -236,6 +236,39 @@ def smoke_store(tmp_path_factory, shared_ray) -> SmokeStore:
     for study, out in outputs.items():
         assert out.returncode == 0, f"{study}: {out.stderr[-3000:]}"
     return SmokeStore(uri, root, outputs)
+
+
+def local_plan(
+    study: str, tmp_path: Path, uri: str, exp: str, parent: str, settings: dict, *,
+    searched: bool = False, seeds: int = 1, pack: int = 1, dataset: str = "digits",
+):  # fmt: skip
+    """The plan of an in-process trial (`run_trial` with a `LocalSession`):
+    the study's smoke settings on `dataset`, one thread, logging under
+    `parent`; its axes searched only when `searched` (else run names hold
+    the seed alone)."""
+    from dataclasses import replace
+
+    from study.plan import Plan
+    from study.request import StudyRequest
+    from study.studies import STUDIES, resolve
+
+    spec = STUDIES[study]
+    resolved = resolve(spec, settings, smoke=True)
+    return Plan(
+        request=StudyRequest(study, pack=pack, smoke=True),
+        study=spec,
+        resolved=resolved if searched else replace(resolved, axes={}),
+        dataset=dataset,
+        data_dir=str(tmp_path),
+        search="optuna",
+        configs=1,
+        seeds=seeds,
+        tracking_uri=uri,
+        experiment=study,
+        run_dir=tmp_path / "run",
+        parent_run_id=parent,
+        experiment_id=exp,
+    )
 
 
 def steps(client, run_id, key):

@@ -178,13 +178,34 @@ def test_technique_map_shows_each_techniques_stable_share_and_fid_per_learning_r
             "outcome": ["ok", "ok", "ok", "collapsed", "ok", "diverged", "collapsed", "collapsed"],
             "fid": [10.0, 20.0, 30.0, 50.0, 70.0, 999.0, 80.0, 90.0],
         }
-    ).assign(lr_d=lambda d: d["lr_g"])
-    fig = technique_map(View(runs, pd.DataFrame(), "fid", "min"))
+    ).assign(lr_d=lambda d: d["lr_g"], family="gan")
+    fig = technique_map(View(runs, pd.DataFrame(), "fid", "min", group="technique"))
     ok, fid = ([t.get_text() for t in ax.texts] for ax in fig.axes[:2])
     # rows widest first (a: 3 of 4 ok, b: 1 of 4), columns lr 1e-4, 1e-3
     assert ok == ["100%", "50%", "50%", "0%"]
     assert fid == ["15", "40", "70", "85"]  # the diverged trial's fid is left out
-    assert technique_map(View(runs.drop(columns="technique"), pd.DataFrame(), "fid", "min")) is None
+    no_group = View(runs.drop(columns="technique"), pd.DataFrame(), "fid", "min", group="technique")
+    assert technique_map(no_group) is None
+
+
+def test_figures_find_a_familys_settings_by_their_roles():
+    """Figures ask the family which setting plays a role: every role a
+    family declares is a known one naming a setting of its config, and a
+    figure follows the declaration (a GAN's learning rates, in order)."""
+    from analysis.plots import View, role
+    from models import FAMILIES
+    from models.config import keys
+    from models.family import ROLES
+
+    for name, family in FAMILIES.items():
+        assert set(family.roles) <= set(ROLES), name
+        named = {s for settings in family.roles.values() for s in settings}
+        named |= set(family.acts_when) | {when[0] for when in family.acts_when.values()}
+        assert named <= keys(family.Config), (name, named - keys(family.Config))
+    runs = pd.DataFrame({"family": ["gan"] * 2, "lr_g": [1e-4, 1e-3], "lr_d": [1e-3, 1e-4]})
+    assert [role(runs, "learning_rate", i) for i in (0, 1, 2)] == ["lr_g", "lr_d", None]
+    assert View(runs, pd.DataFrame(), "fid", "min").role("weight") is None
+    assert role(runs.drop(columns="family"), "learning_rate") is None
 
 
 # --- the report -------------------------------------------------------------------

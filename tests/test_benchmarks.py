@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from study.clock import PHASES
+from study.trial.clock import PHASES
 from tests.conftest import ROOT
 
 
@@ -69,3 +69,27 @@ def test_the_tracking_load_benchmark_counts_requests_and_finds_lost_points():
         # a point and a file the server acknowledged that are not there
         claimed = {"run": run, "points": 2, "files": ["samples/missing.png"]}
         assert tl.lost(url, [claimed]) == (1, 1)
+
+
+def test_every_benchmark_answers_help_with_its_usage_and_starts_nothing():
+    """`python benchmarks/X.py --help` prints usage and exits 0 (before it
+    timed whole studies or ended in a traceback)."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import cli_env
+
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+
+    def help_of(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(path), "--help"], env=cli_env(), capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outs = dict(zip(scripts, pool.map(help_of, scripts), strict=True))
+    assert len(outs) >= 7
+    for path, out in outs.items():
+        assert out.returncode == 0 and out.stdout.startswith("usage:"), (path.name, out.stderr)
+        assert "Traceback" not in out.stderr, path.name

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from study.lean_start import SKIPPED, lean_changes
-from study.preflight import UsageError, check_resources, trials_at_once
-from study.tracking import FINAL_METRICS
-from study.tune_run import start_ray
+from study.errors import UsageError
+from study.runner.lean_start import SKIPPED, lean_changes
+from study.runner.preflight import check_resources, trials_at_once
+from study.runner.tune_run import start_ray
+from study.tracking.store import FINAL_METRICS
 from tests.conftest import cli_env, run_cli, steps
 from tests.test_clients import assert_optuna_matches_mlflow
 
@@ -42,9 +43,9 @@ def test_list_with_a_study_documents_every_setting_it_accepts():
     import io
 
     from models.config import keys
-    from study.run import main
-    from study.spec import TrialConfig
+    from study.runner.cli import main
     from study.studies import STUDIES
+    from study.studies.spec import TrialConfig
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -369,7 +370,10 @@ def test_a_study_the_joined_cluster_cannot_hold_is_refused_with_nothing_written(
 
 def test_a_bad_invocation_is_refused_before_ray_is_imported(tmp_path):
     """Validation comes first: a typo costs the user seconds, not Ray's import."""
-    code = "import sys; from study.run import main; print(main(sys.argv[1:]), 'ray' in sys.modules)"
+    code = (
+        "import sys; from study.runner.cli import main; "
+        "print(main(sys.argv[1:]), 'ray' in sys.modules)"
+    )
     # a typo, and a trial larger than this machine (a local Ray would start)
     for args, message in ((["--set", "lr_g=x"], "lr_g"), (["--cpus-per-trial", "999"], "999")):
         argv = [sys.executable, "-c", code, "gan_stability", *args]
@@ -526,7 +530,7 @@ def test_the_ray_node_a_study_starts_imports_jsonschema_without_the_iri_grammars
     assert "iri" in jsonschema.Draft7Validator.FORMAT_CHECKER.checkers
     # the CLI's driver skips it as well
     code = (
-        "from study.run import main; main(['--list']); import jsonschema; "
+        "from study.runner.cli import main; main(['--list']); import jsonschema; "
         "print('iri' in jsonschema.Draft7Validator.FORMAT_CHECKER.checkers)"
     )
     out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,

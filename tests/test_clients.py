@@ -16,9 +16,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from study.defaults import PENALTY
 from study.studies import STUDIES
-from study.tracking import EXPERIMENT_KIND
+from study.studies.defaults import PENALTY
+from study.tracking.store import EXPERIMENT_KIND
 from tests.conftest import BIN, ROOT, cli_env, free_port, http_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

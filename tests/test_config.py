@@ -4,11 +4,11 @@ import pytest
 
 from models.config import ConfigError, build, coerce
 from models.gan import GANConfig
-from study.plan import INVOCATION_FILE, resumed_request
-from study.preflight import UsageError
+from study.errors import UsageError
 from study.request import StudyRequest
-from study.spec import Choice, LogUniform, resolve, split_settings
+from study.runner.prepare import INVOCATION_FILE, resumed_request
 from study.studies import STUDIES
+from study.studies.spec import Choice, LogUniform, resolve, split_settings
 
 
 def test_strings_are_converted_to_field_types():

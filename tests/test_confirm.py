@@ -18,9 +18,9 @@ from mlflow import MlflowClient
 
 from analysis import confirmation, load_runs
 from analysis.report import build_report
-from study.plan import prepare
-from study.preflight import UsageError
+from study.errors import UsageError
 from study.request import StudyRequest
+from study.runner.prepare import prepare
 from tests.conftest import run_cli, start_cli, steps, study_runs
 
 EPOCHS = 6

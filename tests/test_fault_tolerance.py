@@ -262,8 +262,8 @@ def test_tunes_saved_state_reaches_the_storage_whole_before_the_driver_goes_on(t
     from ray.train._internal.storage import StorageContext
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 
-    from study.snapshots import upload_whole
-    from study.tune_run import start_ray
+    from study.internals import upload_whole
+    from study.runner.tune_run import start_ray
 
     start_ray(None, ray.init, ray.shutdown)  # the storage's staging folder is Ray's
     try:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from models.config import ConfigError
 from models.gan import GAN, GANConfig
-from models.gan_parts import LOSSES, MinibatchStdDev, ReplayBuffer, gradient_penalty
+from models.gan.parts import LOSSES, MinibatchStdDev, ReplayBuffer, gradient_penalty
 
 REAL = torch.tensor([2.0, -1.0, 0.5])
 FAKE = torch.tensor([-3.0, 0.0, 1.0])
@@ -151,7 +151,7 @@ def test_checkpoint_covers_models_optimisers_and_replay():
 
 
 def test_pacgan_packs_consecutive_samples_into_one_discriminator_input():
-    from models.gan_nets import Pack
+    from models.gan.nets import Pack
 
     x = torch.arange(24.0).reshape(4, 3, 1, 2)
     packed = Pack(2)(x)

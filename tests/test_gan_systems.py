@@ -17,12 +17,12 @@ from torch import nn
 from datasources import load_dataset
 from models.config import ConfigError
 from models.gan import GAN, GANConfig, growth
-from models.gan_parts import MinibatchDiscrimination, PixelNorm, equalize_lr
-from models.stylegan import AdaIN, StyleGenerator
+from models.gan.parts import MinibatchDiscrimination, PixelNorm, equalize_lr
+from models.gan.stylegan import AdaIN, StyleGenerator
 from scoring.features import extractor_for
 from scoring.registry import evaluate_samples
-from study.spec import resolve, split_settings
 from study.studies import STUDIES
+from study.studies.spec import resolve, split_settings
 from tests.conftest import study_runs
 
 IMAGES = (1, 28, 28)

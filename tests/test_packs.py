@@ -174,9 +174,9 @@ def test_a_pack_checkpoint_continues_as_if_never_stopped(family: str, settings: 
 
 def test_a_family_that_does_not_train_in_packs_refuses_pack(monkeypatch):
     from models.gan import GAN
-    from study.plan import prepare
-    from study.preflight import UsageError
+    from study.errors import UsageError
     from study.request import StudyRequest
+    from study.runner.prepare import prepare
 
     monkeypatch.setattr(GAN, "packs", False)
     with pytest.raises(UsageError, match="family gan .* does not train in seed packs"):

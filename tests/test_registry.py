@@ -13,13 +13,13 @@ from mlflow import MlflowClient
 
 from datasources import load_dataset
 from scoring.registry import METRICS, evaluate_samples, register, split_sampler_metric
-from study.plan import check_metric_names
-from study.preflight import UsageError
-from study.session import LocalSession
-from study.spec import resolve
+from study.errors import UsageError
+from study.runner.prepare import check_metric_names
 from study.studies import STUDIES
-from study.tracking import experiment_id, find_trial_run, init_store, start_parent
-from study.trainable import TrialContext, run_trial
+from study.tracking.store import experiment_id, find_trial_run, init_store, start_parent
+from study.trial.session import LocalSession
+from study.trial.trainable import run_trial
+from tests.conftest import local_plan
 
 
 @pytest.fixture
@@ -45,10 +45,9 @@ def test_a_registered_metric_is_logged_by_a_trial_for_every_sampler(toy_metric, 
     exp = experiment_id(client, "toy")
     parent = start_parent(client, exp, "toy", {}, {})
     study = STUDIES["diffusion_schedule"]  # smoke samplers: ddim5_eta0 (main), ddim10_eta1
-    ctx = TrialContext(study.name, "digits", str(tmp_path), resolve(study, {}, smoke=True).fixed,
-                       uri, exp, parent, threads=1, searched=("schedule",))  # fmt: skip
+    plan = local_plan(study.name, tmp_path, uri, exp, parent, {}, searched=True)
     session = LocalSession("toy-trial")
-    run_trial({"schedule": "cosine"}, ctx, session)
+    run_trial({"schedule": "cosine"}, plan, "search", session)
     run = find_trial_run(client, exp, parent, "toy-trial")
     assert run.info.status == "FINISHED"
     for key in (toy_metric, f"{toy_metric}_ddim5_eta0", f"{toy_metric}_ddim10_eta1"):

@@ -9,8 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from models.config import ConfigError, coerce
-from study.spec import Choice, resolve, settings_owner
 from study.studies import STUDIES
+from study.studies.spec import Choice, resolve, settings_owner
 
 # metrics each family must log at every evaluation of a smoke run (epochs 1, 2)
 LATENT = ("path_length", "probe_accuracy")

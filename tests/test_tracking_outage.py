@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from study.tracking import retry_window
+from study.tracking.store import retry_window
 from tests.conftest import (
     free_port,
     http_server,

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from scoring.outcomes import divergence
-from study.trainable import read_scalars, run_name
+from study.trial.trainable import read_scalars, run_name
+from tests.conftest import local_plan
 
 
 def test_read_scalars_reads_device_tensors_once_and_keeps_floats():
@@ -36,8 +37,8 @@ def _tiny_gan():
 
 
 def test_bf16_autocast_runs_the_step_in_bfloat16():
-    from study.spec import TrialConfig
-    from study.trainable import speed_ups
+    from study.studies.spec import TrialConfig
+    from study.trial.trainable import speed_ups
 
     gan = _tiny_gan()
     with speed_ups(gan, TrialConfig(bf16=True), torch.device("cpu")):
@@ -50,8 +51,8 @@ def test_bf16_autocast_runs_the_step_in_bfloat16():
 
 
 def test_compile_keeps_checkpoint_keys_and_trains():
-    from study.spec import TrialConfig
-    from study.trainable import speed_ups
+    from study.studies.spec import TrialConfig
+    from study.trial.trainable import speed_ups
 
     gan = _tiny_gan()
     keys = set(gan.state_dict()["G"])
@@ -65,7 +66,7 @@ def _store(tmp_path, name: str):
     """(client, experiment id, parent run id) in a fresh sqlite store."""
     from mlflow import MlflowClient
 
-    from study.tracking import experiment_id, init_store, start_parent
+    from study.tracking.store import experiment_id, init_store, start_parent
 
     uri = f"sqlite:///{tmp_path}/store.db"
     init_store(uri)
@@ -74,16 +75,9 @@ def _store(tmp_path, name: str):
     return client, exp, start_parent(client, exp, name, {}, {})
 
 
-def _gan_context(tmp_path, client, exp: str, parent: str, settings: dict):
-    """A smoke gan_stability trial's context (digits data, one thread)."""
-    from study.spec import resolve
-    from study.studies import STUDIES
-    from study.trainable import TrialContext
-
-    study = STUDIES["gan_stability"]
-    fixed = resolve(study, settings, smoke=True).fixed
-    return TrialContext(study.name, "digits", str(tmp_path), fixed, client.tracking_uri, exp,
-                        parent, threads=1, searched=())  # fmt: skip
+def _gan_context(tmp_path, client, exp: str, parent: str, settings: dict, **kw):
+    """A smoke gan_stability trial's plan (digits data, one thread)."""
+    return local_plan("gan_stability", tmp_path, client.tracking_uri, exp, parent, settings, **kw)
 
 
 def test_a_trial_gives_the_same_results_in_a_fresh_or_a_reused_process(tmp_path):
@@ -92,14 +86,14 @@ def test_a_trial_gives_the_same_results_in_a_fresh_or_a_reused_process(tmp_path)
     streams. Building the classifier draws from torch's generator; before the
     trial was seeded after all set-up, a fresh process gave other numbers."""
     from scoring import features, registry
-    from study.session import LocalSession
-    from study.trainable import run_trial
+    from study.trial.session import LocalSession
+    from study.trial.trainable import run_trial
 
     ctx = _gan_context(tmp_path, *_store(tmp_path, "reuse"), {"arch": "mlp"})
 
     def trial(name: str, config: dict) -> dict:
         session = LocalSession(name)
-        run_trial(config, ctx, session)
+        run_trial(config, ctx, "search", session)
         return {k: v for k, v in session.results[-1].items() if isinstance(v, float)}
 
     features.extractor_for.cache_clear()  # as in a fresh process
@@ -114,9 +108,9 @@ def test_a_short_trial_checkpoints_at_its_end_only_unless_asked_for_more(tmp_pat
     """checkpoint_seconds (default 10): a trial of a few seconds reports every
     evaluation but carries a checkpoint only with its last; 0 checkpoints at
     every evaluation. MLflow gets every evaluation either way."""
-    from study.session import LocalSession
-    from study.tracking import find_trial_run
-    from study.trainable import run_trial
+    from study.tracking.store import find_trial_run
+    from study.trial.session import LocalSession
+    from study.trial.trainable import run_trial
 
     class Counting(LocalSession):
         def report(self, result, state):
@@ -128,7 +122,7 @@ def test_a_short_trial_checkpoints_at_its_end_only_unless_asked_for_more(tmp_pat
         settings = {"arch": "mlp", "epochs": "3", "checkpoint_seconds": str(seconds)}
         ctx = _gan_context(tmp_path, client, exp, parent, settings)
         session = Counting(f"every-{seconds}")
-        run_trial({}, ctx, session)
+        run_trial({}, ctx, "search", session)
         assert session.checkpointed == expected
         run = find_trial_run(client, exp, parent, f"every-{seconds}")
         assert [m.step for m in client.get_metric_history(run.info.run_id, "fid")] == [1, 2, 3]
@@ -139,9 +133,9 @@ def test_a_trial_retried_after_its_end_reports_that_end_and_trains_nothing(tmp_p
     before Tune saved that: the resumed study retries it from an older
     checkpoint. The retry reports the recorded end; it neither trains nor
     reopens the run."""
-    from study.session import LocalSession
-    from study.tracking import find_trial_run
-    from study.trainable import run_trial
+    from study.tracking.store import find_trial_run
+    from study.trial.session import LocalSession
+    from study.trial.trainable import run_trial
 
     class Keeping(LocalSession):
         def report(self, result, state):
@@ -153,14 +147,14 @@ def test_a_trial_retried_after_its_end_reports_that_end_and_trains_nothing(tmp_p
     settings = {"arch": "mlp", "epochs": "3", "checkpoint_seconds": "0"}
     ctx = _gan_context(tmp_path, client, exp, parent, settings)
     first = Keeping("t1")
-    run_trial({}, ctx, first)
+    run_trial({}, ctx, "search", first)
     assert [s["epoch"] for s in first.states] == [1, 2, 3]
     before = find_trial_run(client, exp, parent, "t1")
 
     retry = Keeping("t1")
     retry.report({}, first.states[0])  # Tune hands the retry the epoch-1 checkpoint
     retry.results.clear()
-    run_trial({}, ctx, retry)
+    run_trial({}, ctx, "search", retry)
     assert len(retry.results) == 1  # the end, once; no epoch trained or evaluated
     end = first.results[-1]
     assert {k: retry.results[0][k] for k in ("epoch", "fid", "objective", "outcome")} == {
@@ -180,11 +174,11 @@ def test_the_tables_take_a_trials_recorded_end_where_tunes_result_is_no_end(tmp_
     early, which recorded no end, keeps Tune's result."""
     from ray.tune import Result
 
-    from study.session import LocalSession
-    from study.summary import trial_rows
-    from study.tracking import close_run, find_trial_run
-    from study.trainable import run_trial
-    from study.tune_run import settled
+    from study.runner.summary import trial_rows
+    from study.runner.tune_run import settled
+    from study.tracking.store import close_run, find_trial_run
+    from study.trial.session import LocalSession
+    from study.trial.trainable import run_trial
 
     class Stopped(LocalSession):
         def report(self, result, state):
@@ -195,14 +189,14 @@ def test_the_tables_take_a_trials_recorded_end_where_tunes_result_is_no_end(tmp_
     client, exp, parent = _store(tmp_path, "settle")
     ctx = _gan_context(tmp_path, client, exp, parent, {"arch": "mlp", "epochs": "3"})
     ended, stopped = LocalSession("ended"), Stopped("stopped")
-    run_trial({}, ctx, ended)
+    run_trial({}, ctx, "search", ended)
     with pytest.raises(RuntimeError):
-        run_trial({}, ctx, stopped)
+        run_trial({}, ctx, "search", stopped)
     run = find_trial_run(client, exp, parent, "stopped")
     close_run(client, run.info.run_id, "stopped", "stopped early", "FINISHED")  # as CloseRuns
     packed = _pack_context(tmp_path, "settle-pack", {})[3]
     pack = LocalSession("pack")
-    run_trial({}, packed, pack)
+    run_trial({}, packed, "search", pack)
 
     def tune_result(session, trial_id: str, error=None) -> Result:
         older = session.results[1] | {"trial_id": trial_id}  # epoch 2 of 3: running
@@ -235,20 +229,17 @@ def test_the_tables_take_a_trials_recorded_end_where_tunes_result_is_no_end(tmp_
 
 def _pack_context(tmp_path, name: str, settings: dict):
     """A smoke wgan_gp gan_stability trial of 3 epochs as a pack of 3 seeds."""
-    from dataclasses import replace
-
     client, exp, parent = _store(tmp_path, name)
     base = {"arch": "mlp", "loss": "wgan_gp", "epochs": "3", **settings}
-    ctx = _gan_context(tmp_path, client, exp, parent, base)
-    return client, exp, parent, replace(ctx, seeds=3, pack=3)
+    return client, exp, parent, _gan_context(tmp_path, client, exp, parent, base, seeds=3, pack=3)
 
 
 def _pack_trial(ctx, trial_id: str):
-    from study.session import LocalSession
-    from study.trainable import run_trial
+    from study.trial.session import LocalSession
+    from study.trial.trainable import run_trial
 
     session = LocalSession(trial_id)
-    run_trial({}, ctx, session)
+    run_trial({}, ctx, "search", session)
     return session.results
 
 
@@ -257,9 +248,9 @@ def test_a_pack_trial_logs_every_seed_to_its_own_run_as_a_lone_trial_would(tmp_p
 
     from ray.tune.search.repeater import TRIAL_INDEX
 
-    from study.session import LocalSession
-    from study.tracking import trial_runs
-    from study.trainable import run_trial
+    from study.tracking.store import trial_runs
+    from study.trial.session import LocalSession
+    from study.trial.trainable import run_trial
 
     client, exp, parent, ctx = _pack_context(tmp_path, "pack", {})
     results = _pack_trial(ctx, "p")
@@ -286,7 +277,7 @@ def test_a_pack_trial_logs_every_seed_to_its_own_run_as_a_lone_trial_would(tmp_p
 
     # the second seed alone (a trial of one, seed index 1) trains to the same losses
     alone = LocalSession("alone")
-    run_trial({TRIAL_INDEX: 1}, replace(ctx, pack=1), alone)
+    run_trial({TRIAL_INDEX: 1}, replace(ctx, request=replace(ctx.request, pack=1)), "search", alone)
     lone = alone.results[-1]
     assert lone["seed"] == 1 and "members" not in lone
     for key in ("d_loss", "g_loss", "fid"):
@@ -296,8 +287,8 @@ def test_a_pack_trial_logs_every_seed_to_its_own_run_as_a_lone_trial_would(tmp_p
 def test_a_member_that_diverges_ends_alone_and_counts_as_the_penalty(tmp_path):
     from dataclasses import replace
 
-    from study.defaults import PENALTY
-    from study.tracking import trial_runs
+    from study.studies.defaults import PENALTY
+    from study.tracking.store import trial_runs
 
     client, exp, parent, ctx = _pack_context(tmp_path, "diverge", {})
     calm = _pack_trial(ctx, "calm")
@@ -312,7 +303,12 @@ def test_a_member_that_diverges_ends_alone_and_counts_as_the_penalty(tmp_path):
     assert first[hit] > max(worst[k] for k in others)  # the seeds tell apart
     threshold = (first[hit] + max(worst[k] for k in others)) / 2
 
-    results = _pack_trial(replace(ctx, fixed={**ctx.fixed, "max_loss": threshold}), "hit")
+    results = _pack_trial(
+        replace(
+            ctx, resolved=replace(ctx.resolved, fixed={**ctx.resolved.fixed, "max_loss": threshold})
+        ),
+        "hit",
+    )
     end = results[-1]
     diverged = end["members"][hit]
     assert diverged["outcome"] == "diverged" and diverged["epoch"] == 1
@@ -333,9 +329,9 @@ def test_a_member_that_diverges_ends_alone_and_counts_as_the_penalty(tmp_path):
 
 
 def test_a_pack_trial_retried_from_its_checkpoint_ends_as_an_uninterrupted_one(tmp_path):
-    from study.session import LocalSession
-    from study.tracking import trial_runs
-    from study.trainable import run_trial
+    from study.tracking.store import trial_runs
+    from study.trial.session import LocalSession
+    from study.trial.trainable import run_trial
 
     class Dying(LocalSession):
         """Keeps the checkpoints; the process dies on reporting epoch 2."""
@@ -351,11 +347,11 @@ def test_a_pack_trial_retried_from_its_checkpoint_ends_as_an_uninterrupted_one(t
     through = _pack_trial(ctx, "through")[-1]
     first = Dying("r")
     with pytest.raises(RuntimeError):
-        run_trial({}, ctx, first)
+        run_trial({}, ctx, "search", first)
     retry = LocalSession("r")
     retry.report({}, first.states[0])  # Tune hands the retry the epoch-1 checkpoint
     retry.results.clear()
-    run_trial({}, ctx, retry)
+    run_trial({}, ctx, "search", retry)
     assert [r["epoch"] for r in retry.results] == [2, 3]
     for k in range(3):
         for key in ("d_loss", "g_loss", "fid", "objective"):

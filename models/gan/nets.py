@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.gan_parts import MinibatchDiscrimination
+from models.gan.parts import MinibatchDiscrimination
 
 
 class TanhToUnit(nn.Module):

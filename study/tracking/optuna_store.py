@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from study.preflight import UsageError
+from study.errors import UsageError
 
 OPTUNA_FILE = "optuna.db"  # in the run folder, beside Tune's state
 
@@ -65,6 +65,8 @@ def fail_stale_trials(url: str, study_name: str) -> int:
     store = storage(url)
     study = optuna.load_study(study_name=study_name, storage=store)
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    study_id = store.get_study_id_from_name(study_name)  # the storage's public API, by number
     for t in stale:
-        store.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        trial_id = store.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        store.set_trial_state_values(trial_id, state=TrialState.FAIL)
     return len(stale)

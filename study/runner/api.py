@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,16 @@ from scoring.aggregate import per_configuration, per_group
 from scoring.outcomes import seed_results
 from scoring.ranking import confirmation_table
 from scoring.registry import prepare_reference
-from study.callbacks import CloseRuns, Progress
-from study.optuna_store import fail_stale_trials
-from study.plan import Plan, prepare
+from study.errors import StorageError
+from study.internals import check_internals, mlflow_environment
+from study.plan import Plan
 from study.request import StudyRequest
-from study.summary import trial_rows
-from study.tracking import (
+from study.runner.callbacks import CloseRuns, Progress
+from study.runner.prepare import prepare, record_invocation
+from study.runner.summary import trial_rows
+from study.runner.tune_run import confirm_points, fit, fit_confirm, quiet_libraries, ray_cluster
+from study.tracking.optuna_store import fail_stale_trials
+from study.tracking.store import (
     answers,
     close_parent,
     experiment_id,
@@ -39,17 +43,9 @@ from study.tracking import (
     log_params,
     open_parent,
 )
-from study.tune_run import (
-    confirm_points,
-    fit,
-    fit_confirm,
-    quiet_libraries,
-    ray_cluster,
-    trial_context,
-)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StudyResult:
     plan: Plan
     experiment_id: str
@@ -68,10 +64,6 @@ class StudyResult:
         return self.plan.summary_dir
 
 
-class StorageError(OSError):
-    """The disk filled up or storage went away mid-study; one line for the user."""
-
-
 def run_study(request: StudyRequest) -> StudyResult:
     """Validate, run and summarise one study. Raises UsageError (and the
     config, data and tracking errors) for bad input before anything starts,
@@ -82,7 +74,10 @@ def run_study(request: StudyRequest) -> StudyResult:
 
 def run_plan(plan: Plan) -> StudyResult:
     """Run a validated plan (`prepare`); the CLI validates first, so a bad
-    invocation never pays for importing Ray."""
+    invocation never pays for importing Ray. A Ray or Optuna whose internals
+    moved is refused here, before Ray starts (`study.internals`)."""
+    check_internals()
+    mlflow_environment()  # before Ray starts: its processes inherit it
     try:
         return execute(plan)
     except MlflowException as e:
@@ -109,52 +104,48 @@ def execute(plan: Plan) -> StudyResult:
     with ray_cluster(plan) as concurrent:
         init_store(plan.tracking_uri)  # before any client: a client creates the store
         client = MlflowClient(plan.tracking_uri)
-        exp_id = experiment_id(client, plan.experiment)
+        plan = start_study_run(plan, client)
         print_header(plan, concurrent)
-        parent = start_study_run(plan, client, exp_id)
-        run_phase = phase_runner(plan, exp_id, parent, shipped, concurrent)
+        print_where(plan, client)
+        run_phase = phase_runner(plan, shipped, concurrent)
         results, confirmed, interrupted = phases(plan, run_phase)
+    exp_id, parent = plan.experiment_id, plan.parent_run_id
     if interrupted:  # Ray is down: no trial writes to its run any more
         kill_running_children(client, exp_id, parent)
         close_parent(client, parent, None, "KILLED")
         return StudyResult(
-            plan, exp_id, parent, pd.DataFrame(), pd.DataFrame(), (), interrupted=True
-        )
-    return summarise(plan, client, exp_id, parent, results, confirmed)
+            plan=plan, experiment_id=exp_id, parent_run_id=parent, trials=pd.DataFrame(),
+            table=pd.DataFrame(), metrics=(), interrupted=True,
+        )  # fmt: skip
+    return summarise(plan, client, results, confirmed)
 
 
-def start_study_run(plan: Plan, client: MlflowClient, exp_id: str) -> str:
-    """The parent run, opened (or found again on --resume), and where to look."""
+def start_study_run(plan: Plan, client: MlflowClient) -> Plan:
+    """The plan with its experiment and parent run, opened (or found again
+    on --resume); the run folder recorded for --resume."""
+    exp_id = experiment_id(client, plan.experiment, plan.tracking_uri)
     parent = open_parent(
         client, exp_id, plan.parent_run_id, plan.run_dir.name, *parent_record(plan)
     )
+    opened = replace(plan, experiment_id=exp_id, parent_run_id=parent)
     if plan.parent_run_id is None:
-        plan.parent_run_id = parent
-        plan.record_invocation()
-    print(f"  MLflow: {plan.tracking_uri} · experiment '{plan.experiment}' · parent run {parent}")
-    if plan.optuna_url:
-        print(f"  Optuna: {plan.optuna_url} · study '{plan.run_dir.name}'")
-    print(flush=True)
-    return parent
+        record_invocation(opened)
+    return opened
 
 
 def phase_runner(
-    plan: Plan, exp_id: str, parent: str, shipped: dict[str, bytes], concurrent: int
+    plan: Plan, shipped: dict[str, bytes], concurrent: int
 ) -> Callable[[str, int, list[dict] | None], Any | None]:
     """run_phase(name, seeds, points): the search (points None) or the
     confirmation of the given points, `seeds` trainings in all, with the
     progress and run-closing callbacks; Tune's results, or None when
-    interrupted."""
+    interrupted. `shipped`: the driver's cache files every trial installs."""
 
     def run_phase(name: str, seeds: int, points: list[dict] | None) -> Any | None:
-        ctx = trial_context(plan, exp_id, parent, shipped, name)
-        callbacks = [
-            Progress(seeds, plan.study.metric, plan.study.mode, plan.searched, ctx.pack),
-            CloseRuns(plan.tracking_uri, exp_id, parent, name),
-        ]
+        callbacks = [Progress(seeds, plan, name), CloseRuns(plan, name)]
         if points is None:
-            return fit(plan, ctx, callbacks, concurrent)
-        return fit_confirm(plan, ctx, callbacks, concurrent, points)
+            return fit(plan, shipped, callbacks, concurrent)
+        return fit_confirm(plan, shipped, callbacks, concurrent, points)
 
     return run_phase
 
@@ -169,15 +160,13 @@ def phases(plan: Plan, run_phase: Callable[..., Any]) -> tuple[Any, Any, bool]:
     if not points:
         print(f"\nNothing to confirm: no configuration has a {plan.study.metric} on any seed")
         return results, None, False
-    configs = len(points) // plan.packs(plan.confirm_seeds)
+    configs = len(points) // plan.phase("confirm").packs
     print_confirm_header(plan, configs)
     confirmed = run_phase("confirm", configs * plan.confirm_seeds, points)
     return results, confirmed, confirmed is None
 
 
-def summarise(
-    plan: Plan, client: MlflowClient, exp_id: str, parent: str, results, confirmed=None
-) -> StudyResult:
+def summarise(plan: Plan, client: MlflowClient, results, confirmed=None) -> StudyResult:
     """The tables, written beside Tune's state and attached to the parent run:
     every trial of both phases, the search's configurations, and the
     confirmed ones with both estimates."""
@@ -204,11 +193,15 @@ def summarise(
         confirmation.to_csv(out / "confirmation.csv", index=False)
     if len(groups):
         groups.to_csv(out / f"by_{study.group_by}.csv", index=False)
+    parent = plan.parent_run_id
     log_params(client, parent, {"trials": len(trials)})
     if plan.optuna_url:
         fail_stale_trials(plan.optuna_url, plan.run_dir.name)
     close_parent(client, parent, out)
-    return StudyResult(plan, exp_id, parent, trials, table, metrics, confirmation, groups)
+    return StudyResult(
+        plan=plan, experiment_id=plan.experiment_id, parent_run_id=parent, trials=trials,
+        table=table, metrics=metrics, confirmation=confirmation, groups=groups,
+    )  # fmt: skip
 
 
 def _groups(plan: Plan, trials: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
@@ -227,23 +220,36 @@ def print_header(plan: Plan, concurrent: int) -> None:
     print(f"{study.name}: {study.description}")
     print(
         f"  {plan.dataset} · {plan.configs} configurations x {plan.seeds} seeds = "
-        f"{_trials(plan, plan.configs, plan.seeds)} · {plan.search} search · {concurrent} at "
+        f"{_trials(plan, plan.configs, 'search')} · {plan.search} search · {concurrent} at "
         f"once ({r.cpus_per_trial:g} CPU{gpus} each)"
     )
     if plan.confirm:
         print(
             f"  then the best {plan.confirm} on {plan.confirm_seeds} fresh seeds each = "
-            f"{_trials(plan, plan.confirm, plan.confirm_seeds, 'confirmation ')}"
+            f"{_trials(plan, plan.confirm, 'confirm', 'confirmation ')}"
         )
     print("  searched: " + ("; ".join(f"{k} {a}" for k, a in plan.resolved.axes.items()) or "-"))
     print("  fixed: " + " ".join(f"{k}={v}" for k, v in sorted(plan.resolved.fixed.items())))
 
 
-def _trials(plan: Plan, configs: int, seeds: int, kind: str = "") -> str:
-    k, n = plan.pack(seeds), configs * seeds
-    if k == 1:
+def print_where(plan: Plan, client: MlflowClient) -> None:
+    """Where the study's runs, artifacts and searcher's history go."""
+    artifacts = client.get_experiment(plan.experiment_id).artifact_location
+    print(
+        f"  MLflow: {plan.tracking_uri} · experiment '{plan.experiment}' · parent run "
+        f"{plan.parent_run_id}\n  artifacts: {artifacts}"
+    )
+    if plan.optuna_url:
+        print(f"  Optuna: {plan.optuna_url} · study '{plan.run_dir.name}'")
+    print(flush=True)
+
+
+def _trials(plan: Plan, configs: int, phase: str, kind: str = "") -> str:
+    p = plan.phase(phase)
+    n = configs * p.seeds
+    if p.pack == 1:
         return f"{n} {kind}trials"
-    return f"{n} seeds in {configs * plan.packs(seeds)} {kind}trials (seed packs of {k})"
+    return f"{n} seeds in {configs * p.packs} {kind}trials (seed packs of {p.pack})"
 
 
 def print_confirm_header(plan: Plan, configs: int) -> None:

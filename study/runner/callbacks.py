@@ -16,8 +16,9 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 from scoring.outcomes import RUNNING, SCORED, ended, seed_results
-from study.defaults import HEARTBEAT_SECONDS
-from study.tracking import children, close_run, trial_runs
+from study.plan import Plan
+from study.studies.defaults import HEARTBEAT_SECONDS
+from study.tracking.store import children, close_run, trial_runs
 
 
 def _fmt(v: Any) -> str:
@@ -29,17 +30,12 @@ class Progress(tune.Callback):
     trials done (by outcome) / running / left, the best score so far, elapsed."""
 
     def __init__(
-        self,
-        total: int,
-        metric: str,
-        mode: str,
-        searched: tuple[str, ...],
-        pack: int = 1,
-        interval: float = HEARTBEAT_SECONDS,
+        self, total: int, plan: Plan, phase: str, interval: float = HEARTBEAT_SECONDS
     ) -> None:
-        """`total`: the seeds to train, counted one by one in seed packs of `pack`."""
-        self.total, self.metric, self.mode, self.searched = total, metric, mode, searched
-        self.pack, self.interval = pack, interval
+        """`total`: the seeds the phase trains, counted one by one (a seed
+        pack's trial trains several)."""
+        self.total, self.plan, self.interval = total, plan, interval
+        self.metric, self.pack = plan.study.metric, plan.phase(phase).pack
         self.setup()
 
     def setup(self, **info: Any) -> None:
@@ -73,7 +69,7 @@ class Progress(tune.Callback):
             score = r.get(self.metric)
             if outcome in SCORED and isinstance(score, float) and math.isfinite(score):
                 better = self.best is None or (
-                    score < self.best[0] if self.mode == "min" else score > self.best[0]
+                    score < self.best[0] if self.plan.study.mode == "min" else score > self.best[0]
                 )
                 if better:
                     self.best = (score, f"config {r.get('config_id')}, seed {r.get('seed')}")
@@ -81,7 +77,7 @@ class Progress(tune.Callback):
         return out
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        what = " ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.searched)
+        what = " ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.plan.searched)
         lines = []
         for outcome, score, seed in self._count(trial):
             detail = f"{self.metric}={_fmt(score)}" if score is not None else ""
@@ -116,19 +112,14 @@ class CloseRuns(tune.Callback):
     process died, cannot: the driver closes it so no run stays RUNNING. One
     per phase of a study (`phase`: the trials' tag; each phase is a Tuner)."""
 
-    def __init__(
-        self, tracking_uri: str, experiment_id: str, parent_run_id: str, phase: str
-    ) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.phase = phase
+    def __init__(self, plan: Plan, phase: str) -> None:
+        self.plan, self.phase = plan, phase
 
     def _tracked(self, what: str, write: Callable[[MlflowClient], None]) -> None:
         """One write to MLflow; past the client's retries (an outage) a
         warning, not a crash of the study: what is left undone, --resume does."""
         try:
-            write(MlflowClient(self.tracking_uri))
+            write(MlflowClient(self.plan.tracking_uri))
         except (MlflowException, OSError) as e:
             why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             if "Max retries exceeded" in why:
@@ -138,7 +129,9 @@ class CloseRuns(tune.Callback):
     def _close(self, trial: Any, outcome: str, reason: str, status: str) -> None:
         def close(client: MlflowClient) -> None:
             # one run, or one per member of a seed pack
-            for run in trial_runs(client, self.experiment_id, self.parent_run_id, trial.trial_id):
+            for run in trial_runs(
+                client, self.plan.experiment_id, self.plan.parent_run_id, trial.trial_id
+            ):
                 if run.info.status == "RUNNING":
                     close_run(client, run.info.run_id, outcome, reason, status)
 
@@ -161,7 +154,7 @@ class CloseRuns(tune.Callback):
         known = {t.trial_id for t in trials}
 
         def delete_unknown(client: MlflowClient) -> None:
-            for run in children(client, self.experiment_id, self.parent_run_id):
+            for run in children(client, self.plan.experiment_id, self.plan.parent_run_id):
                 tags = run.data.tags
                 if tags.get("phase", "search") == self.phase and tags.get("trial_id") not in known:
                     client.delete_run(run.info.run_id)

@@ -9,11 +9,8 @@ import shutil
 import socket
 from pathlib import Path
 
-from study import defaults as d
-
-
-class UsageError(Exception):
-    """A mistake in the request or a bad state found before starting; one line."""
+from study.errors import UsageError
+from study.studies import defaults as d
 
 
 def check_ray_address(address: str, timeout: float = d.TIMEOUT_SECONDS) -> None:

@@ -26,9 +26,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from study.internals import NO_PRESTART
+
 SKIPPED = "rfc3987_syntax"
 STUBS = Path(__file__).with_name("stubs")  # holds only the stub that fails
-NO_PRESTART = ("RAY_prestart_worker_first_driver", "0")  # unless the user set it
 
 
 def skip_here() -> None:

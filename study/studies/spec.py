@@ -18,7 +18,7 @@ import optuna
 
 from models import FAMILIES
 from models.config import ConfigError, build, coerce, describe, keys, param
-from study import defaults as d
+from study.studies import defaults as d
 
 # --- axes -------------------------------------------------------------------
 
@@ -120,7 +120,7 @@ DERIVED = (Bundles, Tied)  # axes that stand for settings of other keys
 # --- harness settings of one trial ------------------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrialConfig:
     epochs: int = param(20, low=1, high=100_000, help="training epochs")
     eval_every: int = param(5, low=1, high=100_000, help="epochs between evaluations")
@@ -146,7 +146,7 @@ class TrialConfig:
 # --- studies ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Study:
     name: str
     description: str

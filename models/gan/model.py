@@ -1,5 +1,5 @@
 """GAN family: the training step, its losses, stabilisers, optimisers and
-ProGAN growth schedule; the architectures live in models.gan_archs.
+ProGAN growth schedule; the architectures live in models.gan.archs.
 """
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ from torch import Tensor
 
 from models.config import ConfigError, param
 from models.family import GenerativeFamily, balanced_labels
-from models.gan_archs import ARCHS, GROWS
-from models.gan_parts import (
+from models.gan.archs import ARCHS, GROWS
+from models.gan.parts import (
     LOSSES,
     ReplayBuffer,
     equalize_lr,
     gradient_penalty,
     interpolation_weights,
 )
+from models.gan.stylegan import SAMPLER
 from models.latent import slerp
 from models.optimizers import OPTIMIZERS, make_optimizer
 from models.pack import Engine, Solo
-from models.stylegan import SAMPLER
 
 
 @dataclass
@@ -96,6 +96,12 @@ def _check(cfg: GANConfig, train_x: Tensor, train_y: Tensor | None) -> None:
 
 
 class GAN(GenerativeFamily):
+    roles = {
+        "learning_rate": ("lr_g", "lr_d"),
+        "architecture": ("arch", "width", "channels", "z_dim"),
+        "loss": ("loss",),
+        "split": ("arch", "loss"),
+    }
     Config = GANConfig
     train_metrics = frozenset({"d_loss", "g_loss"})
     eval_metrics = frozenset()  # a GAN is judged on its samples alone

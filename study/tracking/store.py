@@ -1,39 +1,33 @@
-"""Everything MLflow: the store (checked, created), the experiment (the
-study), one parent run per invocation (opened, reopened on --resume, closed),
-one child run per trial with its full config, per-epoch metrics (step=epoch),
-outcome tags, sample grids and the final metrics as JSON; and the driver-side
-callback that closes the runs of trials that could not close their own."""
+"""The MLflow store: checked and created, the experiment (the study), one
+parent run per invocation (opened, reopened on --resume, closed), finding a
+parent's child runs and the ends they recorded. A trial's own run is
+`trial_run.TrialRun`."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
-# no "View run ... at" lines from a tracking server's client, in the driver or
-# a trial (each would also cost a request per finished run)
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-# The client's retries are what carry a trial across a tracking-server outage.
-# Set here, deliberately, for the driver and every trial: 7 retries, backoff
-# factor 2 (urllib3 caps one wait at 120 s) keep a request trying for
-# 0+4+8+16+32+64+120 = 244 s. An environment that sets them wins.
-RETRIES, BACKOFF = 7, 2
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(RETRIES))
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(BACKOFF))
+from study.internals import MLFLOW_ENV
 
 FINAL_METRICS = "final_metrics.json"  # the artifact holding a trial's last result
+# the tags of a child run a reader may rely on (a seed pack's runs add `pack`,
+# its size, and `member`, the seed's place in it)
+RUN_TAGS = (
+    "outcome", "outcome_reason", "trial_id", "ray_node", "restored_from_epoch", "phase", "pack",
+    "member",
+)  # fmt: skip
 _BATCH = 900  # MLflow accepts at most 1000 metrics and 100 params per log_batch
 
 
@@ -108,8 +102,12 @@ def retry_window() -> float:
     """Seconds one MLflow request keeps retrying a server that does not
     answer, with the retry settings in force (urllib3's backoff, jitter left
     out): the longest outage a trial rides out without failing."""
-    retries = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
-    factor = float(os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
+
+    def setting(key: str) -> str:
+        return os.environ.get(key, MLFLOW_ENV[key])
+
+    retries = int(setting("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+    factor = float(setting("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"))
     return sum(min(120.0, factor * 2 ** (n - 1)) for n in range(2, retries + 1))
 
 
@@ -129,12 +127,26 @@ def ui_url(tracking_uri: str, exp_id: str) -> str:
     return f"{base}/#/experiments/{exp_id}?workflowType=machine_learning"
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
-    """The study's experiment, created or restored, tagged as model training."""
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside an sqlite store (its
+    folder's `mlartifacts`), not in `./mlruns` of wherever the study was
+    started (MLflow's default); None (the store's own default) otherwise."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+
+
+def experiment_id(client: MlflowClient, name: str, tracking_uri: str = "") -> str:
+    """The study's experiment, created (its artifacts beside an sqlite
+    store) or restored, tagged as model training."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
+        root = artifact_root(tracking_uri)
+        where = f"{root}/{quote(name, safe='')}" if root else None
         try:
-            return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
+            return client.create_experiment(
+                name, artifact_location=where, tags=dict([EXPERIMENT_KIND])
+            )
         except MlflowException:  # another study created it a moment ago
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -250,129 +262,11 @@ def kill_running_children(client: MlflowClient, exp_id: str, parent_run_id: str)
         client.set_terminated(run.info.run_id, "KILLED")
 
 
-def _param_text(value: Any) -> str:
+def param_text(value: Any) -> str:
     return str(value)[:6000]  # MLflow's limit on a param value
 
 
-def _same_trial(logged: dict[str, str], params: dict[str, Any]) -> bool:
-    """Same configuration and seed; where it runs (device, threads) may change."""
-    return all(logged.get(k) == _param_text(params.get(k)) for k in ("config_id", "seed"))
-
-
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    items = [Param(k, _param_text(v)) for k, v in sorted(params.items())]
+    items = [Param(k, param_text(v)) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
-
-
-class TrialRun:
-    """One trial's child run. Metrics are buffered and written in one batch at
-    each evaluation. A retry continues from its last checkpoint, which may be
-    older than what MLflow holds: a reopened run skips the steps it has, so
-    every epoch is written once."""
-
-    def __init__(
-        self, client: MlflowClient, run_id: str, reopened: bool = False, ended: str | None = None
-    ) -> None:
-        self.client = client
-        self.run_id = run_id
-        self._ended = ended  # the outcome reason of a reopened run that had ended
-        self._pending: list[Metric] = []
-        # A reopened run may hold epochs logged after its last checkpoint (the
-        # trial died between the two); those steps are kept, not written twice.
-        self._logged: dict[str, set[int]] | None = {} if reopened else None
-
-    @classmethod
-    def open(
-        cls,
-        client: MlflowClient,
-        exp_id: str,
-        parent_run_id: str,
-        trial_id: str,
-        name: str,
-        params: dict[str, Any],
-        tags: dict[str, str],
-        member: str = "",
-    ) -> TrialRun:
-        """The trial's run (of its `member`, a seed pack's index), with `tags`
-        set: the existing one when the trial is retried or resumed (found by
-        its trial id), so no trial is ever logged twice."""
-        found = find_trial_run(client, exp_id, parent_run_id, trial_id, member)
-        if found and _same_trial(found.data.params, params):
-            tags_found = found.data.tags
-            ended = found.info.status == "FINISHED" and "outcome" in tags_found
-            reason = tags_found.get("outcome_reason", "") if ended else None
-            run = cls(client, found.info.run_id, reopened=True, ended=reason)
-            # a run that ended stays ended (its end is reported again, see
-            # recorded_end); any other is running again
-            if not ended:
-                client.update_run(found.info.run_id, status="RUNNING")
-            run.set_tags(tags)
-            return run
-        if found:
-            # a trial id reused for another config: the driver died before Tune
-            # saved the trial it first named so; that attempt is void
-            client.delete_run(found.info.run_id)
-        tags = {
-            MLFLOW_PARENT_RUN_ID: parent_run_id,
-            "trial_id": trial_id,
-            MLFLOW_RUN_NAME: name,
-            **({"member": member} if member else {}),
-            **tags,
-        }
-        run = client.create_run(exp_id, run_name=name, tags=tags)
-        log_params(client, run.info.run_id, params)
-        return cls(client, run.info.run_id)
-
-    def recorded_end(self) -> tuple[dict[str, Any], str] | None:
-        """(final result, reason) when this run had already ended: the driver
-        died after the trial finished and before Tune saved that, so Tune
-        retries it from an older checkpoint. None for any other run."""
-        if self._ended is None:
-            return None
-        result = final_result(self.client, self.run_id)
-        # None: it ended without a final result (stopped early): train
-        return None if result is None else (result, self._ended)
-
-    def add(self, step: int, metrics: dict[str, float]) -> None:
-        ts = int(time.time() * 1000)
-        self._pending += [
-            Metric(k, float(v), ts, step)
-            for k, v in metrics.items()
-            if not self._already_logged(k, step)
-        ]
-
-    def _already_logged(self, key: str, step: int) -> bool:
-        if self._logged is None:
-            return False
-        if key not in self._logged:
-            history = self.client.get_metric_history(self.run_id, key)
-            self._logged[key] = {m.step for m in history}
-        return step in self._logged[key]
-
-    def flush(self, tags: dict[str, str] | None = None) -> None:
-        """The pending metrics, and `tags`, in as few requests as MLflow takes."""
-        batches = [self._pending[i : i + _BATCH] for i in range(0, len(self._pending), _BATCH)]
-        *full, last = batches or [[]]
-        for batch in full:
-            self.client.log_batch(self.run_id, metrics=batch)
-        tag_list = [RunTag(k, v) for k, v in (tags or {}).items()]
-        if last or tag_list:
-            self.client.log_batch(self.run_id, metrics=last, tags=tag_list)
-        self._pending = []
-
-    def log_file(self, path: Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
-
-    def log_json(self, obj: Any, name: str) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / name
-            path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-            self.log_file(path)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-
-    def finish(self, outcome: str, reason: str, status: str = "FINISHED") -> None:
-        self.flush({"outcome": outcome, "outcome_reason": reason})
-        self.client.set_terminated(self.run_id, status)

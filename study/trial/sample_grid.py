@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from study.tracking import TrialRun
+    from study.tracking.trial_run import TrialRun
 
 
 def save_samples_png(

@@ -1,5 +1,5 @@
 """The GAN architectures, registered by name: each builds a generator and a
-discriminator (models.gan_nets) from the config and the data shape.
+discriminator (models.gan.nets) from the config and the data shape.
 
 Images are in [0, 1]; 2-D points are raw coordinates. The DCGAN's tanh output is
 mapped to [0, 1], which is the usual [-1, 1] set-up up to an affine change of
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from models.config import ConfigError
-from models.gan_nets import Discriminator, Generator, Seq, TanhToUnit
-from models.gan_parts import MinibatchStdDev, PixelNorm
-from models.stylegan import StyleGenerator
+from models.gan.nets import Discriminator, Generator, Seq, TanhToUnit
+from models.gan.parts import MinibatchStdDev, PixelNorm
+from models.gan.stylegan import StyleGenerator
 
 Shape = tuple[int, ...]
 

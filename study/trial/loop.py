@@ -21,18 +21,19 @@ from datasources import Dataset
 from models import Family
 from models.pack import Pack
 from scoring.outcomes import RUNNING, divergence, final_outcome
-from study.clock import Clock
-from study.defaults import PENALTY
-from study.sample_grid import log_picture
-from study.session import TrialSession
-from study.spec import Study, TrialConfig
-from study.tracking import FINAL_METRICS, TrialRun
+from study.studies import Study, TrialConfig
+from study.studies.defaults import PENALTY
+from study.tracking.store import FINAL_METRICS
+from study.tracking.trial_run import TrialRun
+from study.trial.clock import Clock
+from study.trial.sample_grid import log_picture
+from study.trial.session import TrialSession
 
 PACK_ENDED = "ended"  # a pack trial's own outcome once its members have all ended
 Evaluate = Callable[..., tuple[dict[str, float], dict[str, tuple[torch.Tensor, int]]]]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Member:
     """One seed of the trial: its family, run and how far it got."""
 
@@ -47,7 +48,7 @@ class Member:
     ended: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trial:
     study: Study
     cfg: TrialConfig

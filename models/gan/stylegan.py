@@ -7,7 +7,7 @@ paper) and is then modulated by AdaIN from its own affine map of w. In
 training a share `mixing_prob` of samples switches from one w to a second
 one at a random layer (style mixing); at sampling time, sampler `psiP` draws
 w = w_avg + P (w - w_avg) (the truncation trick), w_avg a running mean of
-the mapping's outputs. Growth levels as in models.gan_nets: 0 at a quarter
+the mapping's outputs. Growth levels as in models.gan.nets: 0 at a quarter
 of the side, two layers per level.
 """
 
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.gan_nets import Generator, TanhToUnit
-from models.gan_parts import PixelNorm
+from models.gan.nets import Generator, TanhToUnit
+from models.gan.parts import PixelNorm
 
 SAMPLER = re.compile(r"psi(\d+(\.\d+)?)")
 W_AVG_DECAY = 0.995  # StyleGAN's running mean of w

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from study.defaults import SMOKE_SETTINGS as SMOKE
-from study.spec import Bundles, Choice, LogUniform, Study, Tied, Uniform
+from study.studies.defaults import SMOKE_SETTINGS as SMOKE
+from study.studies.spec import Bundles, Choice, LogUniform, Study, Tied, Uniform
 
 STUDIES: dict[str, Study] = {}
 

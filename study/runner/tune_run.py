@@ -10,21 +10,23 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scoring.aggregate import per_configuration
 from scoring.outcomes import RUNNING, seed_results
-from study import defaults as d
-from study import optuna_store
-from study.lean_start import lean_children
+from study.errors import UsageError
+from study.internals import autoscaler_ceiling, upload_whole
 from study.plan import Plan
-from study.preflight import UsageError, check_resources, resource_asks, trials_at_once
-from study.snapshots import upload_whole
-from study.spec import split_settings
-from study.summary import trial_rows
-from study.tracking import recorded_ends
-from study.trainable import TrialContext, tracking_client, train
+from study.runner.lean_start import lean_children
+from study.runner.preflight import check_resources, resource_asks, trials_at_once
+from study.runner.summary import trial_rows
+from study.studies import defaults as d
+from study.studies import split_settings
+from study.tracking import optuna_store
+from study.tracking.store import recorded_ends
+from study.trial.trainable import tracking_client, train
 
 
 def quiet_libraries() -> None:
@@ -104,26 +106,6 @@ def start_ray(address: str | None, init: Callable[..., Any], shutdown: Callable[
             )
 
 
-def autoscaler_ceiling() -> dict[str, float] | None:
-    """The most of each resource one node can have on a cluster that an
-    autoscaler can grow (its node types, from the cluster config it publishes
-    in Ray's GCS); None on a fixed cluster."""
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-    except Exception:  # a private API: without it, treat the cluster as fixed
-        return None
-    if config is None:
-        return None
-    ceiling: dict[str, float] = {}
-    for group in config.node_group_configs:
-        if group.max_count != 0:
-            for key, value in group.resources.items():
-                ceiling[key] = max(ceiling.get(key, 0.0), float(value))
-    return ceiling or None
-
-
 def _searcher(plan: Plan) -> Any:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -151,7 +133,7 @@ def _searcher(plan: Plan) -> Any:
         storage=optuna_store.storage(plan.optuna_url),
     )
     # a configuration's trials: one per seed, or per seed pack
-    return Repeater(searcher, repeat=plan.packs(plan.seeds), set_index=True)
+    return Repeater(searcher, repeat=plan.phase("search").packs, set_index=True)
 
 
 def _space(plan: Plan) -> tuple[dict[str, Any], Any]:
@@ -162,7 +144,7 @@ def _space(plan: Plan) -> tuple[dict[str, Any], Any]:
     from ray import tune
     from ray.tune.search.repeater import TRIAL_INDEX
 
-    return {TRIAL_INDEX: tune.grid_search(list(range(plan.packs(plan.seeds))))}, None
+    return {TRIAL_INDEX: tune.grid_search(list(range(plan.phase("search").packs)))}, None
 
 
 def _scheduler(plan: Plan) -> Any:
@@ -180,7 +162,7 @@ def _scheduler(plan: Plan) -> Any:
     )
 
 
-def fit(plan: Plan, ctx: TrialContext, callbacks: list, concurrent: int) -> Any | None:
+def fit(plan: Plan, shipped: dict[str, bytes], callbacks: list, concurrent: int) -> Any | None:
     """Run (or continue) the plan's search; its trials' results, or None
     when interrupted (Ctrl-C: Tune stops its trials and returns early)."""
     space, search = _space(plan)
@@ -189,11 +171,12 @@ def fit(plan: Plan, ctx: TrialContext, callbacks: list, concurrent: int) -> Any 
         "scheduler": _scheduler(plan),
         "num_samples": plan.trials if search else 1,
     }
-    return _tune(plan.run_dir, plan, ctx, concurrent, callbacks, space, config, plan.trials)
+    tuner = Tuned(plan, "search", shipped, callbacks, concurrent)
+    return tuner.fit(plan.run_dir, space, config, plan.trials)
 
 
 def fit_confirm(
-    plan: Plan, ctx: TrialContext, callbacks: list, concurrent: int, points: list[dict]
+    plan: Plan, shipped: dict[str, bytes], callbacks: list, concurrent: int, points: list[dict]
 ) -> Any | None:
     """Run (or continue) the confirmation trials, one per point (a
     configuration's searched values and its fresh seed index), to the end."""
@@ -204,7 +187,8 @@ def fit_confirm(
     space = {k: tune.choice([p[k] for p in points]) for k in points[0]}
     config = {"search_alg": BasicVariantGenerator(points_to_evaluate=points)}
     config["num_samples"] = len(points)
-    return _tune(plan.confirm_dir, plan, ctx, concurrent, callbacks, space, config, len(points))
+    tuner = Tuned(plan, "confirm", shipped, callbacks, concurrent)
+    return tuner.fit(plan.confirm_dir, space, config, len(points))
 
 
 def confirm_points(plan: Plan, results: Any) -> list[dict]:
@@ -225,66 +209,78 @@ def confirm_points(plan: Plan, results: Any) -> list[dict]:
         if cid is not None:
             values.setdefault(cid, {k: (r.config or {})[k] for k in plan.searched})
     return [
-        {**values[cid], TRIAL_INDEX: j}
-        for j in range(plan.packs(plan.confirm_seeds))
-        for cid in best
+        {**values[cid], TRIAL_INDEX: j} for j in range(plan.phase("confirm").packs) for cid in best
     ]
 
 
-def _tune(
-    where: Path,
-    plan: Plan,
-    ctx: TrialContext,
-    concurrent: int,
-    callbacks: list,
-    space: dict[str, Any],
-    config: dict[str, Any],
-    trials: int,
-) -> Any | None:
-    """A Tuner whose state is the folder `where`: restored when resuming
-    with state there, else new; its results (`settled`), or None when
-    interrupted."""
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+@dataclass(frozen=True)
+class Tuned:
+    """A phase's Tuner: the plan's trainable with its resources, the
+    callbacks and how many trials run at once."""
 
-    upload_whole()
-    r = plan.request
-    trainable = tune.with_resources(
-        tune.with_parameters(train, ctx=ctx), {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial}
-    )
-    try:
-        if r.resume and tune.Tuner.can_restore(str(where)):
-            tuner = tune.Tuner.restore(
-                str(where), trainable, resume_unfinished=True, resume_errored=True
-            )
-        else:
-            run_config = tune.RunConfig(
-                name=where.name,
-                storage_path=str(where.parent),
-                callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
-                verbose=0,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=d.CHECKPOINTS_KEPT),
-                failure_config=tune.FailureConfig(max_failures=d.MAX_FAILURES),
-            )
-            tune_config = tune.TuneConfig(
-                **config,
-                max_concurrent_trials=concurrent,
-                # a trial process stays for the next trial: torch, the datasets,
-                # the feature classifier and the MLflow client stay loaded
-                reuse_actors=True,
-            )
-            tuner = tune.Tuner(
-                trainable, param_space=space, run_config=run_config, tune_config=tune_config
-            )
-        results = tuner.fit()
-    except KeyboardInterrupt:
-        return None
-    if results.num_terminated + results.num_errors < trials:
-        return None
-    return settled(results, ctx)
+    plan: Plan
+    phase: str
+    shipped: dict[str, bytes]  # cache files every trial installs
+    callbacks: list
+    concurrent: int
+
+    def fit(
+        self, where: Path, space: dict[str, Any], config: dict[str, Any], trials: int
+    ) -> Any | None:
+        """Run a Tuner whose state is the folder `where`: restored when
+        resuming with state there, else new; its results (`settled`), or None
+        when interrupted."""
+        from ray import tune
+
+        upload_whole()
+        try:
+            if self.plan.request.resume and tune.Tuner.can_restore(str(where)):
+                tuner = tune.Tuner.restore(
+                    str(where), self.trainable(), resume_unfinished=True, resume_errored=True
+                )
+            else:
+                tuner = self.new_tuner(where, space, config)
+            results = tuner.fit()
+        except KeyboardInterrupt:
+            return None
+        if results.num_terminated + results.num_errors < trials:
+            return None
+        return settled(results, self.plan)
+
+    def trainable(self) -> Any:
+        from ray import tune
+
+        r = self.plan.request
+        trainable = tune.with_parameters(
+            train, plan=self.plan, phase=self.phase, cache_files=self.shipped
+        )
+        return tune.with_resources(trainable, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
+
+    def new_tuner(self, where: Path, space: dict[str, Any], config: dict[str, Any]) -> Any:
+        from ray import tune
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+        run_config = tune.RunConfig(
+            name=where.name,
+            storage_path=str(where.parent),
+            callbacks=[*self.callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=d.CHECKPOINTS_KEPT),
+            failure_config=tune.FailureConfig(max_failures=d.MAX_FAILURES),
+        )
+        tune_config = tune.TuneConfig(
+            **config,
+            max_concurrent_trials=self.concurrent,
+            # a trial process stays for the next trial: torch, the datasets,
+            # the feature classifier and the MLflow client stay loaded
+            reuse_actors=True,
+        )
+        return tune.Tuner(
+            self.trainable(), param_space=space, run_config=run_config, tune_config=tune_config
+        )
 
 
-def settled(results: Any, ctx: TrialContext) -> list[Any]:
+def settled(results: Any, plan: Plan) -> list[Any]:
     """Tune's results, with the end each trial recorded in MLflow in place of
     a result of Tune's that is no end (a trial still `running`, or failed):
     after a driver died, Tune can hold a trial's older result while the trial
@@ -300,8 +296,8 @@ def settled(results: Any, ctx: TrialContext) -> list[Any]:
     unsettled = {(r.metrics or {}).get("trial_id") for r in results if no_end(r)} - {None}
     if not unsettled:
         return results
-    client = tracking_client(ctx.tracking_uri)
-    recorded = recorded_ends(client, ctx.experiment_id, ctx.parent_run_id, unsettled)
+    client = tracking_client(plan.tracking_uri)
+    recorded = recorded_ends(client, plan.experiment_id, plan.parent_run_id, unsettled)
     out = []
     for r in results:
         ends = recorded.get((r.metrics or {}).get("trial_id"))  # only unsettled ones
@@ -311,26 +307,3 @@ def settled(results: Any, ctx: TrialContext) -> list[Any]:
             ended = {"members": ends} if len(ends) > 1 else ends[0]
             out.append(replace(r, metrics=r.metrics | ended, error=None))
     return out
-
-
-def trial_context(
-    plan: Plan, exp_id: str, parent_run_id: str, cache_files: dict[str, bytes], phase: str
-) -> TrialContext:
-    r = plan.request
-    seeds = plan.seeds if phase == "search" else plan.confirm_seeds
-    return TrialContext(
-        study=plan.study.name,
-        dataset=plan.dataset,
-        data_dir=str(Path(r.data_dir).resolve()),
-        fixed=plan.resolved.fixed,
-        tracking_uri=plan.tracking_uri,
-        experiment_id=exp_id,
-        parent_run_id=parent_run_id,
-        threads=max(1, int(r.cpus_per_trial)),
-        searched=plan.searched,
-        phase=phase,
-        cache_files=cache_files,
-        seed_base=0 if phase == "search" else plan.seeds,
-        seeds=seeds,
-        pack=plan.pack(seeds),
-    )

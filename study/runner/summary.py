@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from scoring.outcomes import OUTCOMES, ended, seed_results
-from study.clock import PHASES, STAMPS
+from study.trial.clock import PHASES, STAMPS
 
 CLOCK = (*PHASES, *STAMPS)  # each trial's own timing
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import cache
 from socket import gethostname
 from typing import Any
@@ -28,38 +28,14 @@ from datasources.cache import install
 from models import FAMILIES, Family, encodes, generates
 from models.pack import Pack, fuse
 from scoring.registry import METRICS, evaluate_samples, pixel_probe, provenance
-from study.clock import Clock
-from study.probes import latent_probes
-from study.session import TrialSession, TuneSession
-from study.spec import TrialConfig, axis_labels, config_id, split_settings
-from study.studies import STUDIES
-from study.tracking import TrialRun
-from study.trial import Member, Trial, read_scalars
-
-
-@dataclass(frozen=True)
-class TrialContext:
-    """What every trial of one invocation shares (passed with tune.with_parameters)."""
-
-    study: str
-    dataset: str
-    data_dir: str
-    fixed: dict[str, Any]
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    threads: int
-    searched: tuple[str, ...]  # the axes, to name runs by what varies
-    phase: str = "search"  # or "confirm": the search's best on fresh seeds
-    # this phase's seed indices are seed_base .. seed_base + seeds - 1; a
-    # trial trains `pack` of them at once (a seed pack) or one
-    seed_base: int = 0
-    seeds: int = 1
-    pack: int = 1
-    # cache entries (the feature classifier) the driver built, name -> bytes:
-    # installed on whatever node a trial runs, so one study scores in one
-    # feature space whatever each node's own cache holds
-    cache_files: dict[str, bytes] = field(default_factory=dict)
+from study.internals import mlflow_environment
+from study.plan import Plan
+from study.studies import TrialConfig, axis_labels, config_id, split_settings
+from study.tracking.trial_run import TrialRun
+from study.trial.clock import Clock
+from study.trial.loop import Member, Trial, read_scalars
+from study.trial.probes import latent_probes
+from study.trial.session import TrialSession, TuneSession
 
 
 def seed_everything(seed: int) -> None:
@@ -93,15 +69,15 @@ def tracking_client(uri: str) -> MlflowClient:
 
 
 def scored_with(
-    family: str, data: Dataset, ctx: TrialContext, probe_labels: int, device: torch.device
+    family: str, data: Dataset, plan: Plan, probe_labels: int, device: torch.device
 ) -> dict[str, str]:
     """What the params record about how the trial is scored: the feature
     extractor of the sample metrics, and an encoder's baseline, the linear
     probe on raw pixels of the same labelled images."""
-    out = provenance(ctx.dataset, str(device)) if generates(FAMILIES[family]) else {}
+    out = provenance(plan.dataset, str(device)) if generates(FAMILIES[family]) else {}
     if encodes(FAMILIES[family]) and data.is_image:
         n = min(probe_labels, len(data.train_x))
-        out["probe_pixels_accuracy"] = f"{pixel_probe(ctx.dataset, n, ctx.data_dir):.4f}"
+        out["probe_pixels_accuracy"] = f"{pixel_probe(plan.dataset, n, plan.data_dir):.4f}"
     return out
 
 
@@ -146,58 +122,68 @@ def evaluate(
     return metrics, pictures
 
 
-def train(config: dict[str, Any], ctx: TrialContext) -> None:
-    """The Ray Tune trainable."""
-    run_trial(config, ctx, TuneSession())
+def train(config: dict[str, Any], plan: Plan, phase: str, cache_files: dict[str, bytes]) -> None:
+    """The Ray Tune trainable. `cache_files`: cache entries (the feature
+    classifier) the driver built, name -> bytes, installed on whatever node
+    the trial runs, so one study scores in one feature space."""
+    for name, blob in cache_files.items():
+        install(name, blob)
+    run_trial(config, plan, phase, TuneSession())
 
 
-def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) -> None:
+def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSession) -> None:
+    """One trial of `phase` ("search" or "confirm"): Tune's `config` holds the
+    searched values and, with several trials a configuration, its index."""
+    mlflow_environment()
     clock = Clock()
     clock.stamp("entered_at")
     clock.seconds["process_seconds"] = session.process_seconds
-    study = STUDIES[ctx.study]
-    values = {**ctx.fixed, **{k: v for k, v in config.items() if k != TRIAL_INDEX}}
+    study = plan.study
+    values = {**plan.resolved.fixed, **{k: v for k, v in config.items() if k != TRIAL_INDEX}}
     trial_cfg, family_cfg = split_settings(study, values)
-    seeds = [trial_cfg.seed + i for i in member_indices(ctx, int(config.get(TRIAL_INDEX, 0)))]
+    members = plan.phase(phase).members(int(config.get(TRIAL_INDEX, 0)))
+    seeds = [trial_cfg.seed + i for i in members]
     # the full resolved config, defaults included: what the params record and
     # what the configuration id is a hash of
     resolved = {
         **asdict(trial_cfg),
         **asdict(family_cfg),
         **axis_labels(study, values),  # a technique's name beside its settings
-        "dataset": ctx.dataset,
+        "dataset": plan.dataset,
     }
     cid = config_id(resolved)
-    torch.set_num_threads(ctx.threads)
+    torch.set_num_threads(plan.threads)
     device = trial_device()
     with clock.phase("data_seconds"):
-        for name, blob in ctx.cache_files.items():
-            install(name, blob)
-        data = load_dataset(ctx.dataset, ctx.data_dir)
+        data = load_dataset(plan.dataset, plan.data_dir)
         if trial_cfg.train_size:
             data = data.subset(trial_cfg.train_size)
         data = data.to(device)
-        scored_in = scored_with(study.family, data, ctx, trial_cfg.probe_labels, device)
+        scored_in = scored_with(study.family, data, plan, trial_cfg.probe_labels, device)
     params = {
         **resolved,
         "config_id": cid,
         "family": study.family,
         "device": str(device),
-        "threads": ctx.threads,
+        "threads": plan.threads,
         **scored_in,
     }
     with clock.phase("mlflow_seconds"):
-        names = [run_name(values, ctx.searched, seed) for seed in seeds]
-        runs = open_runs(ctx, session, params, dict(zip(seeds, names, strict=True)))
+        names = [run_name(values, plan.searched, seed) for seed in seeds]
+        runs = open_runs(plan, phase, session, params, dict(zip(seeds, names, strict=True)))
     try:
         with clock.phase("model_seconds"):
             pack = build(study.family, family_cfg, data, seeds)
             autocast = speed_ups(pack.leader, trial_cfg, device)
         members = [
-            Member(i, family, seed, run)
+            Member(index=i, family=family, seed=seed, run=run)
             for i, (family, seed, run) in enumerate(zip(pack.members, seeds, runs, strict=True))
         ]
-        Trial(study, trial_cfg, data, cid, pack, members, session, clock, evaluate).run(autocast)
+        trial = Trial(
+            study=study, cfg=trial_cfg, data=data, cid=cid, pack=pack, members=members,
+            session=session, clock=clock, evaluate=evaluate,
+        )  # fmt: skip
+        trial.run(autocast)
     except MlflowException:
         # MLflow itself failed (past the client's retries: an outage); writing
         # the failure there would wait out the retries again. The driver
@@ -211,35 +197,28 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, session: TrialSession) 
 
 
 def open_runs(
-    ctx: TrialContext, session: TrialSession, params: dict[str, Any], names: dict[int, str]
+    plan: Plan, phase: str, session: TrialSession, params: dict[str, Any], names: dict[int, str]
 ) -> list[TrialRun]:
     """The run of each seed the trial trains (`names`: seed -> run name;
     `params` the trial's, each run's with its seed), found again on a retry by
     the trial's id and, in a seed pack, the member's place in it."""
     # where this attempt runs; a retry may land elsewhere, so tags, not params
-    tags = {"ray_node": session.node_id, "host": gethostname(), "phase": ctx.phase}
+    tags = {"ray_node": session.node_id, "host": gethostname(), "phase": phase}
     if len(names) > 1:
         tags["pack"] = str(len(names))
     return [
         TrialRun.open(
-            tracking_client(ctx.tracking_uri),
-            ctx.experiment_id,
-            ctx.parent_run_id,
-            session.trial_id,
-            name,
-            params | {"seed": seed},
+            tracking_client(plan.tracking_uri),
+            experiment_id=plan.experiment_id,
+            parent_run_id=plan.parent_run_id,
+            trial_id=session.trial_id,
+            name=name,
+            params=params | {"seed": seed},
             tags=tags,
             member="" if len(names) == 1 else str(i),
         )
         for i, (seed, name) in enumerate(names.items())
     ]
-
-
-def member_indices(ctx: TrialContext, index: int) -> range:
-    """The seed indices a trial trains: the `index`-th pack of this phase's
-    seeds (one seed when packs are off)."""
-    first = ctx.seed_base + index * ctx.pack
-    return range(first, min(first + ctx.pack, ctx.seed_base + ctx.seeds))
 
 
 def build(family: str, cfg: Any, data: Dataset, seeds: list[int]) -> Pack:
@@ -256,4 +235,4 @@ def build(family: str, cfg: Any, data: Dataset, seeds: list[int]) -> Pack:
     return Pack(fuse(make, seeds, data.train_x.device))
 
 
-__all__ = ["TrialContext", "evaluate", "read_scalars", "run_trial", "train"]
+__all__ = ["evaluate", "read_scalars", "run_trial", "train"]

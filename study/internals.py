@@ -1,0 +1,161 @@
+"""Every place the harness leans on a library's internals or changes the
+process environment for one, in one module, checked at start-up.
+
+- `upload_whole` (Ray Tune, private class): Tune writes its saved state to a
+  staging folder and copies it to the storage path in a background thread;
+  the next save can overwrite the staging files while that copy still runs.
+  A driver killed then leaves the searcher's state of one moment beside the
+  trials of another, and `--resume` ends short of its trials. Each save here
+  waits for its own copy (milliseconds on a local or shared disk).
+- `autoscaler_ceiling` (Ray, `ray._private`): the largest node an
+  autoscaler could add, so a trial too big for today's nodes waits with a
+  warning instead of being refused.
+- `mlflow_environment` (MLflow, environment variables): the client's HTTP
+  retries, which carry a trial across a tracking-server outage, and no
+  "View run at" line per finished run. Set when a driver or a trial starts,
+  never at import; an environment that sets them wins.
+- `NO_PRESTART` (Ray, an internal config flag): a local node starts no idle
+  workers for the driver's tasks (a study runs none; `runner.lean_start`).
+
+`check_internals()` runs before Ray starts: a Ray or Optuna whose internals
+moved ends the study with one line naming the workaround, not a traceback
+somewhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any
+
+from study.errors import UsageError
+
+PINNED = {"ray": "2.60.0", "optuna": "5.0.0", "mlflow": "3.17.2"}  # as pyproject.toml pins
+
+# MLflow client retries: 7 retries, backoff factor 2 (urllib3 caps one wait
+# at 120 s) keep a request trying for 0+4+8+16+32+64+120 = 244 s
+RETRIES, BACKOFF = 7, 2
+MLFLOW_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(RETRIES),
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(BACKOFF),
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+NO_PRESTART = ("RAY_prestart_worker_first_driver", "0")  # unless the user set it
+
+
+def mlflow_environment() -> None:
+    """The MLflow client's settings for this process and the Ray processes it
+    starts (a driver), or for itself (a trial on a node started elsewhere)."""
+    for key, value in MLFLOW_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
+
+
+def _checkpoint_manager() -> Any:
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    return _ExperimentCheckpointManager
+
+
+def upload_whole() -> None:
+    """Make every later Tune state save in this process synchronous (once)."""
+    manager = _checkpoint_manager()
+    save = manager.sync_up_experiment_state
+    if getattr(save, "uploads_whole", False):
+        return
+
+    @functools.wraps(save)
+    def whole(self: Any, save_fn: Callable[[], None], force: bool = False, wait: bool = False):
+        return save(self, save_fn, force=force, wait=True)
+
+    whole.uploads_whole = True  # type: ignore[attr-defined]
+    manager.sync_up_experiment_state = whole
+
+
+def _cluster_state() -> Any:
+    from ray._private.state import state
+
+    return state
+
+
+def autoscaler_ceiling() -> dict[str, float] | None:
+    """The most of each resource one node can have on a cluster that an
+    autoscaler can grow (its node types, from the cluster config it publishes
+    in Ray's GCS); None on a fixed cluster."""
+    try:
+        config = _cluster_state().get_cluster_config()
+    except Exception:  # checked at start-up; a cluster without a config is fixed
+        return None
+    if config is None:
+        return None
+    ceiling: dict[str, float] = {}
+    for group in config.node_group_configs:
+        if group.max_count != 0:
+            for key, value in group.resources.items():
+                ceiling[key] = max(ceiling.get(key, 0.0), float(value))
+    return ceiling or None
+
+
+@dataclass(frozen=True)
+class Workaround:
+    name: str
+    library: str
+    needs: str  # what it uses, as a reader would look it up
+    present: Callable[[], bool]
+
+
+def _has_upload_hook() -> bool:
+    save = _checkpoint_manager().sync_up_experiment_state
+    return {"save_fn", "force", "wait"} <= set(inspect.signature(save).parameters)
+
+
+def _has_cluster_config() -> bool:
+    return callable(getattr(_cluster_state(), "get_cluster_config", None))
+
+
+WORKAROUNDS = (
+    Workaround(
+        "upload_whole",
+        "ray",
+        "ray.tune.execution.experiment_state._ExperimentCheckpointManager"
+        ".sync_up_experiment_state(save_fn, force, wait)",
+        _has_upload_hook,
+    ),
+    Workaround(
+        "autoscaler_ceiling",
+        "ray",
+        "ray._private.state.state.get_cluster_config()",
+        _has_cluster_config,
+    ),
+)
+
+
+def check_internals(workarounds: tuple[Workaround, ...] = WORKAROUNDS) -> None:
+    """Every workaround finds what it needs; else a UsageError naming it,
+    the library's version and the pinned one."""
+    for w in workarounds:
+        try:
+            ok = w.present()
+        except (ImportError, AttributeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UsageError(
+                f"{w.library} {version(w.library)} no longer has what genstudy's workaround "
+                f"'{w.name}' needs ({w.needs}); install {w.library}=={PINNED[w.library]}, "
+                "the version it is tested with"
+            )
+
+
+__all__ = [
+    "NO_PRESTART",
+    "WORKAROUNDS",
+    "autoscaler_ceiling",
+    "check_internals",
+    "mlflow_environment",
+    "upload_whole",
+]

@@ -1,0 +1,33 @@
+"""Tracking: what a study writes, where. `store.py` is the MLflow store
+(experiment, parent run, child runs found again), `trial_run.py` one seed's
+child run, `optuna_store.py` the searcher's history in Optuna storage.
+
+What `analysis` (and any reader of a study's runs) may rely on, and nothing
+more, is exported here:
+
+- `resolve_tracking_uri`, `check_tracking_uri` and `TrackingError`: a store
+  found the way a study finds it, or one line saying why not;
+- `FINAL_METRICS`: the artifact holding a seed's last result;
+- `RUN_TAGS`: the tags every child run carries (`outcome`, `outcome_reason`,
+  `trial_id`, `ray_node`, `restored_from_epoch`, `phase`, and in a seed pack
+  `pack`, its size, and `member`, the seed's place in it). Every param of a
+  child run is a setting of its configuration, plus `config_id`, `seed`,
+  `family`, `device`, `threads` and the scoring provenance; metrics are
+  logged per epoch with step = epoch.
+"""
+
+from study.tracking.store import (
+    FINAL_METRICS,
+    RUN_TAGS,
+    TrackingError,
+    check_tracking_uri,
+    resolve_tracking_uri,
+)
+
+__all__ = [
+    "FINAL_METRICS",
+    "RUN_TAGS",
+    "TrackingError",
+    "check_tracking_uri",
+    "resolve_tracking_uri",
+]

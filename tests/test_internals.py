@@ -1,0 +1,67 @@
+"""Every workaround for a library's internals lives in study/internals.py and
+is checked at start-up: a library whose internals moved ends a study with
+one line naming the workaround, not a traceback elsewhere. Nothing of ours
+changes the environment when imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from study.errors import UsageError
+from study.internals import WORKAROUNDS, Workaround, check_internals
+from tests.conftest import ROOT, cli_env, run_cli
+
+
+def test_the_pinned_libraries_have_what_every_workaround_needs():
+    check_internals()  # raises on a moved internal
+    assert {w.name for w in WORKAROUNDS} == {"upload_whole", "autoscaler_ceiling"}
+
+
+def test_a_moved_internal_is_one_line_naming_the_workaround(monkeypatch):
+    from ray.tune.execution import experiment_state
+
+    manager = experiment_state._ExperimentCheckpointManager
+    monkeypatch.delattr(manager, "sync_up_experiment_state")
+    with pytest.raises(UsageError) as e:
+        check_internals()
+    message = str(e.value)
+    assert "\n" not in message and "'upload_whole'" in message and "ray==2.60.0" in message
+    renamed = Workaround("renamed", "optuna", "optuna.some.private", lambda: False)
+    with pytest.raises(UsageError, match="'renamed'.*optuna==5.0.0"):
+        check_internals((renamed,))
+
+
+def test_the_cli_refuses_a_ray_whose_internals_moved_with_one_line_and_nothing_written(tmp_path):
+    """As a newer Ray would: the private method upload_whole patches is gone."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "from ray.tune.execution import experiment_state as s\n"
+        "del s._ExperimentCheckpointManager.sync_up_experiment_state\n"
+    )
+    env = {"PYTHONPATH": f"{site}:{ROOT}"}
+    out = run_cli(["sparse_ae", "--smoke", "--tracking-uri", f"sqlite:///{tmp_path}/x.db"],
+                  tmp_path, env=env)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and "upload_whole" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no store, no run folder
+
+
+def test_importing_our_modules_changes_no_environment_variable():
+    libraries = "import mlflow, optuna, ray, ray.tune, torch"
+    ours = (
+        "import analysis.report, analysis.runs, study.runner.api, study.runner.cli, "
+        "study.runner.tune_run, study.tracking.store, study.trial.trainable"
+    )
+    code = (
+        f"import os; {libraries}; before = dict(os.environ); {ours}; "
+        "print(sorted(k for k in set(before) | set(os.environ) "
+        "if before.get(k) != os.environ.get(k)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
