@@ -30,9 +30,23 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: ray, mlflow, ...
 
 
+def workers() -> int:
+    """pytest-xdist's worker processes in this run (1 without xdist)."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _threads() -> None:
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # the cores shared out among xdist's workers, each at least one thread
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // workers()))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (--dist loadgroup), every test that reads the smoke store
+    runs on one worker, so the store is built once, not once a worker."""
+    for item in items:
+        if "smoke_store" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smoke_store"))
 
 
 def cli_env() -> dict[str, str]:

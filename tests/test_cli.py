@@ -1,12 +1,13 @@
 """The CLI as a user runs it: a real local Ray, a real sqlite MLflow store."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -327,10 +328,35 @@ BAD = [
 ]
 
 
+def main_in_process(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`study.run`'s main(args) in this process, in `cwd` with `env` added: the
+    CLI's code path without an interpreter's start (3-4 s of imports each).
+    `test_a_bad_invocation_is_refused_before_ray_is_imported` runs the real
+    command line; here, every mistake it can be given."""
+    from study.runner.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old_env, old_cwd = dict(os.environ), os.getcwd()
+    os.environ.update(env)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # as cli_env: no inherited store
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as e:  # argparse's errors
+                code = e.code
+    finally:
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory) -> dict[str, tuple]:
-    """Every bad invocation at once, four at a time: each is a fresh
-    interpreter that mostly imports, so this takes a third of the time."""
+    """Every bad invocation, each in a fresh folder: (output, the folder's
+    files before, after)."""
 
     def one(case: tuple) -> tuple:
         args, setup, message = case
@@ -338,11 +364,10 @@ def bad_runs(tmp_path_factory) -> dict[str, tuple]:
         env = setup(tmp)
         args = [a.replace("DATA", str(tmp / "data")) for a in args]
         before = sorted(p.name for p in tmp.iterdir())
-        out = run_cli(args, tmp, timeout=180, env=env)
+        out = main_in_process(args, tmp, env)
         return out, before, sorted(p.name for p in tmp.iterdir())
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip([m for *_, m in BAD], pool.map(one, BAD), strict=True))
+    return {m: one(case) for case, m in zip(BAD, [m for *_, m in BAD], strict=True)}
 
 
 @pytest.mark.parametrize("message", [m for *_, m in BAD])

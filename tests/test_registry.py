@@ -122,6 +122,7 @@ def test_sampler_table_reads_every_sampler_the_registry_names():
 
     runs = pd.DataFrame(
         {"run_id": ["a", "b"], "config_id": ["c", "c"], "seed": [0, 1], "T": [100, 100],
+         "family": ["diffusion"] * 2,
          "schedule": ["cosine", "cosine"], "fid_ddpm": [3.0, 4.0],
          "fid_ddim10_eta0": [5.0, 6.0], "fid_inception": [1.0, 1.0], "density": [1.0, 1.0],
          "class_accuracy_ddim10_eta0_w3": [0.9, 0.8], "recall_ddpm20_beta": [0.5, 0.6]}

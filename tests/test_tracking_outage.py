@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from study.tracking.store import retry_window
 from tests.conftest import (
+    RayHead,
     free_port,
     http_server,
     mlflow_server_argv,
@@ -36,8 +37,12 @@ def _study(name: str, url: str, epochs: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _start(args: list[str], cwd: Path, env: dict[str, str] | None = None):
+def _start(args: list[str], cwd: Path, ray: RayHead | None, env: dict[str, str] | None = None):
+    """The study on the tests' shared Ray (`ray`), or on a Ray of its own,
+    whose trial processes inherit the command's environment (`env`)."""
     cwd.mkdir()
+    if ray is not None:
+        args, env = [*args, "--address", ray.address], {**ray.env, **(env or {})}
     cli = start_cli(args, cwd, stderr=subprocess.STDOUT, env=env)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True).start()
@@ -63,7 +68,9 @@ def _every_epoch_once(url: str, name: str, epochs: int) -> list:
     return children
 
 
-def test_an_outage_within_the_retry_window_is_ridden_out_and_one_past_it_resumes(tmp_path):
+def test_an_outage_within_the_retry_window_is_ridden_out_and_one_past_it_resumes(
+    tmp_path, shared_ray
+):
     """Two studies on one server, stopped once both are training: `within`
     (the default retries) waits the outage out; `past` (short retries) gives
     up with exit code 3 and the resume hint. The server stays down until it
@@ -71,8 +78,9 @@ def test_an_outage_within_the_retry_window_is_ridden_out_and_one_past_it_resumes
     port = free_port()
     url, argv = f"http://127.0.0.1:{port}", mlflow_server_argv(port, tmp_path)
     with http_server(argv, url, "/health", cwd=tmp_path):
-        within, within_out = _start(_study("within", url, 16), tmp_path / "within")
-        past, past_out = _start(_study("past", url, 8), tmp_path / "past", env=SHORT)
+        within, within_out = _start(_study("within", url, 16), tmp_path / "within", shared_ray)
+        # on its own Ray: its trial too must get the short retries
+        past, past_out = _start(_study("past", url, 8), tmp_path / "past", None, SHORT)
         deadline = time.monotonic() + 240
         while not (_evaluating(url, "within", within, within_out)
                    and _evaluating(url, "past", past, past_out)):  # fmt: skip
