@@ -41,6 +41,7 @@ def _threads() -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // workers()))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under xdist (--dist loadgroup), every test that reads the smoke store
     runs on one worker, so the store is built once, not once a worker."""
@@ -240,12 +241,14 @@ def smoke_store(tmp_path_factory, shared_ray) -> SmokeStore:
     uri = f"sqlite:///{root}/store.db"
 
     def smoke(study: str) -> subprocess.CompletedProcess:
-        # 2 configurations x 2 seeds each (a grid study: 2 of its points)
-        args = [study, "--smoke", "--num-samples", "2", "--tracking-uri", uri]
-        return shared_ray.run_cli([*args, "--name", f"smoke-{study}"], root)
+        # 2 configurations x 2 seeds each (a grid study: 2 of its points), one
+        # trial at a time: one trial process a study (each boots Ray's worker
+        # and imports torch and MLflow, seconds of CPU), its trials reusing it
+        args = [study, "--smoke", "--num-samples", "2", "--max-concurrent", "1"]
+        return shared_ray.run_cli([*args, "--tracking-uri", uri, "--name", f"smoke-{study}"], root)
 
-    # two studies at a time: each spends seconds importing and joining Ray
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    # three studies at a time: each spends seconds importing and joining Ray
+    with ThreadPoolExecutor(max_workers=3) as pool:
         outputs = dict(zip(SMOKE_STUDIES, pool.map(smoke, SMOKE_STUDIES), strict=True))
     for study, out in outputs.items():
         assert out.returncode == 0, f"{study}: {out.stderr[-3000:]}"

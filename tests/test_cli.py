@@ -130,6 +130,32 @@ def test_smoke_study_end_to_end(smoke_store, tmp_path):
     assert sorted(map(sorted, by_config.values())) == [["0", "1"], ["0", "1"]]
     summary_dir = smoke_store.root / "runs" / "smoke-gan_stability" / "summary"
     assert (summary_dir / "configurations.csv").exists()
+    # artifacts go beside the sqlite store, as the banner says, not to ./mlruns
+    where = (smoke_store.root / "mlartifacts" / "gan_stability").as_uri()
+    assert client.get_experiment(parent.info.experiment_id).artifact_location == where
+    assert f"  artifacts: {where}" in out.stdout
+    assert (smoke_store.root / "mlartifacts" / "gan_stability").is_dir()
+
+
+def test_a_new_experiments_artifacts_go_beside_its_sqlite_store_wherever_started(tmp_path):
+    """MLflow's own default is ./mlruns of the working folder; the store's
+    folder is where a user looks for them."""
+    from study.tracking.store import experiment_id, init_store
+
+    store = tmp_path / "stores" / "x.db"
+    store.parent.mkdir()
+    uri = f"sqlite:///{store}"
+    init_store(uri)
+    client = MlflowClient(uri)
+    exp = experiment_id(client, "a study/with odd name", uri)
+    location = client.get_experiment(exp).artifact_location
+    folder = store.parent / "mlartifacts" / "a_study_with_odd_name"  # one plain folder
+    assert location == folder.as_uri()
+    run = client.create_run(exp)
+    client.log_text(run.info.run_id, "hello", "note.txt")
+    assert [p.relative_to(folder).parts[1:] for p in folder.rglob("note.txt")] == [
+        ("artifacts", "note.txt")
+    ]
 
 
 def test_exploding_loss_ends_the_trial_as_diverged(tmp_path, shared_ray):

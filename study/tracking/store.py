@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
@@ -142,7 +142,7 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str = "") -> st
     exp = client.get_experiment_by_name(name)
     if exp is None:
         root = artifact_root(tracking_uri)
-        where = f"{root}/{quote(name, safe='')}" if root else None
+        where = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}" if root else None
         try:
             return client.create_experiment(
                 name, artifact_location=where, tags=dict([EXPERIMENT_KIND])
