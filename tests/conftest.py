@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -39,15 +40,6 @@ def workers() -> int:
 def _threads() -> None:
     # the cores shared out among xdist's workers, each at least one thread
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // workers()))
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist (--dist loadgroup), every test that reads the smoke store
-    runs on one worker, so the store is built once, not once a worker."""
-    for item in items:
-        if "smoke_store" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("smoke_store"))
 
 
 def cli_env() -> dict[str, str]:
@@ -204,11 +196,35 @@ class RayHead:
         return run_cli([*args, "--address", self.address], cwd, timeout, self.env)
 
 
+SHARED_RAY = "GENSTUDY_TEST_RAY"  # address|token file of the run's one shared Ray
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, the controller starts the one Ray every worker's tests
+    share (a Ray a worker, each idling beside the other, costs a start and
+    its daemons' CPU twice); its workers inherit where it is."""
+    if getattr(config.option, "numprocesses", None) and SHARED_RAY not in os.environ:
+        folder = Path(tempfile.mkdtemp(prefix="genstudy-shared-ray-"))
+        env = ray_token_env(folder)
+        nodes = ray_nodes([env])
+        address = nodes.__enter__()
+        config.add_cleanup(lambda: (nodes.__exit__(None, None, None),
+                                    shutil.rmtree(folder, ignore_errors=True)))  # fmt: skip
+        os.environ[SHARED_RAY] = f"{address}|{env['RAY_AUTH_TOKEN_PATH']}"
+
+
 @pytest.fixture(scope="session")
 def shared_ray(tmp_path_factory) -> Iterator[RayHead]:
     """One Ray for the tests that only run a study and read what it wrote:
     joining it costs a CLI about 4 s, starting its own Ray 12 s of two
-    cores. Tests that kill, watch or configure Ray's processes start theirs."""
+    cores. Tests that kill, watch or configure Ray's processes start theirs.
+    Under xdist every worker joins the controller's (`pytest_configure`)."""
+    if SHARED_RAY in os.environ:
+        address, token = os.environ[SHARED_RAY].split("|")
+        yield RayHead(
+            address, {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token}
+        )
+        return
     env = ray_token_env(tmp_path_factory.mktemp("shared_ray"))
     with ray_nodes([env]) as address:
         yield RayHead(address, env)
@@ -235,9 +251,37 @@ class SmokeStore:
     outputs: dict[str, subprocess.CompletedProcess]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that read the smoke store first: under xdist the first
+    worker to need it builds it (its CLIs keep both cores busy) while the
+    other waits for it, and then both go through the readers."""
+    items.sort(key=lambda item: "smoke_store" not in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def smoke_store(tmp_path_factory, shared_ray) -> SmokeStore:
-    root = tmp_path_factory.mktemp("smoke_store")
+    """Built once per run: under xdist by the first worker that asks, in the
+    run's common temporary folder, and read by the others from there."""
+    from filelock import FileLock
+
+    common = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        common = common.parent  # shared by the workers of this run
+    root, record = common / "smoke_store", common / "smoke_store.json"
+    with FileLock(str(record) + ".lock"):
+        if not record.exists():
+            root.mkdir()
+            outputs = build_smoke_store(root, shared_ray)
+            saved = {s: [o.args, o.returncode, o.stdout, o.stderr] for s, o in outputs.items()}
+            record.write_text(json.dumps(saved))
+    saved = json.loads(record.read_text())
+    outputs = {s: subprocess.CompletedProcess(*v) for s, v in saved.items()}
+    for study, out in outputs.items():
+        assert out.returncode == 0, f"{study}: {out.stderr[-3000:]}"
+    return SmokeStore(f"sqlite:///{root}/store.db", root, outputs)
+
+
+def build_smoke_store(root: Path, ray: RayHead) -> dict[str, subprocess.CompletedProcess]:
     uri = f"sqlite:///{root}/store.db"
 
     def smoke(study: str) -> subprocess.CompletedProcess:
@@ -245,47 +289,11 @@ def smoke_store(tmp_path_factory, shared_ray) -> SmokeStore:
         # trial at a time: one trial process a study (each boots Ray's worker
         # and imports torch and MLflow, seconds of CPU), its trials reusing it
         args = [study, "--smoke", "--num-samples", "2", "--max-concurrent", "1"]
-        return shared_ray.run_cli([*args, "--tracking-uri", uri, "--name", f"smoke-{study}"], root)
+        return ray.run_cli([*args, "--tracking-uri", uri, "--name", f"smoke-{study}"], root)
 
     # three studies at a time: each spends seconds importing and joining Ray
     with ThreadPoolExecutor(max_workers=3) as pool:
-        outputs = dict(zip(SMOKE_STUDIES, pool.map(smoke, SMOKE_STUDIES), strict=True))
-    for study, out in outputs.items():
-        assert out.returncode == 0, f"{study}: {out.stderr[-3000:]}"
-    return SmokeStore(uri, root, outputs)
-
-
-def local_plan(
-    study: str, tmp_path: Path, uri: str, exp: str, parent: str, settings: dict, *,
-    searched: bool = False, seeds: int = 1, pack: int = 1, dataset: str = "digits",
-):  # fmt: skip
-    """The plan of an in-process trial (`run_trial` with a `LocalSession`):
-    the study's smoke settings on `dataset`, one thread, logging under
-    `parent`; its axes searched only when `searched` (else run names hold
-    the seed alone)."""
-    from dataclasses import replace
-
-    from study.plan import Plan
-    from study.request import StudyRequest
-    from study.studies import STUDIES, resolve
-
-    spec = STUDIES[study]
-    resolved = resolve(spec, settings, smoke=True)
-    return Plan(
-        request=StudyRequest(study, pack=pack, smoke=True),
-        study=spec,
-        resolved=resolved if searched else replace(resolved, axes={}),
-        dataset=dataset,
-        data_dir=str(tmp_path),
-        search="optuna",
-        configs=1,
-        seeds=seeds,
-        tracking_uri=uri,
-        experiment=study,
-        run_dir=tmp_path / "run",
-        parent_run_id=parent,
-        experiment_id=exp,
-    )
+        return dict(zip(SMOKE_STUDIES, pool.map(smoke, SMOKE_STUDIES), strict=True))
 
 
 def steps(client, run_id, key):

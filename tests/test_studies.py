@@ -3,8 +3,6 @@ MLflow, per epoch; and --sweep turns any setting into an axis."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 from mlflow import MlflowClient
 
@@ -137,19 +135,33 @@ KNOB_RUNS = {
 }
 
 
-def test_the_latent_knobs_train_through_the_cli(shared_ray, tmp_path):
+def test_the_latent_knobs_reach_a_trial_as_set(tmp_path):
+    """`--set` values, validated into a plan as the CLI does, reach the
+    trial's params and train (in-process: the CLI and Ray have tests of
+    their own; every family's study also runs through the CLI in the smoke
+    store)."""
+    from dataclasses import replace
+
+    from study.request import StudyRequest
+    from study.runner.prepare import prepare
+    from study.tracking.store import experiment_id, init_store, start_parent
+    from study.trial.session import LocalSession
+    from study.trial.trainable import run_trial
+
     uri = f"sqlite:///{tmp_path}/store.db"
-
-    def run(study: str):
-        sets = [a for k, v in KNOB_RUNS[study].items() for a in ("--set", f"{k}={v}")]
-        args = [study, "--smoke", "--num-samples", "1", "--seeds", "1", "--tracking-uri", uri]
-        return shared_ray.run_cli([*args, *sets], tmp_path)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        outs = dict(zip(KNOB_RUNS, pool.map(run, KNOB_RUNS), strict=True))
+    init_store(uri)
     client = MlflowClient(uri)
-    for study, out in outs.items():
-        assert out.returncode == 0, out.stderr[-3000:]
+    for study, sets in KNOB_RUNS.items():
+        request = StudyRequest(study, smoke=True, num_samples=1, seeds=1, sets=sets,
+                               tracking_uri=uri, storage=str(tmp_path / "runs"))  # fmt: skip
+        plan = prepare(request)
+        exp = experiment_id(client, study, uri)
+        plan = replace(
+            plan, experiment_id=exp, parent_run_id=start_parent(client, exp, study, {}, {})
+        )
+        run_trial({k: a.grid()[0] for k, a in plan.resolved.axes.items()}, plan, "search",
+                  LocalSession(study))  # fmt: skip
+    for study in KNOB_RUNS:
         exp = client.get_experiment_by_name(study)
         (child,) = [
             r
