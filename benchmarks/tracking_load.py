@@ -138,6 +138,8 @@ def mlflow_server(root: Path, workers: int) -> Iterator[str]:
          "--backend-store-uri", f"sqlite:///{root}/server.db",
          "--artifacts-destination", str(root / "artifacts")],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        # as the scaling page's recipe: no GenAI job runner (eight processes a study never uses)
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120

@@ -251,11 +251,27 @@ class SmokeStore:
     outputs: dict[str, subprocess.CompletedProcess]
 
 
+# the longest tests (much of it waiting: kills, an outage, Ray's agents
+# exiting), started right after the smoke store's readers so that under xdist
+# none of them is the run's tail
+LONG = (
+    "test_killed_driver_resumes", "test_an_outage_within", "test_confirm_reruns_the_best",
+    "test_killed_trial_resumes", "test_losing_a_worker_node", "test_the_tracking_load_benchmark",
+    "test_sqlite_store_holds_up", "test_gan_stabilisers_trains", "test_prdc_self_test",
+)  # fmt: skip
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests that read the smoke store first: under xdist the first
     worker to need it builds it (its CLIs keep both cores busy) while the
-    other waits for it, and then both go through the readers."""
-    items.sort(key=lambda item: "smoke_store" not in getattr(item, "fixturenames", ()))
+    other waits for it, and then both go through the readers; then the
+    longest; then the rest in their order."""
+
+    def order(item: pytest.Item) -> tuple[bool, int]:
+        long = next((i for i, n in enumerate(LONG) if item.name.startswith(n)), len(LONG))
+        return "smoke_store" not in getattr(item, "fixturenames", ()), long
+
+    items.sort(key=order)
 
 
 @pytest.fixture(scope="session")
@@ -294,6 +310,39 @@ def build_smoke_store(root: Path, ray: RayHead) -> dict[str, subprocess.Complete
     # three studies at a time: each spends seconds importing and joining Ray
     with ThreadPoolExecutor(max_workers=3) as pool:
         return dict(zip(SMOKE_STUDIES, pool.map(smoke, SMOKE_STUDIES), strict=True))
+
+
+def local_plan(
+    study: str, tmp_path: Path, uri: str, exp: str, parent: str, settings: dict, *,
+    searched: bool = False, seeds: int = 1, pack: int = 1, dataset: str = "digits",
+):  # fmt: skip
+    """The plan of an in-process trial (`run_trial` with a `LocalSession`):
+    the study's smoke settings on `dataset`, one thread, logging under
+    `parent`; its axes searched only when `searched` (else run names hold
+    the seed alone)."""
+    from dataclasses import replace
+
+    from study.plan import Plan
+    from study.request import StudyRequest
+    from study.studies import STUDIES, resolve
+
+    spec = STUDIES[study]
+    resolved = resolve(spec, settings, smoke=True)
+    return Plan(
+        request=StudyRequest(study, pack=pack, smoke=True),
+        study=spec,
+        resolved=resolved if searched else replace(resolved, axes={}),
+        dataset=dataset,
+        data_dir=str(tmp_path),
+        search="optuna",
+        configs=1,
+        seeds=seeds,
+        tracking_uri=uri,
+        experiment=study,
+        run_dir=tmp_path / "run",
+        parent_run_id=parent,
+        experiment_id=exp,
+    )
 
 
 def steps(client, run_id, key):

@@ -203,6 +203,7 @@ def test_grid_search_runs_every_grid_point(tmp_path, shared_ray):
         "arch=mlp",
     ]
     args = ["gan_stability", "--smoke", "--search", "grid", "--seeds", "1", "--tracking-uri", uri]
+    args += ["--max-concurrent", "1"]  # one trial process, seconds of CPU less
     for item in fixed:
         args += ["--set", item]
     out = shared_ray.run_cli(args, tmp_path)
@@ -437,7 +438,9 @@ def test_a_bad_invocation_is_refused_before_ray_is_imported(tmp_path):
 def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path}/store.db"
     out = shared_ray.run_cli(
-        ["gan_modes", "--smoke", "--seeds", "1", "--tracking-uri", uri], tmp_path
+        # one trial at a time: one trial process, seconds of CPU less
+        ["gan_modes", "--smoke", "--seeds", "1", "--max-concurrent", "1", "--tracking-uri", uri],
+        tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "grid search" in out.stdout and "modes_captured" in out.stdout

@@ -15,19 +15,22 @@ from collections.abc import Iterator
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import BIN, free_port, http_server
+from tests.conftest import BIN, cli_env, free_port, http_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt install chromium)")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ui(smoke_store) -> Iterator[str]:
+    """`mlflow ui` on the smoke store, one for this module's tests (without
+    its GenAI job runner: eight processes that pages of runs never use)."""
     port = free_port()
     with http_server(
         [str(BIN / "mlflow"), "ui", "--backend-store-uri", smoke_store.uri,
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         f"http://127.0.0.1:{port}", "/health", cwd=smoke_store.root,
+        env={**cli_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     ) as url:  # fmt: skip
         yield url
 
