@@ -18,7 +18,7 @@ study: venv
 	$(PY) -m study.run $(STUDY) $(ARGS)
 
 test: venv lint
-	$(PY) -m pytest -q -n 2  # pytest-xdist: both cores (docs/testing.md)
+	$(PY) -m pytest -q -n 2 --maxschedchunk 1  # both cores, tests handed out in order (docs/testing.md)
 
 # JupyterLab on analysis/notebooks, reading STORE (default: ./mlflow.db)
 notebooks: venv

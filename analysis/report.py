@@ -99,9 +99,16 @@ def metric_glossary(columns: list[str]) -> pd.DataFrame:
 
 
 def _table_html(df: pd.DataFrame, float_format: str = "{:.4g}") -> str:
-    return df.to_html(
+    table = df.to_html(
         index=False, border=0, classes="t", na_rep="-", float_format=float_format.format
     )
+    return _scrolling(table)
+
+
+def _scrolling(table: str) -> str:
+    """A table in a box that scrolls sideways: a study with many knobs gives
+    a table wider than the page, which must not widen the page itself."""
+    return f'<div class="scroll">{table}</div>'
 
 
 CSS = """
@@ -109,7 +116,8 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#22
 h1{margin-bottom:0}.sub{color:#666;margin-top:.3em}h2{margin-top:2em;border-bottom:1px solid #ddd}
 table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:3px 8px;
 text-align:right;border-bottom:1px solid #eee}table.t th{background:#f5f5f5}
-figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}img{max-width:100%}
+figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}img{max-width:100%;height:auto}
+.scroll{max-width:100%;overflow-x:auto}
 """
 
 
@@ -138,9 +146,9 @@ def _what_matters(study, runs: pd.DataFrame, knob_cols: list[str], out: Path) ->
         smap.to_csv(out / "stability_map.csv")
         sections.append(
             f"<h2>Stability map</h2><p>Share of trials ending ok over {pair[0]} "
-            f"(columns) by {pair[1]} (rows).</p>" + smap.to_html(
+            f"(columns) by {pair[1]} (rows).</p>" + _scrolling(smap.to_html(
                 border=0, classes="t", na_rep="-", float_format="{:.0%}".format
-            )
+            ))
         )  # fmt: skip
     return sections
 

@@ -237,6 +237,12 @@ def test_report_cli_writes_html_csvs_and_attaches_them(smoke_store, tmp_path):
     figures = set(re.findall(r'<img alt="(\w+)" src="data:image/png;base64,', page))
     assert FAMILY_FIGURES["gan_stability"] | {"outcome_rates", "budget"} <= figures
     assert not re.search(r'(src|href)="https?://', page)  # self-contained: nothing fetched
+    # a table wider than the page scrolls in its box; a figure shrinks to the page
+    assert page.count("<table") == page.count('<div class="scroll"><table') > 3
+    assert (
+        "img{max-width:100%;height:auto}" in page
+        and ".scroll{max-width:100%;overflow-x:auto}" in page
+    )
     for csv in ("trials.csv", "configurations.csv", "history.csv", "budget_curve.csv"):
         assert (tmp_path / "rep" / csv).exists(), csv
     client = MlflowClient(smoke_store.uri)
