@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from study.tracking import COURSE_TAGS, MODE_SHARE, SHARES_ARTIFACT, resolve_tracking_uri
 from study.tracking import RUN_TAGS as TAGS
-from study.tracking import resolve_tracking_uri
 
 _PAGE = 1000  # runs per search request
 _BULK = 100  # run ids per bulk history request (the REST API's limit)
@@ -97,9 +97,21 @@ def load_runs(
         if pd.api.types.is_string_dtype(df[col]) or df[col].dtype == object:
             df[col] = _typed(df[col].dropna()).reindex(df.index)
     df = df.reset_index(drop=True)
+    _course_types(df)
     df.attrs["params"] = [c for c in df.columns if c in param_names]  # what configures a trial
     df.attrs["study"] = study  # its metric and mode, for the functions that need them
     return df
+
+
+def _course_types(df: pd.DataFrame) -> None:
+    """The course tags typed: collapse_epoch and ended_epoch numbers
+    (collapse_epoch NaN: never collapsed; both NaN: not ended), recovered
+    and hopping booleans."""
+    *epochs, recovered, hopping = COURSE_TAGS
+    for tag in epochs:
+        df[tag] = pd.to_numeric(df[tag], errors="coerce")
+    for tag in (recovered, hopping):
+        df[tag] = df[tag].map({"true": True, "false": False})
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
@@ -161,3 +173,54 @@ def _metric_keys(client: MlflowClient, exp_id: str, run_ids: list[str]) -> list[
         for run in _search(client, exp_id, f"attributes.run_id IN ({ids})"):
             keys |= set(run.data.metrics)
     return sorted(keys)
+
+
+def load_modes(
+    study: str,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    runs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The mode histogram of every evaluation of every generating seed, tidy:
+    run_id, trial_id, config_id, seed, outcome, epoch, mode, share. From the
+    `mode_share_<k>` metrics, or for many modes (stacked MNIST's 1000) each
+    run's mode_shares.json artifact."""
+    client, _ = _client(tracking_uri)
+    runs = runs if runs is not None else load_runs(study, tracking_uri, experiment)
+    shares = [c for c in runs.columns if c.startswith(MODE_SHARE)]
+    frames = []
+    if shares:
+        history = load_history(study, tracking_uri, experiment, shares, runs)
+        history["mode"] = history.pop("metric").str.removeprefix(MODE_SHARE).astype(int)
+        frames.append(history.rename(columns={"value": "share"}))
+    else:
+        frames += [_artifact_modes(client, run_id) for run_id in runs["run_id"]]
+    cols = ["run_id", "epoch", "mode", "share"]
+    tidy = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    if "trial_id" not in tidy:
+        meta = runs[["run_id", "trial_id", "config_id", "seed", "outcome"]]
+        tidy = tidy.merge(meta, on="run_id", how="left")
+    order = ["run_id", "trial_id", "config_id", "seed", "outcome", "epoch", "mode", "share"]
+    return tidy[order].sort_values(["run_id", "epoch", "mode"]).reset_index(drop=True)
+
+
+def _artifact_modes(client: MlflowClient, run_id: str) -> pd.DataFrame:
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            saved = json.loads(
+                Path(client.download_artifacts(run_id, SHARES_ARTIFACT, d)).read_text()
+            )
+        except (MlflowException, OSError):
+            return pd.DataFrame(columns=["run_id", "epoch", "mode", "share"])
+    rows = [
+        (run_id, int(epoch), mode, share)
+        for epoch, values in saved["epochs"].items()
+        for mode, share in enumerate(values)
+    ]
+    return pd.DataFrame(rows, columns=["run_id", "epoch", "mode", "share"])

@@ -103,7 +103,7 @@ class Autoencoder(LatentCoder):
         "latent": ("coding",),
     }
     acts_when = {"target_sparsity": ("penalty", "kl")}
-    train_metrics = frozenset({"loss", "recon_loss", "sparsity_penalty"})
+    train_metrics = frozenset({"loss", "recon_loss", "sparsity_penalty", "grad_norm"})
     eval_metrics = RECON_METRICS | {"sparsity", "active_fraction", "denoise_mse"}
     packs = True
 

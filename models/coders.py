@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ConfigError
-from models.family import Family, GenerativeFamily
+from models.family import Family, GenerativeFamily, mode_rule
 from models.latent import lerp, pairs
 from models.pack import Engine, Solo
 
@@ -85,6 +85,16 @@ def batched(fn: Callable[[Tensor], Tensor], x: Tensor, size: int = 1000) -> Tens
 
 
 RECON_METRICS = frozenset({"recon_mse", "recon_mse_train", "recon_vs_mean"})
+RECON_COLLAPSE = 0.9  # recon_vs_mean above this: barely better than the mean image
+
+
+def recon_rule(metrics: dict[str, float], n_modes: int) -> str | None:
+    """A reconstructing family answers held-out inputs hardly better than
+    the training mean image (dead codes, posterior collapse)."""
+    ratio = metrics.get("recon_vs_mean")
+    if ratio is not None and ratio > RECON_COLLAPSE:
+        return f"held-out recon_mse is {ratio:.2f} x that of the mean image"
+    return None
 
 
 def recon_metrics(
@@ -128,6 +138,7 @@ class LatentCoder(Family):
     inputs beside their reconstructions. A family says what its code is."""
 
     test_x: Tensor
+    collapse_rules = (recon_rule,)
 
     def encode_latent(self, x: Tensor) -> Tensor:
         """The deterministic code of x (a VAE's posterior mean)."""
@@ -161,6 +172,7 @@ class EncoderDecoder(LatentCoder, GenerativeFamily):
 
     packs = True
     counters = ("step",)
+    collapse_rules = (mode_rule, recon_rule)
 
     def __init__(
         self,

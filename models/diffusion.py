@@ -203,8 +203,6 @@ class Diffusion(GenerativeFamily):
             drop = e.draw(lambda g: torch.rand(n, device=device, generator=g)) < self.cfg.cond_drop
             y = torch.where(drop, self.n_classes, y)
         out = e.step("opt", self._loss, x0, t, noise, y, clip=self.cfg.clip_grad)
-        if not self.cfg.clip_grad:
-            out["grad_norm"] = torch.zeros_like(out["eps_loss"])
         e.lerp("ema", "net", 1 - self.cfg.ema)
         return out
 

@@ -88,7 +88,7 @@ class DiscreteVAE(EncoderDecoder):
         "schedule": ("schedule",),
         "latent": ("d", "k"),
     }
-    train_metrics = frozenset({"loss", "recon_loss", "kl_train", "tau"})
+    train_metrics = frozenset({"loss", "recon_loss", "kl_train", "tau", "grad_norm"})
     eval_metrics = RECON_METRICS | {"kl", "code_perplexity"}
 
     def __init__(

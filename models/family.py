@@ -6,6 +6,7 @@ which the trainable scores with the sample-metric registry."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -31,6 +32,19 @@ ROLES = {
 }
 
 
+# A collapse rule: why one evaluation's metrics count as collapsed (one line),
+# or None. A family lists the rules that apply to it, first match wins.
+CollapseRule = Callable[[dict[str, float], int], str | None]
+
+
+def mode_rule(metrics: dict[str, float], n_modes: int) -> str | None:
+    """A generating family's samples cover under half of the classes/modes."""
+    covered = metrics.get("modes_covered", metrics.get("modes_captured"))
+    if covered is not None and covered < n_modes / 2:
+        return f"samples cover {covered:g} of {n_modes} modes"
+    return None
+
+
 class Family(ABC):
     Config: ClassVar[type]  # the typed config dataclass next to the model
     # role -> settings of Config that play it (keys from ROLES)
@@ -46,6 +60,8 @@ class Family(ABC):
     # attributes (epochs, steps) each member copies from the pack's first
     packs: ClassVar[bool] = False
     counters: ClassVar[tuple[str, ...]] = ()
+    # when an evaluation counts as collapsed (scoring.outcomes combines them)
+    collapse_rules: ClassVar[tuple[CollapseRule, ...]] = ()
 
     @abstractmethod
     def __init__(
@@ -71,6 +87,11 @@ class Family(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict) -> None: ...
 
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """The family's networks by name (lower case), for the diagnostics
+        that read weights: by default every module it holds as an attribute."""
+        return {k.lower(): v for k, v in vars(self).items() if isinstance(v, torch.nn.Module)}
+
     # --- optional: what a family with a latent space offers the probes ------
 
     def reconstruction_rows(self, x: Tensor) -> list[Tensor]:
@@ -95,6 +116,8 @@ class Family(ABC):
 
 
 class GenerativeFamily(Family):
+    collapse_rules = (mode_rule,)
+
     @abstractmethod
     def sample(
         self, n: int, generator: torch.Generator | None = None, sampler: str | None = None

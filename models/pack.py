@@ -37,6 +37,7 @@ class Engine:
     """What a family's training steps run through: `Solo` or `Fused`."""
 
     optimizers: dict[str, torch.optim.Optimizer]
+    norms: dict[str, tuple[Tensor | float, int]]  # optimiser -> (sum of norms, steps)
 
     def step(
         self,
@@ -48,19 +49,38 @@ class Engine:
     ) -> dict[str, Tensor]:
         """One optimiser step of `opt` on loss_fn(nets, *inputs) -> (loss,
         metrics); the networks named in `fixed` take part in the loss but get
-        no gradient; `clip` > 0 clips the gradient's norm (then in the
-        metrics as grad_norm)."""
+        no gradient; `clip` > 0 clips the gradient's norm. The norm before
+        clipping is summed for grad_norms()."""
         losses, metrics = self._losses(loss_fn, fixed, *inputs)
         optimizer = self.optimizers[opt]
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # in a pack, each member's gradient is its own
-        if clip:
-            metrics["grad_norm"] = self._clip(optimizer, clip)
+        self._track(opt, self._clip(optimizer, clip) if clip else self._grad_norm(optimizer))
         optimizer.step()
         self._settle(fixed)
         return {k: v.detach() for k, v in metrics.items()}
 
     def _losses(self, loss_fn: LossFn, fixed: Sequence[str], *inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def _track(self, opt: str, norm: Tensor) -> None:
+        """Sum the step's gradient norm on the device (no host sync)."""
+        total, steps = self.norms.get(opt, (0.0, 0))
+        self.norms[opt] = (total + norm.detach(), steps + 1)
+
+    def grad_norms(self) -> dict[str, Tensor]:
+        """Each optimiser's mean gradient norm (before any clipping) over the
+        steps since the last call (device tensors; in a pack, one per
+        member), named grad_norm_<optimiser>, or grad_norm for a family's
+        only one; the sums start again."""
+        sums, self.norms = self.norms, {}
+        one = len(self.optimizers) == 1
+        return {
+            "grad_norm" if one else f"grad_norm_{k}": total / steps
+            for k, (total, steps) in sums.items()
+        }
+
+    def _grad_norm(self, optimizer: torch.optim.Optimizer) -> Tensor:
         raise NotImplementedError
 
     def _clip(self, optimizer: torch.optim.Optimizer, max_norm: float) -> Tensor:
@@ -77,6 +97,7 @@ class Solo(Engine):
 
     def __init__(self, member: Any, nets: dict[str, nn.Module], optimizers: dict[str, Any]) -> None:
         self.member, self.nets, self.optimizers = member, nets, optimizers
+        self.norms = {}
 
     def draw(self, fn: Callable[[torch.Generator | None], Tensor]) -> Tensor:
         """fn(generator) for every member; None: the global generator."""
@@ -104,6 +125,13 @@ class Solo(Engine):
     def _clip(self, optimizer: torch.optim.Optimizer, max_norm: float) -> Tensor:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    @torch.no_grad()
+    def _grad_norm(self, optimizer: torch.optim.Optimizer) -> Tensor:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
     def _settle(self, fixed: Sequence[str]) -> None:
         for name in fixed:
@@ -177,6 +205,7 @@ class Fused(Engine):
             for key, opt in engines[0].optimizers.items()
         }
         self.frozen: dict[int, dict[str, dict[str, Tensor]]] = {}
+        self.norms = {}
 
     def draw(self, fn: Callable[[torch.Generator | None], Tensor]) -> Tensor:
         return torch.stack([fn(g) for g in self.generators])
@@ -221,11 +250,19 @@ class Fused(Engine):
         member's norm over all its parameters, its gradients scaled as
         clip_grad_norm_ would scale them alone; the (K,) norms before."""
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+        norms = self._grad_norm(optimizer)
         scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
         for g in grads:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
         return norms
+
+    @torch.no_grad()
+    def _grad_norm(self, optimizer: torch.optim.Optimizer) -> Tensor:
+        """Each member's gradient norm over all its parameters, (K,)."""
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return torch.zeros(self.size)
+        return torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
 
     def _settle(self, fixed: Sequence[str]) -> None:
         self._hold_frozen()
@@ -329,6 +366,8 @@ class Pack:
     def train_epoch(self) -> list[dict[str, Tensor]]:
         """Each member's training metrics for one epoch."""
         metrics = self.leader.train_epoch()
+        if self.engine is not None:  # the gradient norms of the epoch's steps
+            metrics = {**self.engine.grad_norms(), **metrics}
         if not self.fused:
             return [metrics]
         return [

@@ -63,7 +63,7 @@ class VAE(EncoderDecoder):
         "schedule": ("schedule",),
         "latent": ("latent",),
     }
-    train_metrics = frozenset({"loss", "recon_loss", "kl_train", "kl_weight"})
+    train_metrics = frozenset({"loss", "recon_loss", "kl_train", "kl_weight", "grad_norm"})
     eval_metrics = RECON_METRICS | {"kl", "active_units"}
 
     def __init__(

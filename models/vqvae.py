@@ -27,9 +27,10 @@ from models.coders import (
     conv_shape,
     epoch_means,
     recon_metrics,
+    recon_rule,
 )
 from models.config import param
-from models.family import GenerativeFamily
+from models.family import GenerativeFamily, mode_rule
 from models.pack import Engine, Solo
 
 
@@ -142,8 +143,23 @@ def vq_decoder(c: int, width: int, dim: int) -> nn.Module:
     )
 
 
+# dead_codes above this: a codebook collapsed to a few entries (measured on
+# mnist5k: collapsed codebooks leave 80-97% unused, live ones 0-2%)
+CODEBOOK_COLLAPSE = 0.75
+
+
+def codebook_rule(metrics: dict[str, float], n_modes: int) -> str | None:
+    """The codebook went mostly unused on held-out inputs."""
+    dead = metrics.get("dead_codes")
+    if dead is not None and dead > CODEBOOK_COLLAPSE:
+        perplexity = metrics.get("codebook_perplexity", math.nan)
+        return f"codebook collapsed: {dead:.0%} of entries unused (perplexity {perplexity:.1f})"
+    return None
+
+
 class VQVAE(LatentCoder, GenerativeFamily):
     Config = VQVAEConfig
+    collapse_rules = (codebook_rule, mode_rule, recon_rule)
     roles = {
         "learning_rate": ("lr",),
         "architecture": ("codebook_size", "code_dim", "width"),
@@ -151,7 +167,7 @@ class VQVAE(LatentCoder, GenerativeFamily):
         "weight": ("commitment",),
         "latent": ("codebook_size",),
     }
-    train_metrics = frozenset({"loss", "recon_loss", "codebook_loss", "commit_loss"})
+    train_metrics = frozenset({"loss", "recon_loss", "codebook_loss", "commit_loss", "grad_norm"})
     eval_metrics = RECON_METRICS | {"codebook_perplexity", "dead_codes"}
     packs = True
 

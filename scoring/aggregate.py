@@ -18,9 +18,11 @@ def per_configuration(
     sort_by: str | None = None,
 ) -> pd.DataFrame:
     """One row per `config_id`: its knobs, seed count, mean/std/min/max of
-    each metric over the seeds that produced it, and per outcome the count
-    and share of seeds ending so; best first by `sort_by`'s mean (default:
-    the first metric's). Trials without a config_id (failed before
+    each metric over the seeds that produced it, per outcome the count and
+    share of seeds ending so, and where the trials record their course the
+    median epoch of the first collapse over the seeds that collapsed and the
+    shares that collapsed at some evaluation and that hopped; best first by
+    `sort_by`'s mean (default: the first metric's). Trials without a config_id (failed before
     reporting) are left out."""
     keyed = trials.dropna(subset=["config_id"])
     if keyed.empty:
@@ -35,6 +37,11 @@ def per_configuration(
     for o in OUTCOMES:
         out[o] = groups["outcome"].apply(lambda s, o=o: int((s == o).sum()))
         out[f"{o}_rate"] = out[o] / out["seeds"]
+    if "collapse_epoch" in keyed:  # the course over time: when, and how often it hopped
+        out["collapse_epoch_median"] = groups["collapse_epoch"].median()
+        out["collapse_share"] = groups["collapse_epoch"].apply(lambda s: float(s.notna().mean()))
+    if "hopping" in keyed:
+        out["hopping_share"] = groups["hopping"].apply(lambda s: float(s.astype(float).mean()))
     key = sort_by if sort_by in metrics else (metrics[0] if metrics else None)
     if key is not None:
         out = out.sort_values(f"{key}_mean", ascending=mode == "min", na_position="last")

@@ -107,6 +107,12 @@ def density_coverage(real: Tensor, fake: Tensor, k: int = 5, chunk: int = 2048) 
     return {"density": float(density), "coverage": float(coverage)}
 
 
+def class_min_count(n: int, n_classes: int, min_count: float | None = None) -> float:
+    """The samples a class needs to count as covered: `min_count`, by default
+    1/(4K) of the n samples."""
+    return n / (4 * n_classes) if min_count is None else min_count
+
+
 def class_coverage(
     pred: Tensor, n_classes: int, min_count: float | None = None
 ) -> dict[str, float]:
@@ -114,8 +120,7 @@ def class_coverage(
     1/(4K) of them, so the classifier's stray errors do not count as coverage;
     mode_kl: KL of the predicted-class histogram to uniform (0 when balanced)."""
     counts = torch.bincount(pred.flatten().long(), minlength=n_classes).double()
-    if min_count is None:
-        min_count = len(pred) / (4 * n_classes)
+    min_count = class_min_count(len(pred), n_classes, min_count)
     p = counts / counts.sum()
     nz = p > 0
     return {
@@ -124,16 +129,24 @@ def class_coverage(
     }
 
 
+def nearest_modes(points: Tensor, modes: Tensor, std: float) -> Tensor:
+    """Each point's nearest mode when it is a high-quality sample (within
+    HQ_THRESHOLD std of it, PacGAN's rule), else -1."""
+    dist = torch.cdist(points.double(), modes.double()) / std
+    nearest_d, nearest = dist.min(dim=1)
+    return torch.where(nearest_d < HQ_THRESHOLD, nearest, -1)
+
+
 def mixture_quality(points: Tensor, modes: Tensor, std: float) -> dict[str, float]:
     """PacGAN protocol: a sample is high quality when its distance to the
     nearest mode is under 3 std; modes_captured counts modes with at least one
     high-quality sample; reverse_kl is KL(histogram of high-quality samples over
     modes || uniform), log K (a single mode's value) when none is high quality."""
-    dist = torch.cdist(points.double(), modes.double()) / std
-    nearest_d, nearest = dist.min(dim=1)
-    hq = nearest_d < HQ_THRESHOLD
+    labels = nearest_modes(points, modes, std)
+    hq = labels >= 0
+    nearest = labels[hq]
     k = len(modes)
-    counts = torch.bincount(nearest[hq], minlength=k).double()
+    counts = torch.bincount(nearest, minlength=k).double()
     if counts.sum() > 0:
         p = counts / counts.sum()
         nz = p > 0

@@ -1,9 +1,14 @@
 """How a trial ends, defined once: the outcome names in display order, their
-colours, and the divergence and collapse rules the trainable applies."""
+colours, the divergence rule, how a family's collapse rules combine, and a
+run's evaluations judged over time (when it collapsed, whether it had
+learned first, whether it recovered). The collapse rules themselves belong
+to the families (models.family.CollapseRule)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 OUTCOMES = ("ok", "collapsed", "diverged", "stopped", "failed")
 RUNNING = "running"  # a trial's result before its last epoch
@@ -12,10 +17,6 @@ COLOURS = {
     "failed": "#6d597a",
 }  # fmt: skip
 SCORED = ("ok", "collapsed", "stopped")  # outcomes whose metric values mean something
-RECON_COLLAPSE = 0.9  # recon_vs_mean above this: barely better than the mean image
-# dead_codes above this: a VQ-VAE whose codebook collapsed to a few entries
-# (measured on mnist5k: collapsed codebooks leave 80-97% unused, live ones 0-2%)
-CODEBOOK_COLLAPSE = 0.75
 
 
 def ended(outcome: str | None) -> str:
@@ -44,30 +45,78 @@ def divergence(metrics: dict[str, float], max_loss: float) -> str | None:
     return None
 
 
-def collapse_reason(metrics: dict[str, float], n_modes: int) -> str | None:
-    """Why a trial's final evaluation counts as collapsed, or None: its
-    codebook went mostly unused on held-out inputs, its samples cover under
-    half of the classes/modes, or it reconstructs held-out inputs hardly
-    better than by answering the training mean (`recon_vs_mean`)."""
-    dead = metrics.get("dead_codes")
-    if dead is not None and dead > CODEBOOK_COLLAPSE:
-        perplexity = metrics.get("codebook_perplexity", math.nan)
-        return f"codebook collapsed: {dead:.0%} of entries unused (perplexity {perplexity:.1f})"
-    covered = metrics.get("modes_covered", metrics.get("modes_captured"))
-    if covered is not None and covered < n_modes / 2:
-        return f"final samples cover {covered:g} of {n_modes} modes"
-    ratio = metrics.get("recon_vs_mean")
-    if ratio is not None and ratio > RECON_COLLAPSE:
-        return f"held-out recon_mse is {ratio:.2f} x that of the mean image"
-    return None
+def collapse_reason(
+    rules: Sequence[Callable[[dict[str, float], int], str | None]],
+    metrics: dict[str, float],
+    n_modes: int,
+) -> str | None:
+    """Why an evaluation counts as collapsed by the first of a family's
+    collapse rules that holds (models.family.CollapseRule), or None."""
+    return next((r for rule in rules if (r := rule(metrics, n_modes)) is not None), None)
 
 
-def final_outcome(
-    diverged: str | None, last_eval: dict[str, float], n_modes: int
-) -> tuple[str, str]:
-    """(outcome, reason) of a trial's last epoch."""
+@dataclass
+class Timeline:
+    """A run's evaluations judged one by one: the epoch of each and the
+    collapse rule's reason there (None: not collapsed). Plain lists, so a
+    checkpoint holds it."""
+
+    epochs: list[int] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+
+    def add(self, epoch: int, reason: str | None) -> None:
+        self.epochs.append(epoch)
+        self.reasons.append(reason)
+
+    @property
+    def collapse_epoch(self) -> int | None:
+        """The first evaluation at which the collapse rule held."""
+        return next((e for e, r in zip(self.epochs, self.reasons, strict=True) if r), None)
+
+    @property
+    def learned(self) -> bool:
+        """Whether an evaluation before the first collapse was above the rule."""
+        first = self.collapse_epoch
+        return bool(self.epochs) and (first is None or self.epochs[0] < first)
+
+    @property
+    def recovered(self) -> bool:
+        """Whether a later evaluation than the first collapse no longer met the rule."""
+        first = self.collapse_epoch
+        return first is not None and any(
+            r is None for e, r in zip(self.epochs, self.reasons, strict=True) if e > first
+        )
+
+    def story(self) -> str:
+        """What happened, and when, in a few words."""
+        first = self.collapse_epoch
+        if first is None:
+            return ""
+        last = self.reasons[-1]
+        if last is None:
+            back = next(
+                e for e, r in zip(self.epochs, self.reasons, strict=True) if e > first and r is None
+            )
+            return f"collapsed at epoch {first}, recovered by epoch {back}"
+        if not self.learned:
+            return f"never learned: collapsed from the first evaluation (epoch {first}) on"
+        again = " (recovered in between)" if self.recovered else ""
+        return f"learned, then collapsed at epoch {first}{again}"
+
+    def state(self) -> dict[str, list]:
+        return {"epochs": list(self.epochs), "reasons": list(self.reasons)}
+
+
+def final_outcome(diverged: str | None, timeline: Timeline, hopped: str = "") -> tuple[str, str]:
+    """(outcome, reason) of a run's last epoch: `diverged` is why it
+    diverged (None: it did not), `timeline` its evaluations so far, `hopped`
+    a note when it hopped between modes. The names are OUTCOMES'; the
+    reason says what happened and when."""
+    story = timeline.story()
+    notes = "; ".join(x for x in (story, hopped) if x)
     if diverged is not None:
-        return "diverged", diverged
-    if reason := collapse_reason(last_eval, n_modes):
-        return "collapsed", reason
-    return "ok", ""
+        return "diverged", "; ".join(x for x in (diverged, notes) if x)
+    last = timeline.reasons[-1] if timeline.reasons else None
+    if last is not None:
+        return "collapsed", f"{last} ({notes})"
+    return "ok", notes

@@ -22,6 +22,7 @@ from datasources import Dataset, dataset_spec, load_dataset
 from scoring import arithmetic as a
 from scoring import probes
 from scoring.features import USED_CACHE_FILES, Extractor, extractor_for, inception_extractor
+from scoring.modes import ModeCounts, noise_floor
 
 # what a metric may need, and when it is there
 NEEDS = {
@@ -118,6 +119,20 @@ class Scoring:
     def classes(self) -> dict[str, float]:
         spec = dataset_spec(self.dataset)
         return a.class_coverage(self.predicted, spec.n_classes, spec.min_mode_count)
+
+    @cached_property
+    def modes(self) -> ModeCounts:
+        """Samples per class (images) or per mixture mode (high-quality 2-D
+        samples), with the count that makes a mode covered."""
+        spec = dataset_spec(self.dataset)
+        if self.ref.data.is_image:
+            labels, k = self.predicted.flatten().long(), spec.n_classes
+            min_count = a.class_min_count(len(labels), k, spec.min_mode_count)
+        else:
+            labels = a.nearest_modes(self.samples, self.ref.data.modes, self.ref.data.mode_std)
+            k, min_count = len(self.ref.data.modes), 1.0  # captured: one high-quality sample
+        counts = torch.bincount(labels[labels >= 0], minlength=k)
+        return ModeCounts(counts.cpu().numpy(), min_count, len(labels))
 
     def class_accuracy(self) -> float:
         """Share of samples the dataset's classifier assigns to the class they
@@ -358,7 +373,20 @@ def evaluate_samples(
     With `seconds` (sampling time per 1000 samples): sample_seconds.
     With `labels` (the class each image was asked for): class_accuracy.
     """
-    x = _as_tensor(samples, device)
+    return score_samples(_as_tensor(samples, device), dataset, inception_weights, seconds, labels)[
+        0
+    ]
+
+
+def score_samples(
+    x: Tensor,
+    dataset: str,
+    inception_weights: str | None = None,
+    seconds: float | None = None,
+    labels: Tensor | np.ndarray | None = None,
+) -> tuple[dict[str, float], ModeCounts]:
+    """evaluate_samples's metrics of samples x (a tensor on its device) and
+    their mode histogram, from one pass of the extractor."""
     ref = reference(dataset, str(x.device))
     expected = tuple(ref.data.test_x.shape[1:])
     if tuple(x.shape[1:]) != expected:
@@ -371,7 +399,20 @@ def evaluate_samples(
         raise ValueError(f"labels of shape {tuple(y.shape)} do not match {len(x)} samples")
     scoring = Scoring(x, dataset, ref, inception_weights or "", seconds, y)
     have = needs_met(ref.data.is_image, bool(inception_weights), seconds is not None, y is not None)
-    return {m.name: float(m.compute(scoring)) for m in METRICS.values() if m.needs <= have}
+    metrics = {m.name: float(m.compute(scoring)) for m in METRICS.values() if m.needs <= have}
+    return metrics, scoring.modes
+
+
+@cache
+def mode_floor(dataset: str, n: int, device: str = "cpu") -> float:
+    """The noise floor of mode_jsd for n samples: two draws of n from the
+    held-out split's own modes (as the classifier reads them, for images)."""
+    ref = reference(dataset, device)
+    real = Scoring(ref.data.test_x, dataset, ref).modes
+    labels = np.repeat(np.arange(len(real.counts)), real.counts)
+    if not ref.data.is_image:  # points in no mode still count in the draws
+        labels = np.concatenate([labels, np.full(real.n - len(labels), -1)])
+    return noise_floor(labels, len(real.counts), n)
 
 
 def evaluate_latent(

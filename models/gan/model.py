@@ -15,6 +15,7 @@ from models.gan.archs import ARCHS, GROWS
 from models.gan.parts import (
     LOSSES,
     ReplayBuffer,
+    d_accuracies,
     equalize_lr,
     gradient_penalty,
     interpolation_weights,
@@ -65,6 +66,9 @@ class GANConfig:
     batch_size: int = param(64, low=2, high=65536, help="real samples per discriminator step")
 
 
+JUDGED = 1000  # inputs of each kind the discriminator's accuracy is measured on
+
+
 def growth(t: float, levels: int, stage_epochs: int, fade_epochs: int) -> tuple[int, float]:
     """(stage, alpha) after `t` epochs of progressive training: stage k starts at
     epoch k * stage_epochs and its level fades in linearly over fade_epochs."""
@@ -103,8 +107,10 @@ class GAN(GenerativeFamily):
         "split": ("arch", "loss"),
     }
     Config = GANConfig
-    train_metrics = frozenset({"d_loss", "g_loss"})
-    eval_metrics = frozenset()  # a GAN is judged on its samples alone
+    train_metrics = frozenset({"d_loss", "g_loss", "grad_norm_g", "grad_norm_d"})
+    # beside its samples: how its discriminator judges (the chapter's 50% at
+    # equilibrium; BigGAN's memorising D)
+    eval_metrics = frozenset({"d_acc_real", "d_acc_fake", "d_memorisation_gap"})
     packs = True
     counters = ("epoch",)
 
@@ -113,7 +119,7 @@ class GAN(GenerativeFamily):
     ) -> None:
         _check(cfg, train_x, train_y)
         self.cfg = cfg
-        self.x = train_x
+        self.x, self.test_x = train_x, test_x
         self.y = train_y if cfg.conditional else None
         self.n_classes = int(train_y.max()) + 1 if self.y is not None else 0
         self.device = train_x.device
@@ -230,8 +236,28 @@ class GAN(GenerativeFamily):
         self._grow(float(self.epoch))  # alpha 0 of a new level draws as the old one
         return {"d_loss": d_sum / steps, "g_loss": g_sum / (steps // n_disc)}
 
+    @torch.inference_mode()
     def evaluate(self) -> dict[str, float]:
-        return {}
+        """D's accuracy on training reals (d_acc_real), on fresh fakes
+        (d_acc_fake) and the gap between training and held-out reals
+        (d_memorisation_gap; unconditional GANs only: held-out labels are not
+        at hand), each on up to JUDGED inputs, D in eval mode."""
+        n = min(JUDGED, len(self.test_x))
+        n -= n % self.cfg.pac  # PacGAN's D judges pac inputs at once
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        labels = self.sample_labels(n)
+        inputs = {"train": (self.x[:n], None if self.y is None else self.y[:n])}
+        inputs["fake"] = (self._generate(self._z(n, gen), labels, None, gen), labels)
+        if self.y is None:
+            inputs["held_out"] = (self.test_x[:n], None)
+        self.D.eval()
+        scores = {k: self.D(x, y).flatten() for k, (x, y) in inputs.items()}
+        self.D.train()
+        acc = d_accuracies(scores, self.loss.threshold)
+        out = {"d_acc_real": acc["train"], "d_acc_fake": acc["fake"]}
+        if "held_out" in acc:
+            out["d_memorisation_gap"] = acc["train"] - acc["held_out"]
+        return out
 
     def samplers(self) -> tuple[str, ...]:
         return self.G.samplers()

@@ -18,6 +18,9 @@ class GANLoss:
     d: Callable[[Tensor, Tensor], Tensor]  # (real logits, fake logits) -> loss
     g: Callable[[Tensor], Tensor]  # fake logits -> loss
     gradient_penalty: bool = False
+    # the output above which D calls an input real; None (a critic): the
+    # midpoint of its mean output on the real and on the fake inputs judged
+    threshold: float | None = 0.0
 
 
 def _bce_d(real: Tensor, fake: Tensor) -> Tensor:
@@ -37,10 +40,14 @@ LOSSES: dict[str, GANLoss] = {
     "lsgan": GANLoss(
         d=lambda r, f: 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f**2).mean(),
         g=lambda f: 0.5 * ((f - 1) ** 2).mean(),
+        threshold=0.5,
     ),
     # Gulrajani et al. 2017; the penalty is added by the training step
     "wgan_gp": GANLoss(
-        d=lambda r, f: f.mean() - r.mean(), g=lambda f: -f.mean(), gradient_penalty=True
+        d=lambda r, f: f.mean() - r.mean(),
+        g=lambda f: -f.mean(),
+        gradient_penalty=True,
+        threshold=None,
     ),
 }
 
@@ -204,3 +211,17 @@ def equalize_lr(net: nn.Module) -> nn.Module:
                     layer.bias.zero_()
             parametrize.register_parametrization(layer, "weight", _HeScale(scale))
     return net
+
+
+def d_accuracies(scores: dict[str, Tensor], threshold: float | None) -> dict[str, float]:
+    """The discriminator's accuracy on each set of inputs it scored
+    (`scores`: name -> outputs; "fake" is generated, the rest real): the
+    share of real inputs scored above the threshold, of fakes below it. A
+    critic's threshold (None) is the midpoint of its mean score on the reals
+    named "train" and on the fakes."""
+    if threshold is None:
+        threshold = 0.5 * float(scores["train"].mean() + scores["fake"].mean())
+    return {
+        name: float(((s <= threshold) if name == "fake" else (s > threshold)).float().mean())
+        for name, s in scores.items()
+    }

@@ -15,6 +15,7 @@ from datasources import DATASETS, Dataset, load_dataset
 from models import FAMILIES, encodes, generates, has_latent_space
 from models.config import ConfigError
 from scoring.features import InceptionError, inception_extractor
+from scoring.modes import DYNAMICS
 from scoring.registry import latent_metric_names, metric_names, split_sampler_metric
 from study.errors import UsageError
 from study.plan import Plan
@@ -229,7 +230,7 @@ def check_metric_names(study: Study, data: Dataset) -> None:
     family = FAMILIES[study.family]
     known = set(family.train_metrics | family.eval_metrics)
     if generates(family):
-        known |= set(metric_names(data.is_image))
+        known |= set(metric_names(data.is_image)) | set(DYNAMICS)
     known |= set(latent_metric_names(data.is_image, has_latent_space(family), encodes(family)))
     for name in (study.metric, *study.table_metrics):
         split = split_sampler_metric(name)

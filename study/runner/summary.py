@@ -31,6 +31,9 @@ def trial_rows(results: Any, searched: tuple[str, ...], metrics: tuple[str, ...]
                 "seed": last.get("seed"),
                 "outcome": outcome,
                 "epoch": last.get("epoch"),
+                # the course: NaN collapse_epoch never collapsed (or failed)
+                "collapse_epoch": last.get("collapse_epoch", math.nan),
+                "hopping": last.get("hopping", math.nan),
             }
             for m in metrics:
                 v = last.get(m)
@@ -56,6 +59,10 @@ def format_table(
             f"{_num(a)} ± {_num(b)}"
             for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)
         ]
+    if "collapse_epoch_median" in table:
+        shown["collapsed at"] = table["collapse_epoch_median"].map(_num).to_numpy()
+    if "hopping_share" in table:
+        shown["hopping"] = table["hopping_share"].map(_share).to_numpy()
     shown["outcomes"] = [
         ", ".join(f"{o} {int(row[o])}" for o in OUTCOMES if row[o]) for _, row in table.iterrows()
     ]
@@ -67,6 +74,10 @@ def outcome_line(trials: pd.DataFrame) -> str:
     parts = [f"{o} {int(counts.get(o, 0))}" for o in OUTCOMES if counts.get(o, 0)]
     noun = "trial" if len(trials) == 1 else "trials"
     return f"{len(trials)} {noun}: " + ", ".join(parts)
+
+
+def _share(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.0%}"
 
 
 def _estimate(mean: float, low: float, high: float) -> str:
@@ -89,6 +100,10 @@ def format_confirmation(table: pd.DataFrame, searched: tuple[str, ...], metric: 
     shown[f"confirmed {metric}"] = [
         _estimate(r.confirm_mean, r.confirm_ci_low, r.confirm_ci_high) for r in table.itertuples()
     ]
+    if "collapse_epoch_median" in table:
+        shown["collapsed at"] = table["collapse_epoch_median"].map(_num).to_numpy()
+    if "hopping_share" in table:
+        shown["hopping"] = table["hopping_share"].map(_share).to_numpy()
     shown["outcomes"] = [
         ", ".join(
             f"{o} {round(row[f'confirm_{o}_rate'] * row['confirm_seeds'])}"

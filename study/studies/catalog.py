@@ -106,6 +106,46 @@ register(
 )
 
 
+# The chapter's and BigGAN's collapse as an event in time: an mlp GAN on
+# mnist5k from stable to collapsing learning rates, an evaluation every epoch.
+# Measured on 3 seeds (4000 images, batch 32, 8 epochs): at 1e-3 and 4e-3
+# every seed climbs to 8-10 classes and stays; at 1.6e-2 seeds reach 5-7
+# classes, then fall to 1-3 and hop; at 5e-2 none learns at all.
+register(
+    Study(
+        name="gan_collapse",
+        description="when GANs collapse during training: mlp GANs on mnist5k from stable to "
+        "collapsing learning rates, two losses, with and without minibatch stddev, "
+        "judged at every epoch over 3 seeds (survival, hopping, early warning)",
+        family="gan",
+        dataset="mnist5k",
+        metric="fid",
+        mode="min",
+        axes={
+            "lr": Tied(("lr_g", "lr_d"), (1e-3, 4e-3, 1e-2, 2.5e-2)),
+            "loss": Choice(("ns", "lsgan")),
+            "mbstd": Choice((False, True)),
+        },
+        fixed={
+            "arch": "mlp",
+            "width": 256,
+            "batch_size": 32,
+            "train_size": 4000,
+            "epochs": 8,
+            "eval_every": 1,
+            "eval_samples": 500,
+        },
+        num_samples=16,
+        seeds=3,
+        confirm=0,
+        search="grid",
+        smoke={**SMOKE, "width": 64, "batch_size": 64},
+        table_metrics=("fid", "modes_covered", "mode_jsd"),
+        group_by="lr",
+    )
+)
+
+
 register(
     Study(
         name="gan_modes",

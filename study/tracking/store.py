@@ -22,12 +22,19 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from study.internals import MLFLOW_ENV
 
 FINAL_METRICS = "final_metrics.json"  # the artifact holding a trial's last result
+# a generating seed's mode histograms: metrics mode_share_<k> for up to
+# MODE_METRICS_MAX modes, else this artifact: {"modes": K, "epochs": {epoch: [share, ...]}}
+MODE_SHARE = "mode_share_"
+MODE_METRICS_MAX = 100
+SHARES_ARTIFACT = "mode_shares.json"
 # the tags of a child run a reader may rely on (a seed pack's runs add `pack`,
 # its size, and `member`, the seed's place in it)
 RUN_TAGS = (
     "outcome", "outcome_reason", "trial_id", "ray_node", "restored_from_epoch", "phase", "pack",
-    "member",
+    "member", "collapse_epoch", "recovered", "hopping", "ended_epoch",
 )  # fmt: skip
+# of those, the course of a seed's evaluations ("none": it never collapsed)
+COURSE_TAGS = ("collapse_epoch", "ended_epoch", "recovered", "hopping")
 _BATCH = 900  # MLflow accepts at most 1000 metrics and 100 params per log_batch
 
 

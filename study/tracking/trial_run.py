@@ -38,6 +38,7 @@ class TrialRun:
         self.run_id = run_id
         self._ended = ended  # the outcome reason of a reopened run that had ended
         self._pending: list[Metric] = []
+        self._pending_tags: dict[str, str] = {}
         # A reopened run may hold epochs logged after its last checkpoint (the
         # trial died between the two); those steps are kept, not written twice.
         self._logged: dict[str, set[int]] | None = {} if reopened else None
@@ -111,13 +112,19 @@ class TrialRun:
             self._logged[key] = {m.step for m in history}
         return step in self._logged[key]
 
+    def tag(self, tags: dict[str, str]) -> None:
+        """Tags to write with the next flush (no request of their own)."""
+        self._pending_tags |= tags
+
     def flush(self, tags: dict[str, str] | None = None) -> None:
-        """The pending metrics, and `tags`, in as few requests as MLflow takes."""
+        """The pending metrics and tags, and `tags`, in as few requests as
+        MLflow takes."""
+        tags, self._pending_tags = {**self._pending_tags, **(tags or {})}, {}
         batches = [self._pending[i : i + _BATCH] for i in range(0, len(self._pending), _BATCH)]
         *full, last = batches or [[]]
         for batch in full:
             self.client.log_batch(self.run_id, metrics=batch)
-        tag_list = [RunTag(k, v) for k, v in (tags or {}).items()]
+        tag_list = [RunTag(k, v) for k, v in tags.items()]
         if last or tag_list:
             self.client.log_batch(self.run_id, metrics=last, tags=tag_list)
         self._pending = []
@@ -134,6 +141,8 @@ class TrialRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def finish(self, outcome: str, reason: str, status: str = "FINISHED") -> None:
-        self.flush({"outcome": outcome, "outcome_reason": reason})
+    def finish(
+        self, outcome: str, reason: str, status: str = "FINISHED", tags: dict | None = None
+    ) -> None:
+        self.flush({"outcome": outcome, "outcome_reason": reason, **(tags or {})})
         self.client.set_terminated(self.run_id, status)

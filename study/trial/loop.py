@@ -20,17 +20,19 @@ import torch
 from datasources import Dataset
 from models import Family
 from models.pack import Pack
-from scoring.outcomes import RUNNING, divergence, final_outcome
+from scoring.outcomes import RUNNING, divergence
 from study.studies import Study, TrialConfig
 from study.studies.defaults import PENALTY
-from study.tracking.store import FINAL_METRICS
+from study.tracking.store import FINAL_METRICS, SHARES_ARTIFACT
 from study.tracking.trial_run import TrialRun
 from study.trial.clock import Clock
+from study.trial.course import Course
+from study.trial.evaluation import Evaluation
 from study.trial.sample_grid import log_picture
 from study.trial.session import TrialSession
 
 PACK_ENDED = "ended"  # a pack trial's own outcome once its members have all ended
-Evaluate = Callable[..., tuple[dict[str, float], dict[str, tuple[torch.Tensor, int]]]]
+Evaluate = Callable[..., Evaluation]
 
 
 @dataclass(kw_only=True)
@@ -41,6 +43,7 @@ class Member:
     family: Family
     seed: int
     run: TrialRun
+    course: Course
     last_eval: dict[str, float] = field(default_factory=dict)
     train: dict[str, float] = field(default_factory=dict)
     result: dict[str, Any] | None = None
@@ -58,7 +61,7 @@ class Trial:
     members: list[Member]
     session: TrialSession
     clock: Clock
-    evaluate: Evaluate  # trainable.evaluate: (family, data, cfg, seed) -> metrics, pictures
+    evaluate: Evaluate  # evaluation.evaluate: (family, data, cfg, seed, spectral) -> Evaluation
     _checkpointed: float = field(default=0.0, init=False)  # monotonic time of the last
 
     def run(self, autocast: Any) -> None:
@@ -99,12 +102,12 @@ class Trial:
     def _judge(self, m: Member, epoch: int, diverged: str | None, ends: bool) -> None:
         if diverged is None:
             m.last_eval = self._evaluate(m, epoch)
-        outcome, m.reason = (
-            final_outcome(diverged, m.last_eval, self.data.n_classes) if ends else (RUNNING, "")
-        )
+            m.course.judge(m.family, epoch, m.last_eval, self.data.n_classes)
+        outcome, m.reason = m.course.end(diverged) if ends else (RUNNING, "")
         m.result = {
             **m.train,
             **m.last_eval,
+            **m.course.summary(),
             "epoch": epoch,
             "outcome": outcome,
             "objective": objective(self.study, m.last_eval, outcome),
@@ -116,19 +119,27 @@ class Trial:
         with self.clock.phase("log_seconds"):
             if ends:
                 m.run.log_json(m.result, FINAL_METRICS)
-                m.run.finish(outcome, m.reason)
+                m.run.finish(outcome, m.reason, tags=m.course.tags(epoch))
                 m.ended = True
             else:
                 m.run.flush()
 
     def _evaluate(self, m: Member, epoch: int) -> dict[str, float]:
         with self.clock.phase("eval_seconds"):
-            metrics, pictures = self.evaluate(m.family, self.data, self.cfg, m.seed)
-        m.run.add(epoch, metrics)
+            ev = self.evaluate(m.family, self.data, self.cfg, m.seed, m.course.spectral)
+            if ev.modes is not None:
+                device = str(self.data.train_x.device)
+                ev.metrics |= m.course.modes_seen(epoch, ev.modes, self.data.name, device)
+        m.run.add(epoch, ev.metrics)
         with self.clock.phase("log_seconds"):
-            for kind, (images, per_row) in pictures.items():
+            if ev.layers:  # which weight holds each network's sigma0, as of now
+                m.run.tag({f"{k}_layer": v for k, v in ev.layers.items()})
+            if m.course.shares:
+                shares = {"modes": len(ev.modes.counts), "epochs": m.course.shares}
+                m.run.log_json(shares, SHARES_ARTIFACT)
+            for kind, (images, per_row) in ev.pictures.items():
                 log_picture(m.run, images, kind, epoch, per_row, self.data.modes)
-        return metrics
+        return ev.metrics
 
     def result(self, final: bool) -> dict[str, Any]:
         """What Tune gets: a lone member's result; a pack's mean objective
@@ -161,7 +172,12 @@ class Trial:
                 "clock": self.clock.seconds,
                 "result": result,
                 "members": [
-                    {"last_eval": m.last_eval, "result": m.result, "reason": m.reason}
+                    {
+                        "last_eval": m.last_eval,
+                        "result": m.result,
+                        "reason": m.reason,
+                        "course": m.course.state(),
+                    }
                     for m in self.members
                 ],
             }
@@ -191,6 +207,7 @@ class Trial:
         for m, saved in zip(self.members, state["members"], strict=True):
             m.run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible
             m.last_eval = saved["last_eval"]
+            m.course.load(saved["course"])
             if not m.ended and saved["result"] and saved["result"]["outcome"] != RUNNING:
                 m.result, m.reason, m.ended = saved["result"], saved["reason"], True
         if state["result"]["outcome"] != RUNNING:

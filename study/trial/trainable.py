@@ -10,7 +10,6 @@ collapse rules of scoring.outcomes may end it as `collapsed`.
 from __future__ import annotations
 
 import random
-import time
 import traceback
 from dataclasses import asdict
 from functools import cache
@@ -27,14 +26,15 @@ from datasources import Dataset, load_dataset
 from datasources.cache import install
 from models import FAMILIES, Family, encodes, generates
 from models.pack import Pack, fuse
-from scoring.registry import METRICS, evaluate_samples, pixel_probe, provenance
+from scoring.registry import pixel_probe, provenance
 from study.internals import mlflow_environment
 from study.plan import Plan
 from study.studies import TrialConfig, axis_labels, config_id, split_settings
 from study.tracking.trial_run import TrialRun
 from study.trial.clock import Clock
+from study.trial.course import Course
+from study.trial.evaluation import evaluate
 from study.trial.loop import Member, Trial, read_scalars
-from study.trial.probes import latent_probes
 from study.trial.session import TrialSession, TuneSession
 
 
@@ -86,40 +86,6 @@ def run_name(values: dict[str, Any], searched: tuple[str, ...], seed: int) -> st
         return f"{v:.2g}" if isinstance(v, float) else str(v)
 
     return " ".join([*(f"{k}={fmt(values[k])}" for k in searched), f"seed={seed}"])
-
-
-def evaluate(
-    family: Family, data: Dataset, cfg: TrialConfig, seed: int
-) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor, int]]]:
-    """The family's own metrics; for a generating family every registered
-    sample metric of each of its samplers (the first also unsuffixed); for
-    one with a latent space its probes. Pictures: kind -> (images, per row)."""
-    metrics = dict(family.evaluate())
-    probed, pictures = latent_probes(family, data, cfg.eval_samples, cfg.probe_labels, seed)
-    metrics |= probed
-    if not generates(type(family)):
-        return metrics, pictures
-    for name in family.samplers() or ("",):
-        # the same latent noise at every evaluation: grids are comparable over epochs
-        gen = torch.Generator(device=data.train_x.device).manual_seed(seed + 1)
-        t0 = time.perf_counter()
-        samples = family.sample(cfg.eval_samples, generator=gen, sampler=name or None)
-        if samples.is_cuda:
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - t0) * 1000 / cfg.eval_samples
-        scored = evaluate_samples(
-            samples,
-            data.name,
-            inception_weights=cfg.inception_weights,
-            seconds=seconds,
-            labels=family.sample_labels(cfg.eval_samples),
-        )
-        if "samples" not in pictures:
-            metrics |= scored
-            pictures["samples"] = (samples, 8)
-        if name:
-            metrics |= {f"{k}_{name}": v for k, v in scored.items() if METRICS[k].per_sampler}
-    return metrics, pictures
 
 
 def train(config: dict[str, Any], plan: Plan, phase: str, cache_files: dict[str, bytes]) -> None:
@@ -176,7 +142,7 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
             pack = build(study.family, family_cfg, data, seeds)
             autocast = speed_ups(pack.leader, trial_cfg, device)
         members = [
-            Member(index=i, family=family, seed=seed, run=run)
+            Member(index=i, family=family, seed=seed, run=run, course=Course(seed))
             for i, (family, seed, run) in enumerate(zip(pack.members, seeds, runs, strict=True))
         ]
         trial = Trial(

@@ -1,0 +1,62 @@
+"""The top singular value (sigma0) of a network's weights, as BigGAN tracks
+it (Brock et al. 2019, section 4): by power iteration, each weight keeping
+its vector from one measurement to the next, so a warm measurement costs a
+few matrix-vector products. A weight of more than two dimensions (a
+convolution's) is read as its output dimension by the rest, as
+torch.nn.utils.spectral_norm reads it."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+COLD_ITERS = 100  # a weight's first measurement, from a random vector
+WARM_ITERS = 10  # later ones, from the vector the last one left
+
+
+def as_matrix(module: nn.Module, w: Tensor) -> Tensor:
+    """The weight as (out, in...) the way spectral_norm reads it: a
+    transposed convolution's output dimension is its second."""
+    if isinstance(module, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d):
+        w = w.transpose(0, 1)
+    return w.reshape(w.shape[0], -1)
+
+
+class TopSingular:
+    """Persistent power iteration over the weights of networks."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.vectors: dict[str, Tensor] = {}
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def sigma(self, key: str, w: Tensor) -> float:
+        """sigma0 of the matrix w; `key` names its persistent vector."""
+        w = w.detach().float()
+        v = self.vectors.get(key)
+        iters = WARM_ITERS
+        if v is None or v.shape != (w.shape[1],):
+            v = torch.randn(w.shape[1], generator=self.generator).to(w.device)
+            iters = COLD_ITERS
+        v = v / v.norm().clamp_min(1e-12)
+        for _ in range(iters):
+            u = w @ v
+            u = u / u.norm().clamp_min(1e-12)
+            v = w.T @ u
+            v = v / v.norm().clamp_min(1e-12)
+        self.vectors[key] = v
+        return float((w @ v).norm())
+
+    def top(self, prefix: str, net: nn.Module) -> tuple[float, str]:
+        """(the largest sigma0 of any weight of `net`, that weight's name);
+        (0, "") for a network without a weight matrix."""
+        best, where = 0.0, ""
+        for mod_name, module in net.named_modules():
+            for p_name, p in module.named_parameters(recurse=False):
+                if p.dim() < 2:
+                    continue
+                name = f"{mod_name}.{p_name}" if mod_name else p_name
+                value = self.sigma(f"{prefix}/{name}", as_matrix(module, p))
+                if value > best:
+                    best, where = value, name
+        return best, where

@@ -1,0 +1,73 @@
+"""One evaluation of one seed: the family's own metrics, the sample metrics
+of each of its samplers, the latent probes, the mode histogram of its main
+sampler's samples and the weight diagnostics (sigma0 of each network)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from datasources import Dataset
+from models import Family, generates
+from scoring.modes import ModeCounts
+from scoring.registry import METRICS, score_samples
+from scoring.spectral import TopSingular
+from study.studies import TrialConfig
+from study.trial.probes import latent_probes
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    pictures: dict[str, tuple[Tensor, int]]  # kind -> (images, images per row)
+    modes: ModeCounts | None = None  # the main sampler's mode histogram
+    layers: dict[str, str] = field(default_factory=dict)  # sigma0_<net> -> its weight
+
+
+def evaluate(
+    family: Family, data: Dataset, cfg: TrialConfig, seed: int, spectral: TopSingular
+) -> Evaluation:
+    """The family's own metrics; for a generating family every registered
+    sample metric of each of its samplers (the first also unsuffixed); for
+    one with a latent space its probes; sigma0 of every network (`spectral`
+    keeps the seed's power-iteration vectors between evaluations)."""
+    metrics = dict(family.evaluate())
+    probed, pictures = latent_probes(family, data, cfg.eval_samples, cfg.probe_labels, seed)
+    out = Evaluation(metrics | probed, pictures)
+    for net, module in family.networks().items():
+        sigma, layer = spectral.top(net, module)
+        if layer:
+            out.metrics[f"sigma0_{net}"] = sigma
+            out.layers[f"sigma0_{net}"] = layer
+    if generates(type(family)):
+        score_samplers(family, data, cfg, seed, out)
+    return out
+
+
+def score_samplers(
+    family: Family, data: Dataset, cfg: TrialConfig, seed: int, out: Evaluation
+) -> None:
+    for name in family.samplers() or ("",):
+        # the same latent noise at every evaluation: grids are comparable over epochs
+        gen = torch.Generator(device=data.train_x.device).manual_seed(seed + 1)
+        t0 = time.perf_counter()
+        samples = family.sample(cfg.eval_samples, generator=gen, sampler=name or None)
+        if samples.is_cuda:
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - t0) * 1000 / cfg.eval_samples
+        scored, modes = score_samples(
+            samples,
+            data.name,
+            inception_weights=cfg.inception_weights,
+            seconds=seconds,
+            labels=family.sample_labels(cfg.eval_samples),
+        )
+        if "samples" not in out.pictures:
+            out.metrics |= scored
+            out.pictures["samples"] = (samples, 8)
+            out.modes = modes
+        if name:
+            out.metrics |= {f"{k}_{name}": v for k, v in scored.items() if METRICS[k].per_sampler}
