@@ -6,12 +6,16 @@ nothing below it imports analysis.
     from analysis import load_runs, config_stats
     runs = load_runs("gan_stability")
     config_stats(runs, ["fid"])
+    survival("gan_collapse", by="lr_g")  # Kaplan-Meier of the time to collapse
+    early_warning("gan_collapse")  # which indicator warns first, how early
 """
 
 from analysis.confirm import confirmation, rank_confidence, search_phase
 from analysis.plots import PLOTS, View, figures, sampler_table
-from analysis.runs import AnalysisError, load_history, load_runs
+from analysis.runs import AnalysisError, load_history, load_modes, load_runs
 from analysis.stats import budget_curve, config_stats, importance, knobs, stability_map
+from analysis.survival import survival
+from analysis.warning import early_warning
 from scoring.registry import evaluate_samples
 
 __all__ = [
@@ -21,14 +25,17 @@ __all__ = [
     "budget_curve",
     "config_stats",
     "confirmation",
+    "early_warning",
     "evaluate_samples",
     "figures",
     "importance",
     "knobs",
     "load_history",
+    "load_modes",
     "load_runs",
     "rank_confidence",
     "sampler_table",
     "search_phase",
     "stability_map",
+    "survival",
 ]

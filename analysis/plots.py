@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from analysis.course_plots import indicators_at_collapse, mode_heatmap, survival_by_setting
 from analysis.stats import bin_values, budget_curve, config_stats, knobs, stability_map
 from models import FAMILIES, Family
 from models.config import ConfigError
@@ -37,6 +38,7 @@ class View:
     metrics: tuple[str, ...] = ()
     knobs: list[str] = field(default_factory=list)
     group: str = ""  # the study's group_by axis, if any
+    survival_by: str = ""  # the setting survival curves are grouped by (default: the lr)
 
     def varies(self, col: str | None) -> bool:
         return col is not None and col in self.runs and self.runs[col].nunique(dropna=True) > 1
@@ -145,7 +147,10 @@ def metric_by_knob(view: View) -> Figure | None:
     return fig
 
 
-COMMON: list[Callable[[View], Figure | None]] = [outcome_rates, metric_by_knob, budget]
+COMMON: list[Callable[[View], Figure | None]] = [
+    outcome_rates, metric_by_knob, budget, survival_by_setting, mode_heatmap,
+    indicators_at_collapse,
+]  # fmt: skip
 
 
 # --- GANs ---------------------------------------------------------------------

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow store (default as for study.run)")
     p.add_argument("--experiment", help="MLflow experiment (default: the study name)")
     p.add_argument("--out", help="output folder (default: reports/STUDY)")
+    p.add_argument(
+        "--survival-by",
+        default="",
+        metavar="SETTING",
+        help="the setting the survival curves are grouped by (default: the learning rate)",
+    )
     return p
 
 
@@ -198,7 +204,12 @@ def _ranking_sections(study, runs: pd.DataFrame, knob_cols: list[str], out: Path
 
 
 def _figures(
-    study, runs: pd.DataFrame, history: pd.DataFrame, metrics: list[str], knob_cols: list[str]
+    study,
+    runs: pd.DataFrame,
+    history: pd.DataFrame,
+    metrics: list[str],
+    knob_cols: list[str],
+    survival_by: str = "",
 ) -> list[str]:
     """The sample-metric glossary and the family's figures, embedded."""
     from analysis.plots import View, figures
@@ -208,6 +219,7 @@ def _figures(
     if len(glossary):
         sections.append("<h2>Sample metrics</h2>" + _table_html(glossary))
     view = View(runs, history, study.metric, study.mode, tuple(metrics), knob_cols, study.group_by)
+    view.survival_by = survival_by
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         figs = figures(study.family, view)
@@ -221,8 +233,46 @@ def _figures(
     return sections
 
 
+def _course_sections(
+    study: str, runs: pd.DataFrame, history: pd.DataFrame, out: Path, by: str
+) -> list[str]:
+    """Over time: how many seeds collapsed, recovered and hopped, the
+    log-rank tests of the survival curves and the early-warning table."""
+    from analysis.plots import role
+    from analysis.survival import survival_table
+    from analysis.warning import warning_table
+
+    ended = runs.dropna(subset=["ended_epoch"])
+    if ended.empty:
+        if by:
+            raise AnalysisError("--survival-by: these runs record no course over time")
+        return []
+    counts = pd.DataFrame([{
+        "seeds": len(ended),
+        "collapsed at some evaluation": int(ended["collapse_epoch"].notna().sum()),
+        "median collapse epoch": ended["collapse_epoch"].median(),
+        "recovered": int(ended["recovered"].eq(True).sum()),
+        "hopped": int(ended["hopping"].eq(True).sum()),
+    }])  # fmt: skip
+    sections = ["<h2>Over time</h2>" + _table_html(counts)]
+    chosen, by = by, by or role(runs, "learning_rate") or STUDIES[study].group_by
+    if chosen or (by and ended["collapse_epoch"].notna().any()):
+        table = survival_table(runs, by)
+        table.to_csv(out / "survival.csv", index=False)
+        sections.append(f"<h3>Log-rank tests by {html.escape(by)}</h3>"
+                        + _table_html(table.attrs["logrank"]))  # fmt: skip
+    warning = warning_table(runs, history)
+    if len(warning):
+        warning.to_csv(out / "early_warning.csv", index=False)
+        shown = warning.dropna(subset=["recall"]).sort_values(
+            ["recall", "precision"], ascending=False
+        )
+        sections.append("<h3>Early warning (best recall first)</h3>" + _table_html(shown.head(12)))
+    return sections
+
+
 def build_report(study_name: str, tracking_uri: str | None, experiment: str | None,
-                 out: Path) -> tuple[Path, str, dict]:  # fmt: skip
+                 out: Path, survival_by: str = "") -> tuple[Path, str, dict]:  # fmt: skip
     """Write report.html and its CSVs into out; return (html path, the parent
     run to attach to, a summary of what it found)."""
     from analysis.stats import config_stats, knobs
@@ -251,7 +301,8 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
     )
     sections += _ranking_sections(study, runs, knob_cols, out)
     sections += _what_matters(study, search_phase(runs), knob_cols, out)
-    figure_sections = _figures(study, runs, history, metrics, knob_cols)
+    sections += _course_sections(study_name, runs, history, out, survival_by)
+    figure_sections = _figures(study, runs, history, metrics, knob_cols, survival_by)
     sections += figure_sections
     parent = runs.loc[runs["start_time"].idxmax(), "parent_run_id"]  # the latest invocation
     uri = resolve_tracking_uri(tracking_uri)
@@ -286,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
             raise AnalysisError(f"no MLflow store at {uri}; run the study first")
         out = Path(args.out or Path("reports") / args.study)
-        path, parent, summary = build_report(args.study, uri, args.experiment, out)
+        path, parent, summary = build_report(
+            args.study, uri, args.experiment, out, args.survival_by
+        )
     except (AnalysisError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

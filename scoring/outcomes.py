@@ -70,18 +70,25 @@ class Timeline:
 
     @property
     def collapse_epoch(self) -> int | None:
-        """The first evaluation at which the collapse rule held."""
-        return next((e for e, r in zip(self.epochs, self.reasons, strict=True) if r), None)
+        """The first evaluation at which the rule held once the run had been
+        above it (the first evaluations of a run still learning do not
+        count); for a run never above it, its first evaluation."""
+        above = False
+        for epoch, reason in zip(self.epochs, self.reasons, strict=True):
+            if reason is None:
+                above = True
+            elif above:
+                return epoch
+        return self.epochs[0] if self.epochs and not above else None
 
     @property
     def learned(self) -> bool:
-        """Whether an evaluation before the first collapse was above the rule."""
-        first = self.collapse_epoch
-        return bool(self.epochs) and (first is None or self.epochs[0] < first)
+        """Whether any evaluation was above the rule."""
+        return any(r is None for r in self.reasons)
 
     @property
     def recovered(self) -> bool:
-        """Whether a later evaluation than the first collapse no longer met the rule."""
+        """Whether an evaluation after the first collapse no longer met the rule."""
         first = self.collapse_epoch
         return first is not None and any(
             r is None for e, r in zip(self.epochs, self.reasons, strict=True) if e > first

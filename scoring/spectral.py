@@ -1,17 +1,17 @@
 """The top singular value (sigma0) of a network's weights, as BigGAN tracks
 it (Brock et al. 2019, section 4): by power iteration, each weight keeping
-its vector from one measurement to the next, so a warm measurement costs a
-few matrix-vector products. A weight of more than two dimensions (a
-convolution's) is read as its output dimension by the rest, as
-torch.nn.utils.spectral_norm reads it."""
+its vector from one measurement to the next, so a warm measurement
+(weights that moved little) converges in a few matrix-vector products. A
+weight of more than two dimensions (a convolution's) is read as its output
+dimension by the rest, as torch.nn.utils.spectral_norm reads it."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-COLD_ITERS = 100  # a weight's first measurement, from a random vector
-WARM_ITERS = 10  # later ones, from the vector the last one left
+MAX_ITERS = 200  # power iterations at most per measurement
+TOLERANCE = 1e-5  # stop once sigma moves less than this share between iterations
 
 
 def as_matrix(module: nn.Module, w: Tensor) -> Tensor:
@@ -34,18 +34,20 @@ class TopSingular:
         """sigma0 of the matrix w; `key` names its persistent vector."""
         w = w.detach().float()
         v = self.vectors.get(key)
-        iters = WARM_ITERS
         if v is None or v.shape != (w.shape[1],):
             v = torch.randn(w.shape[1], generator=self.generator).to(w.device)
-            iters = COLD_ITERS
         v = v / v.norm().clamp_min(1e-12)
-        for _ in range(iters):
+        sigma = 0.0
+        for _ in range(MAX_ITERS):
             u = w @ v
             u = u / u.norm().clamp_min(1e-12)
             v = w.T @ u
-            v = v / v.norm().clamp_min(1e-12)
+            last, sigma = sigma, float(v.norm())  # = u^T W v, the Rayleigh estimate
+            v = v / max(sigma, 1e-12)
+            if abs(sigma - last) <= TOLERANCE * sigma:
+                break
         self.vectors[key] = v
-        return float((w @ v).norm())
+        return sigma
 
     def top(self, prefix: str, net: nn.Module) -> tuple[float, str]:
         """(the largest sigma0 of any weight of `net`, that weight's name);

@@ -13,6 +13,7 @@ import torch
 from datasources import load_dataset
 from models import FAMILIES
 from models.autoencoder import AEConfig, Autoencoder, kl_sparsity
+from models.coders import RECON_COLLAPSE
 from models.config import ConfigError
 from models.diffusion import (
     SCHEDULES,
@@ -25,7 +26,7 @@ from models.diffusion import (
 )
 from models.dvae import DiscreteVAE, DVAEConfig, perplexity, temperature, uniform_kl
 from models.vae import VAE, VAEConfig, gaussian_kl, kl_weight_at
-from scoring.outcomes import RECON_COLLAPSE, collapse_reason
+from scoring.outcomes import collapse_reason
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_recon_vs_mean_is_recon_mse_over_the_mean_image_error(cls, cfg, epochs):
     baseline = float(np.mean((test.numpy() - mean_image) ** 2))
     assert m["recon_vs_mean"] == pytest.approx(m["recon_mse"] / baseline, rel=1e-5)
     assert m["recon_vs_mean"] < 0.75
-    assert collapse_reason(m, data.n_classes) is None
+    assert collapse_reason(Autoencoder.collapse_rules, m, data.n_classes) is None
 
 
 def test_an_autoencoder_with_dead_codes_ends_collapsed():
@@ -137,7 +138,7 @@ def test_an_autoencoder_with_dead_codes_ends_collapsed():
     m = ae.evaluate()
     assert m["active_fraction"] == 0
     assert m["recon_vs_mean"] == pytest.approx(1.0, abs=0.1)
-    assert "mean image" in collapse_reason(m, data.n_classes)
+    assert "mean image" in collapse_reason(Autoencoder.collapse_rules, m, data.n_classes)
 
 
 # --- VAE ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from models.latent import lerp, slerp
 from models.vae import VAE, VAEConfig
 from models.vqvae import VQVAE, Codebook, VQVAEConfig, ema_update, usage_perplexity
 from scoring.features import extractor_for
-from scoring.outcomes import collapse_reason, final_outcome
+from scoring.outcomes import Timeline, collapse_reason, final_outcome
 from scoring.probes import PATH_EPSILON
 from scoring.registry import ProbeCodes, evaluate_latent, pixel_probe
 
@@ -116,11 +116,13 @@ def test_perplexity_is_k_for_uniform_use_and_one_for_a_single_code():
 
 def test_a_collapsed_codebook_ends_collapsed_with_its_reason():
     collapsed = {"recon_vs_mean": 0.3, "dead_codes": 0.9, "codebook_perplexity": 3.2}
-    assert final_outcome(None, collapsed, 10) == (
-        "collapsed",
-        "codebook collapsed: 90% of entries unused (perplexity 3.2)",
-    )
-    assert collapse_reason({**collapsed, "dead_codes": 0.1}, 10) is None
+    reason = collapse_reason(VQVAE.collapse_rules, collapsed, 10)
+    assert reason == "codebook collapsed: 90% of entries unused (perplexity 3.2)"
+    timeline = Timeline()
+    timeline.add(5, reason)
+    outcome, why = final_outcome(None, timeline)
+    assert outcome == "collapsed" and why.startswith(reason) and "epoch 5" in why
+    assert collapse_reason(VQVAE.collapse_rules, {**collapsed, "dead_codes": 0.1}, 10) is None
 
 
 def test_samples_follow_the_per_position_code_histogram(mnist):

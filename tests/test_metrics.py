@@ -6,6 +6,7 @@ import scipy.linalg
 import torch
 
 from datasources import load_dataset
+from models.family import GenerativeFamily
 from scoring.arithmetic import class_coverage, feature_stats, frechet_distance, mixture_quality
 from scoring.features import extractor_for
 from scoring.outcomes import collapse_reason
@@ -59,8 +60,9 @@ def test_mixture_metrics_of_perfect_and_one_mode_samplers(name, floor):
     assert single["modes_captured"] == 1 and single["reverse_kl"] == pytest.approx(
         math.log(d.n_classes)
     )
-    assert collapse_reason(single, d.n_classes) == f"final samples cover 1 of {d.n_classes} modes"
-    assert collapse_reason(perfect, d.n_classes) is None
+    rules = GenerativeFamily.collapse_rules
+    assert collapse_reason(rules, single, d.n_classes) == f"samples cover 1 of {d.n_classes} modes"
+    assert collapse_reason(rules, perfect, d.n_classes) is None
     far = mixture_quality(torch.full((100, 2), 50.0), d.modes, d.mode_std)
     assert far["hq_fraction"] == 0 and far["modes_captured"] == 0
 
