@@ -104,12 +104,19 @@ def indicators_at_collapse(view: View) -> Figure | None:
             panels.append((ind.name, pd.DataFrame(rows, columns=["run_id", "lag", "value"])))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), layout="constrained")
-    for ax, (name, data) in zip(np.atleast_1d(axes), panels, strict=True):
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), layout="constrained")
+    flat = np.atleast_1d(axes).ravel()
+    for ax, (name, data) in zip(flat, panels, strict=False):
         sns.lineplot(data=data, x="lag", y="value", units="run_id", estimator=None,
                      color="grey", alpha=0.4, ax=ax)  # fmt: skip
         ax.plot(*zip(*data.groupby("lag")["value"].median().items(), strict=True), color="crimson")
         ax.axvline(0, color="black", lw=0.8, ls="--")
+        if "growth" in name and data["value"].max() > 20 * data["value"].median():
+            ax.set_yscale("log")  # a few exploding gradients would flatten the rest
         ax.set(title=name, xlabel="epochs from first collapse", ylabel="")
+    for ax in flat[len(panels) :]:
+        ax.remove()
     fig.suptitle("Warning indicators aligned on the collapse (median in red)")
     return fig

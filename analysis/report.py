@@ -279,6 +279,11 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
 
     study = STUDIES[study_name]
     runs = load_runs(study_name, tracking_uri, experiment)
+    if survival_by and survival_by not in runs.attrs["params"]:
+        params = ", ".join(sorted(runs.attrs["params"]))
+        raise AnalysisError(
+            f"--survival-by: setting '{survival_by}' is not one of the study's; it has: {params}"
+        )
     history = load_history(study_name, tracking_uri, experiment, runs=runs)
     metrics = [m for m in (study.metric, *study.table_metrics) if m in runs]
     metrics = list(dict.fromkeys(metrics))

@@ -18,7 +18,7 @@ from scipy import stats
 
 from analysis.runs import AnalysisError, load_runs
 
-BINS = 3  # a numeric setting with more values than this is cut into quantile bins
+BINS = 4  # a numeric setting with more values than this is cut into quantile bins
 
 
 def survival(

@@ -269,6 +269,7 @@ def test_every_family_gets_its_figures(smoke_store, tmp_path, study):
     [
         (["no_such_study"], "unknown study 'no_such_study'"),
         (["gan_modes"], "no experiment 'gan_modes'"),
+        (["gan_stability", "--survival-by", "beta9"], "setting 'beta9' is not one of the study's"),
     ],
 )
 def test_report_refuses_what_it_cannot_report(smoke_store, tmp_path, args, message):

@@ -277,6 +277,7 @@ BAD = [
     (["gan_stability", "--set", "beta1=3"], _nothing, "beta1='3' is out of range"),
     (["gan_stability", "--set", "lr_g"], _nothing, "--set expects KEY=VALUE"),
     (["gan_stability", "--sweep", "lr_g=0.1"], _nothing, "--sweep lr_g needs at least two values"),
+    (["gan_collapse", "--sweep", "nosuch=1,2"], _nothing, "unknown key 'nosuch'"),
     (["gan_stability", "--dataset", "imagenet"], _nothing, "unknown dataset 'imagenet'"),
     (
         ["gan_stability", "--dataset", "cifar10", "--data-dir", "DATA"],

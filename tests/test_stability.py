@@ -192,3 +192,37 @@ def test_early_warning_finds_the_lead_time_planted_in_synthetic_traces():
     assert row["lead_epochs"] == 2 and row["recall"] == 1.0
     assert row["precision"] == pytest.approx(3 / 4)
     assert set(table["indicator"]) == {"sigma0_g growth"}  # only what was logged
+
+
+def test_a_gan_trial_records_its_course_in_mlflow(tmp_path):
+    """One real smoke GAN trial, in process: every evaluation logs the mode
+    shares (summing to 1 on images), their dynamics, D's accuracies, sigma0
+    with the weight that holds it, and the epoch's gradient norms; the run
+    ends with its course as tags, which load_runs types and load_modes and
+    survival read back."""
+    from analysis import load_modes, load_runs, survival
+    from study.trial.session import LocalSession
+    from study.trial.trainable import run_trial
+    from tests.test_trainable import _gan_context, _store
+
+    client, exp, parent = _store(tmp_path, "gan_stability")
+    settings = {"arch": "mlp", "epochs": "3", "eval_every": "1"}
+    run_trial(
+        {}, _gan_context(tmp_path, client, exp, parent, settings), "search", LocalSession("c")
+    )
+    runs = load_runs("gan_stability", client.tracking_uri)
+    (run,) = runs.itertuples()
+    assert run.ended_epoch == 3 and isinstance(run.hopping, bool)
+    assert run.collapse_epoch in (1, 2, 3) or np.isnan(run.collapse_epoch)
+    tags = client.get_run(run.run_id).data.tags
+    assert tags["sigma0_g_layer"].endswith("weight") and tags["sigma0_d_layer"].endswith("weight")
+    history = {
+        k: [m.step for m in client.get_metric_history(run.run_id, k)]
+        for k in ("mode_share_0", "modes_ever", "d_acc_real", "sigma0_g", "grad_norm_d", "mode_jsd")
+    }
+    assert history == {**dict.fromkeys(history, [1, 2, 3]), "mode_jsd": [2, 3]}
+    modes = load_modes("gan_stability", client.tracking_uri, runs=runs)
+    assert sorted(modes["mode"].unique()) == list(range(10))
+    assert np.allclose(modes.groupby("epoch")["share"].sum(), 1.0)
+    curve = survival("gan_stability", "lr_g", client.tracking_uri, runs=runs)
+    assert curve["survival"].iloc[0] == 1.0 and curve["at_risk"].iloc[0] == 1
