@@ -226,3 +226,35 @@ def test_a_gan_trial_records_its_course_in_mlflow(tmp_path):
     assert np.allclose(modes.groupby("epoch")["share"].sum(), 1.0)
     curve = survival("gan_stability", "lr_g", client.tracking_uri, runs=runs)
     assert curve["survival"].iloc[0] == 1.0 and curve["at_risk"].iloc[0] == 1
+
+
+def test_many_modes_go_to_an_artifact_that_load_modes_reads(tmp_path):
+    """Stacked MNIST's 1000 modes: no mode_share metrics, the histogram of
+    every evaluation in mode_shares.json, read back as the same tidy frame."""
+    from analysis import load_modes
+    from study.tracking.store import SHARES_ARTIFACT
+    from study.tracking.trial_run import TrialRun
+    from study.trial.course import Course
+    from tests.test_trainable import _store
+
+    client, exp, parent = _store(tmp_path, "gan_stability")
+    run = TrialRun.open(
+        client, experiment_id=exp, parent_run_id=parent, trial_id="t", name="seed=0",
+        params={"seed": 0, "config_id": "c", "family": "gan"}, tags={"trial_id": "t"},
+    )  # fmt: skip
+    course = Course(seed=0)
+    course.modes = ModeTrack(floor=0.01)  # the floor of stacked MNIST, not computed here
+    rng = np.random.default_rng(0)
+    shown = []
+    for epoch in (1, 2):
+        counts = np.bincount(rng.integers(0, 1000, 2000), minlength=1000)
+        metrics = course.modes_seen(epoch, ModeCounts(counts, 1.0, 2000), "stacked_mnist", "cpu")
+        assert not [k for k in metrics if k.startswith("mode_share")] and "modes_ever" in metrics
+        run.log_json({"modes": 1000, "epochs": course.shares}, SHARES_ARTIFACT)
+        shown.append(counts / 2000)
+    run.finish("ok", "", tags=course.tags(2))
+    modes = load_modes("gan_stability", client.tracking_uri)
+    assert len(modes) == 2000 and set(modes["epoch"]) == {1, 2}
+    for epoch, shares in zip((1, 2), shown, strict=True):
+        got = modes[modes["epoch"] == epoch].sort_values("mode")["share"].to_numpy()
+        assert np.allclose(got, shares)
