@@ -66,45 +66,66 @@ def _poly_mmd2(x: Tensor, y: Tensor, d: int) -> float:
     return float(off - 2 * kxy.mean())
 
 
-def _kth_neighbour_radius(x: Tensor, k: int, chunk: int = 2048) -> Tensor:
-    """Distance from each point to its k-th nearest other point."""
-    out = []
+def _kth_neighbour_radii(x: Tensor, ks: tuple[int, ...], chunk: int = 2048) -> dict[int, Tensor]:
+    """Distance from each point to its k-th nearest other point, for each k,
+    from one pass over the pairwise distances."""
+    out: dict[int, list[Tensor]] = {k: [] for k in set(ks)}
     for c in x.split(chunk):
-        dist = torch.cdist(c, x)
-        out.append(dist.topk(k + 1, dim=1, largest=False).values[:, k])  # [:, 0] is itself
-    return torch.cat(out)
+        near = torch.cdist(c, x).topk(max(ks) + 1, dim=1, largest=False).values
+        for k, found in out.items():
+            found.append(near[:, k])  # [:, 0] is the point itself
+    return {k: torch.cat(v) for k, v in out.items()}
 
 
-def _inside(points: Tensor, centres: Tensor, radii: Tensor, chunk: int = 2048) -> Tensor:
-    """For each point, how many balls B(centre_i, radius_i) hold it (strict <)."""
-    counts = []
-    for c in points.split(chunk):
-        counts.append((torch.cdist(c, centres) < radii[None, :]).sum(dim=1))
-    return torch.cat(counts)
+def prdc(
+    real: Tensor, fake: Tensor, k_pr: int = 3, k_dc: int = 5, chunk: int = 2048
+) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019, k = k_pr) and
+    density and coverage (Naeem et al. 2020, k = k_dc), strict '<':
+    precision: the share of fake samples inside the real manifold (the union
+    of balls reaching each real point's k-th neighbour); recall: the share of
+    real samples inside the fake one;
+    density = 1/(kM) sum_j sum_i 1[y_j in B(x_i, NND_k(x_i))];
+    coverage = 1/N sum_i 1[exists j: y_j in B(x_i, NND_k(x_i))].
+    Three passes over distances (real-real, fake-fake, fake-real), shared by
+    all four; float64, so ball boundaries are exact."""
+    r, f = real.double(), fake.double()
+    real_radii = _kth_neighbour_radii(r, (k_pr, k_dc), chunk)
+    # k or fewer fakes define no k-th neighbour: no fake balls, recall 0
+    few = len(f) <= k_pr
+    fake_radii = (
+        torch.zeros(len(f), dtype=f.dtype, device=f.device)
+        if few
+        else (_kth_neighbour_radii(f, (k_pr,), chunk)[k_pr])
+    )
+    in_real = torch.zeros(len(f), dtype=torch.bool, device=r.device)
+    density = torch.zeros((), dtype=r.dtype, device=r.device)
+    recalled = torch.zeros(len(r), dtype=torch.bool, device=r.device)
+    nearest_fake = torch.full((len(r),), float("inf"), device=r.device, dtype=r.dtype)
+    for start in range(0, len(f), chunk):
+        dist = torch.cdist(f[start : start + chunk], r)  # (fakes of the chunk, reals)
+        in_real[start : start + chunk] = (dist < real_radii[k_pr][None, :]).any(dim=1)
+        density += (dist < real_radii[k_dc][None, :]).sum()
+        recalled |= (dist < fake_radii[start : start + chunk, None]).any(dim=0)
+        nearest_fake = torch.minimum(nearest_fake, dist.min(dim=0).values)
+    return {
+        "precision": float(in_real.double().mean()),
+        "recall": float(recalled.double().mean()),
+        "density": float(density / (k_dc * len(f))),
+        "coverage": float((nearest_fake < real_radii[k_dc]).double().mean()),
+    }
 
 
 def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> dict[str, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019): the share of
-    fake samples inside the real manifold (the union of balls reaching each
-    real point's k-th neighbour), and of real samples inside the fake one."""
-    r, f = real.double(), fake.double()  # exact ball boundaries; features are small
-    precision = (_inside(f, r, _kth_neighbour_radius(r, k)) > 0).double().mean()
-    recall = (_inside(r, f, _kth_neighbour_radius(f, k)) > 0).double().mean()
-    return {"precision": float(precision), "recall": float(recall)}
+    """Improved precision and recall with k (see prdc)."""
+    got = prdc(real, fake, k_pr=k, k_dc=k)
+    return {"precision": got["precision"], "recall": got["recall"]}
 
 
-def density_coverage(real: Tensor, fake: Tensor, k: int = 5, chunk: int = 2048) -> dict[str, float]:
-    """Density and coverage (Naeem et al. 2020), strict '<':
-    density = 1/(kM) sum_j sum_i 1[y_j in B(x_i, NND_k(x_i))];
-    coverage = 1/N sum_i 1[exists j: y_j in B(x_i, NND_k(x_i))]."""
-    r, f = real.double(), fake.double()
-    radii = _kth_neighbour_radius(r, k)
-    density = _inside(f, r, radii).double().sum() / (k * len(f))
-    nearest_fake = torch.full((len(r),), float("inf"), device=r.device, dtype=r.dtype)
-    for c in f.split(chunk):
-        nearest_fake = torch.minimum(nearest_fake, torch.cdist(c, r).min(dim=0).values)
-    coverage = (nearest_fake < radii).double().mean()
-    return {"density": float(density), "coverage": float(coverage)}
+def density_coverage(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]:
+    """Density and coverage with k (see prdc)."""
+    got = prdc(real, fake, k_pr=k, k_dc=k)
+    return {"density": got["density"], "coverage": got["coverage"]}
 
 
 def class_min_count(n: int, n_classes: int, min_count: float | None = None) -> float:

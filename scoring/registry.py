@@ -104,12 +104,10 @@ class Scoring:
         return self.extractor.features(self.samples)
 
     @cached_property
-    def precision_recall(self) -> dict[str, float]:
-        return a.precision_recall(self.ref.features, self.features, k=3)
-
-    @cached_property
-    def density_coverage(self) -> dict[str, float]:
-        return a.density_coverage(self.ref.features, self.features, k=5)
+    def prdc(self) -> dict[str, float]:
+        """Precision and recall (k = 3) and density and coverage (k = 5),
+        from one set of distance passes."""
+        return a.prdc(self.ref.features, self.features, k_pr=3, k_dc=5)
 
     @cached_property
     def predicted(self) -> Tensor:
@@ -206,7 +204,7 @@ register(
 )
 register(
     "precision",
-    lambda s: s.precision_recall["precision"],
+    lambda s: s.prdc["precision"],
     "features",
     "max",
     True,
@@ -214,7 +212,7 @@ register(
 )
 register(
     "recall",
-    lambda s: s.precision_recall["recall"],
+    lambda s: s.prdc["recall"],
     "features",
     "max",
     True,
@@ -222,7 +220,7 @@ register(
 )
 register(
     "density",
-    lambda s: s.density_coverage["density"],
+    lambda s: s.prdc["density"],
     "features",
     "max",
     False,
@@ -230,7 +228,7 @@ register(
 )
 register(
     "coverage",
-    lambda s: s.density_coverage["coverage"],
+    lambda s: s.prdc["coverage"],
     "features",
     "max",
     True,  # with recall, the diversity side of a sampler's trade-off

@@ -268,8 +268,8 @@ BAD = [
     (
         ["no_such_study"],
         _nothing,
-        "unknown study 'no_such_study'; choose from: gan_stability, gan_stabilisers, gan_modes, "
-        "sparse_ae",
+        "unknown study 'no_such_study'; choose from: gan_stability, gan_stabilisers, gan_collapse, "
+        "gan_modes, sparse_ae",
     ),
     ([], _nothing, "no study given"),
     (["gan_stability", "--set", "learning_rate=1"], _nothing, "unknown key 'learning_rate'"),
@@ -461,9 +461,11 @@ def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path, shared_
         assert len(pngs) == 2
 
 
-def test_sqlite_store_holds_up_under_four_concurrent_trials(tmp_path, shared_ray):
+def test_sqlite_store_holds_up_under_four_concurrent_trials(tmp_path):
+    # a Ray of its own: on the suite's shared one, another test's trials can
+    # hold the CPUs that four trials at once need
     uri = f"sqlite:///{tmp_path}/store.db"
-    out = shared_ray.run_cli(
+    out = run_cli(
         [
             "gan_stability",
             "--smoke",

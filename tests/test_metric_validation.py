@@ -5,7 +5,7 @@ import torch
 from torchmetrics.image.fid import _compute_fid
 from torchmetrics.image.kid import poly_mmd
 
-from scoring.arithmetic import density_coverage, frechet_distance, kid, precision_recall
+from scoring.arithmetic import density_coverage, frechet_distance, kid, prdc, precision_recall
 
 
 def test_fid_agrees_with_torchmetrics_on_the_same_features():
@@ -63,8 +63,30 @@ def test_prdc_self_test_of_the_authors():
     so it is held to that."""
     torch.manual_seed(0)
     real, fake = torch.randn(10_000, 1000), torch.randn(10_000, 1000)
-    got = precision_recall(real, fake, k=5) | density_coverage(real, fake, k=5)
+    got = prdc(real, fake, k_pr=5, k_dc=5)
     published = {"precision": 0.477, "recall": 0.471, "density": 1.056, "coverage": 0.974}
     tolerance = {"precision": 0.02, "recall": 0.02, "density": 0.06, "coverage": 0.02}
     for key, value in published.items():
         assert got[key] == pytest.approx(value, abs=tolerance[key]), (key, got[key])
+
+
+def test_prdc_in_one_pass_equals_the_definitions_on_whole_distance_matrices():
+    """prdc shares its distance passes between the four metrics and walks
+    them in chunks; the definitions on full matrices must give the same."""
+    torch.manual_seed(1)
+    real, fake = torch.randn(300, 8).double(), (torch.randn(250, 8) * 1.2 + 0.3).double()
+
+    def radii(x: torch.Tensor, k: int) -> torch.Tensor:
+        return torch.cdist(x, x).sort(dim=1).values[:, k]
+
+    d = torch.cdist(fake, real)  # (fake, real)
+    r3, r5, f3 = radii(real, 3), radii(real, 5), radii(fake, 3)
+    expected = {
+        "precision": (d < r3[None, :]).any(1).double().mean().item(),
+        "recall": (f3[None, :] > d.T).any(1).double().mean().item(),
+        "density": (d < r5[None, :]).sum().item() / (5 * len(fake)),
+        "coverage": (d.min(0).values < r5).double().mean().item(),
+    }
+    got = prdc(real, fake, k_pr=3, k_dc=5, chunk=64)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert 0 < got["precision"] < 1 and 0 < got["recall"] < 1

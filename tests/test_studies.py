@@ -48,7 +48,8 @@ FAMILY_METRICS = {
 
 
 def test_list_names_every_family_study():
-    assert set(FAMILY_METRICS) | {"gan_stability", "gan_modes", "gan_stabilisers"} == set(STUDIES)
+    gans = {"gan_stability", "gan_modes", "gan_stabilisers", "gan_collapse"}
+    assert set(FAMILY_METRICS) | gans == set(STUDIES)
 
 
 def test_a_codebook_that_collapses_is_named_so_in_the_outcomes(smoke_store):
@@ -182,7 +183,8 @@ def test_end_table_shows_only_metrics_the_trials_reported(smoke_store):
     # samplers whose fids the study's table lists
     out = smoke_store.outputs["diffusion_schedule"].stdout
     table = out[out.index("Best configurations") : out.index("Outcomes:")].splitlines()
-    assert table[1].split() == ["#", "schedule", "fid", "outcomes"], table
+    # beside the outcomes, the course: median epoch of the first collapse, share hopping
+    assert table[1].split() == ["#", "schedule", "fid", "collapsed", "at", "hopping", "outcomes"]
     assert not any("- ± -" in row for row in table[2:]), table
 
 
