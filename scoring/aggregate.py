@@ -41,7 +41,7 @@ def per_configuration(
         out["collapse_epoch_median"] = groups["collapse_epoch"].median()
         out["collapse_share"] = groups["collapse_epoch"].apply(lambda s: float(s.notna().mean()))
     if "hopping" in keyed:
-        out["hopping_share"] = groups["hopping"].apply(lambda s: float(s.astype(float).mean()))
+        out["hopping_share"] = groups["hopping"].apply(lambda s: s.astype(float).mean())
     key = sort_by if sort_by in metrics else (metrics[0] if metrics else None)
     if key is not None:
         out = out.sort_values(f"{key}_mean", ascending=mode == "min", na_position="last")

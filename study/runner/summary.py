@@ -61,7 +61,7 @@ def format_table(
         ]
     if "collapse_epoch_median" in table:
         shown["collapsed at"] = table["collapse_epoch_median"].map(_num).to_numpy()
-    if "hopping_share" in table:
+    if "hopping_share" in table and table["hopping_share"].notna().any():
         shown["hopping"] = table["hopping_share"].map(_share).to_numpy()
     shown["outcomes"] = [
         ", ".join(f"{o} {int(row[o])}" for o in OUTCOMES if row[o]) for _, row in table.iterrows()
@@ -102,7 +102,7 @@ def format_confirmation(table: pd.DataFrame, searched: tuple[str, ...], metric: 
     ]
     if "collapse_epoch_median" in table:
         shown["collapsed at"] = table["collapse_epoch_median"].map(_num).to_numpy()
-    if "hopping_share" in table:
+    if "hopping_share" in table and table["hopping_share"].notna().any():
         shown["hopping"] = table["hopping_share"].map(_share).to_numpy()
     shown["outcomes"] = [
         ", ".join(

@@ -14,7 +14,8 @@ more, is exported here:
 - `RUN_TAGS`: the tags every child run carries (`outcome`, `outcome_reason`,
   `trial_id`, `ray_node`, `restored_from_epoch`, `phase`, in a seed pack
   `pack`, its size, and `member`, the seed's place in it, and once it has
-  ended `COURSE_TAGS`: `collapse_epoch` (or "none"), `recovered`, `hopping`). Every param of a
+  ended `COURSE_TAGS`: `collapse_epoch` (or "none"), `ended_epoch`, `recovered`, and
+  `hopping` for a generating family). Every param of a
   child run is a setting of its configuration, plus `config_id`, `seed`,
   `family`, `device`, `threads` and the scoring provenance; metrics are
   logged per epoch with step = epoch.

@@ -68,18 +68,21 @@ class Course:
         return {
             "collapse_epoch": float("nan") if first is None else float(first),
             "recovered": float(self.timeline.recovered),
-            "hopping": float(self.hopping),
+            # no mode histogram (a family that draws no samples): hopping does not apply
+            "hopping": float("nan") if self.modes is None else float(self.hopping),
         }
 
     def tags(self, epoch: int) -> dict[str, str]:
         """The course tags of a seed that ended at `epoch`."""
         first = self.timeline.collapse_epoch
-        return {
+        tags = {
             "collapse_epoch": "none" if first is None else str(first),
             "ended_epoch": str(epoch),
             "recovered": str(self.timeline.recovered).lower(),
-            "hopping": str(self.hopping).lower(),
         }
+        if self.modes is not None:
+            tags["hopping"] = str(self.hopping).lower()
+        return tags
 
     def state(self) -> dict[str, Any]:
         return {
