@@ -207,7 +207,8 @@ class Trial:
         for m, saved in zip(self.members, state["members"], strict=True):
             m.run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible
             m.last_eval = saved["last_eval"]
-            m.course.load(saved["course"])
+            if "course" in saved:  # a checkpoint from before courses were kept has none
+                m.course.load(saved["course"])
             if not m.ended and saved["result"] and saved["result"]["outcome"] != RUNNING:
                 m.result, m.reason, m.ended = saved["result"], saved["reason"], True
         if state["result"]["outcome"] != RUNNING:
