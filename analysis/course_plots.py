@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from analysis.runs import AnalysisError
 from analysis.survival import survival_table
-from analysis.warning import INDICATORS
+from analysis.warning import INDICATORS, by_run
 from study.tracking import MODE_SHARE
 
 if TYPE_CHECKING:
@@ -87,10 +87,7 @@ def indicators_at_collapse(view: View) -> Figure | None:
     if runs is None:
         return None
     lost = runs.dropna(subset=["collapse_epoch"])
-    wide = {
-        rid: g.pivot_table(index="epoch", columns="metric", values="value")
-        for rid, g in view.history[view.history["run_id"].isin(lost["run_id"])].groupby("run_id")
-    }
+    wide = by_run(view.history, lost["run_id"])
     panels = []
     for ind in INDICATORS:
         rows = []

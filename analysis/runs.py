@@ -5,11 +5,15 @@ thousands of trials cost a handful of requests per metric, not one per run."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from study.tracking import COURSE_TAGS, MODE_SHARE, SHARES_ARTIFACT, resolve_tracking_uri
@@ -205,12 +209,6 @@ def load_modes(
 
 
 def _artifact_modes(client: MlflowClient, run_id: str) -> pd.DataFrame:
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from mlflow.exceptions import MlflowException
-
     with tempfile.TemporaryDirectory() as d:
         try:
             saved = json.loads(

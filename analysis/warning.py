@@ -96,15 +96,21 @@ def early_warning(
     return warning_table(runs, history)
 
 
+def by_run(history: pd.DataFrame, run_ids: pd.Index | pd.Series) -> dict[str, pd.DataFrame]:
+    """Each run's metrics as a table, epochs by metric names."""
+    chosen = history[history["run_id"].isin(run_ids)]
+    return {
+        rid: g.pivot_table(index="epoch", columns="metric", values="value")
+        for rid, g in chosen.groupby("run_id")
+    }
+
+
 def warning_table(runs: pd.DataFrame, history: pd.DataFrame | None) -> pd.DataFrame:
     """early_warning's table from load_runs and load_history frames."""
     if history is None or history.empty:
         return pd.DataFrame(columns=COLUMNS)
     ended = runs.dropna(subset=["ended_epoch"]).set_index("run_id")
-    wide = {
-        rid: g.pivot_table(index="epoch", columns="metric", values="value")
-        for rid, g in history[history["run_id"].isin(ended.index)].groupby("run_id")
-    }
+    wide = by_run(history, ended.index)
     rows = []
     for ind in INDICATORS:
         traces = {rid: t for rid, w in wide.items() if (t := ind.trace(w)) is not None and len(t)}

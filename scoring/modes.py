@@ -81,7 +81,6 @@ class ModeTrack:
     floor: float
     covered: list[bool] = field(default_factory=list)  # at the last evaluation
     ever: list[bool] = field(default_factory=list)
-    counts: list[float] = field(default_factory=list)
     shares: list[float] = field(default_factory=list)
     hops: list[bool] = field(default_factory=list)  # one per evaluation after the first
 
@@ -94,14 +93,13 @@ class ModeTrack:
             regained = sum(
                 b and not a and e for a, b, e in zip(self.covered, covered, self.ever, strict=True)
             )
-            jsd = mode_jsd(np.array(self.counts), now.counts)
+            jsd = mode_jsd(np.array(self.shares), now.shares)
             major = 1 / len(covered)
             forgot = sum(s >= major and not c for s, c in zip(self.shares, covered, strict=True))
             self.hops.append(jsd > HOP_FACTOR * self.floor and forgot > 0)
             out |= {"modes_lost": lost, "modes_regained": regained, "mode_jsd": jsd}
         self.ever = [a or b for a, b in zip(self.ever or covered, covered, strict=True)]
-        self.covered, self.counts = covered, now.counts.astype(float).tolist()
-        self.shares = now.shares.tolist()
+        self.covered, self.shares = covered, now.shares.tolist()
         return out | {"modes_ever": float(sum(self.ever))}
 
     @property
