@@ -16,9 +16,10 @@ from mlflow import MlflowClient
 from nbclient import NotebookClient
 
 from analysis.report import build_report
+from analysis.report import main as report_main
 from analysis.runs import AnalysisError, load_history, load_runs
 from analysis.stats import budget_curve, config_stats, importance, knobs, stability_map
-from tests.conftest import ROOT, SMOKE_STUDIES, cli_env
+from tests.conftest import ROOT, SMOKE_STUDIES, cli_env, in_process
 
 # --- MLflow to pandas -------------------------------------------------------------
 
@@ -265,18 +266,28 @@ def test_every_family_gets_its_figures(smoke_store, tmp_path, study):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "real"),
     [
-        (["no_such_study"], "unknown study 'no_such_study'"),
-        (["gan_modes"], "no experiment 'gan_modes'"),
-        (["gan_stability", "--survival-by", "beta9"], "setting 'beta9' is not one of the study's"),
+        # a real command line: its exit code and its one line on stderr
+        (["no_such_study"], "unknown study 'no_such_study'", True),
+        # the others in this process: the same main(), without a start-up
+        (["gan_modes"], "no experiment 'gan_modes'", False),
+        (
+            ["gan_stability", "--survival-by", "beta9"],
+            "setting 'beta9' is not one of the study's",
+            False,
+        ),
     ],
 )
-def test_report_refuses_what_it_cannot_report(smoke_store, tmp_path, args, message):
-    out = subprocess.run(
-        [sys.executable, "-m", "analysis.report", *args, "--tracking-uri", smoke_store.uri],
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+def test_report_refuses_what_it_cannot_report(smoke_store, tmp_path, args, message, real):
+    argv = [*args, "--tracking-uri", smoke_store.uri]
+    if real:
+        out = subprocess.run(
+            [sys.executable, "-m", "analysis.report", *argv],
+            cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    else:
+        out = in_process(report_main, argv, tmp_path, {})
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr

@@ -19,7 +19,7 @@ from study.runner.lean_start import SKIPPED, lean_changes
 from study.runner.preflight import check_resources, trials_at_once
 from study.runner.tune_run import start_ray
 from study.tracking.store import FINAL_METRICS
-from tests.conftest import cli_env, run_cli, steps
+from tests.conftest import cli_env, in_process, run_cli, steps
 from tests.test_clients import assert_optuna_matches_mlflow
 
 
@@ -40,8 +40,6 @@ def test_list_shows_every_study_with_a_description(tmp_path):
 
 
 def test_list_with_a_study_documents_every_setting_it_accepts():
-    import contextlib
-    import io
 
     from models.config import keys
     from study.runner.cli import main
@@ -242,6 +240,7 @@ def test_a_study_in_seed_packs_logs_every_seed_and_prints_its_tables(tmp_path, s
     its own, and the tables count seeds, as without packs."""
     uri = f"sqlite:///{tmp_path}/store.db"
     args = ["gan_stability", "--smoke", "--pack", "3", "--confirm", "1", "--confirm-seeds", "3"]
+    args += ["--max-concurrent", "1"]  # one trial process a phase, seconds of CPU less
     out = shared_ray.run_cli([*args, "--tracking-uri", uri, "--name", "packed"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4 seeds in 2 trials (seed packs of 2)" in out.stdout
@@ -357,28 +356,12 @@ BAD = [
 
 
 def main_in_process(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """`study.run`'s main(args) in this process, in `cwd` with `env` added: the
-    CLI's code path without an interpreter's start (3-4 s of imports each).
+    """`study.run`'s main(args) in this process (`in_process`).
     `test_a_bad_invocation_is_refused_before_ray_is_imported` runs the real
     command line; here, every mistake it can be given."""
     from study.runner.cli import main
 
-    out, err = io.StringIO(), io.StringIO()
-    old_env, old_cwd = dict(os.environ), os.getcwd()
-    os.environ.update(env)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # as cli_env: no inherited store
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(args)
-            except SystemExit as e:  # argparse's errors
-                code = e.code
-    finally:
-        os.chdir(old_cwd)
-        os.environ.clear()
-        os.environ.update(old_env)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    return in_process(main, args, cwd, env)
 
 
 @pytest.fixture(scope="module")

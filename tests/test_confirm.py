@@ -73,6 +73,7 @@ def test_confirm_reruns_the_best_on_fresh_seeds_and_resumes_after_a_kill(
         "--confirm", "2", "--confirm-seeds", "2", "--tracking-uri", uri, "--name", "cf",
         "--set", f"epochs={EPOCHS}", "--set", "eval_every=2", "--set", "train_size=2000",
         "--set", "checkpoint_seconds=0", "--address", shared_ray.address, "--pack", str(pack),
+        "--max-concurrent", "1",  # one trial process a phase: seconds of CPU less
     ]  # fmt: skip
     cli = start_cli(args, tmp_path, stderr=subprocess.STDOUT, env=shared_ray.env)
     lines: list[str] = []

@@ -37,6 +37,9 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
     return out
 
 
+TRIAL_EPOCHS = 16  # evaluated every 2: the kill after the first finds most still to train
+
+
 @pytest.mark.parametrize("pack", [1, 2], ids=["one seed", "a seed pack of 2"])
 def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_path, pack):
     """SIGKILL of the trial's process mid-training: Tune retries it from its
@@ -56,7 +59,7 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
         "--set",
         "arch=mlp",
         "--set",
-        "epochs=40",
+        f"epochs={TRIAL_EPOCHS}",
         "--set",
         "eval_every=2",
         "--set",
@@ -105,11 +108,11 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
     for run in runs:
         assert run.info.status == "FINISHED" and run.data.tags["outcome"] in ("ok", "collapsed")
         # every epoch exactly once, across the kill
-        assert steps(client, run.info.run_id, "d_loss") == list(range(1, 41))
-        assert steps(client, run.info.run_id, "fid") == list(range(2, 41, 2))
+        assert steps(client, run.info.run_id, "d_loss") == list(range(1, TRIAL_EPOCHS + 1))
+        assert steps(client, run.info.run_id, "fid") == list(range(2, TRIAL_EPOCHS + 1, 2))
         # it continued from a checkpoint: a restart from scratch would not say so
         restored = int(run.data.tags["restored_from_epoch"])
-        assert restored % 2 == 0 and 2 <= restored < 40
+        assert restored % 2 == 0 and 2 <= restored < TRIAL_EPOCHS
 
 
 def _wait_gone(pids: list[int], seconds: float) -> None:
@@ -130,60 +133,55 @@ def _wait_gone(pids: list[int], seconds: float) -> None:
     assert not alive(), f"still running: {alive()}"
 
 
+EPOCHS = 16
+
+
+def _kill_with_one_trial_ended_and_one_half_way(
+    cli: subprocess.Popen, lines: list[str], runs: Path
+) -> list[tuple[int, str]]:
+    """SIGKILL the driver once a trial has ended and the next one (trials run
+    one at a time) has a checkpoint that Tune's saved state already holds:
+    the resume then has both finished and half-trained trials to deal with.
+    Returns the driver's processes (its local Ray) as they were at the kill."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert cli.poll() is None, "".join(lines)[-3000:]
+        assert not any(" 2/4 done" in line for line in lines), "the kill came too late"
+        checkpoints = sorted(runs.glob("train_*/checkpoint_*"), key=os.path.getmtime)
+        states = list(runs.glob("experiment_state-*.json"))
+        if (
+            any(" 1/4 done" in line for line in lines)
+            and len({c.parent for c in checkpoints}) == 2
+            and states
+            and os.path.getmtime(states[0]) > os.path.getmtime(checkpoints[-1])
+        ):
+            ray_processes = _descendants(cli.pid)
+            os.kill(cli.pid, signal.SIGKILL)
+            cli.wait(timeout=30)
+            return ray_processes
+        time.sleep(0.1)
+    raise AssertionError("no trial ended in time:\n" + "".join(lines)[-3000:])
+
+
 def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
     uri = f"sqlite:///{tmp_path}/store.db"
     args = [
-        "gan_stability",
-        "--smoke",
-        "--num-samples",
-        "2",
-        "--seeds",
-        "2",
-        "--tracking-uri",
-        uri,
-        "--name",
-        "dk",
-        "--set",
-        "arch=mlp",
-        # long enough that the kill below finds trials ended and trials
-        # half-way (reused trial processes start the next trial at once)
-        "--set",
-        "epochs=30",
-        "--set",
-        "eval_every=10",
-        "--set",
-        "train_size=4000",
-        "--set",
-        "width=256",
-        "--set",
-        "eval_samples=100",
-        "--set",
-        "checkpoint_seconds=0",
-    ]
-    cli = start_cli(args, tmp_path, stderr=subprocess.STDOUT)
+        "gan_stability", "--smoke", "--num-samples", "2", "--seeds", "2",
+        "--max-concurrent", "1", "--tracking-uri", uri, "--name", "dk",
+        "--set", "arch=mlp", "--set", f"epochs={EPOCHS}", "--set", "eval_every=4",
+        "--set", "train_size=2000", "--set", "width=256", "--set", "eval_samples=100",
+        "--set", "checkpoint_seconds=0",
+    ]  # fmt: skip
+    # Tune saves its state at least every second (by default every 10 s or
+    # more), so the kill need not wait long for a save after a checkpoint
+    cli = start_cli(args, tmp_path, stderr=subprocess.STDOUT, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True)
     reader.start()
     try:
-        # kill once a trial has ended and Tune has saved its state since a
-        # checkpoint (it saves at least every 10 s): the resume then has both
-        # finished and half-trained trials to deal with
-        deadline, first_checkpoint = time.monotonic() + 240, None
-        while time.monotonic() < deadline:
-            if first_checkpoint is None and list(
-                (tmp_path / "runs").glob("dk/train_*/checkpoint_*")
-            ):
-                first_checkpoint = time.monotonic()
-            done = any(" 1/4 done" in line for line in lines)
-            if done and first_checkpoint and time.monotonic() - first_checkpoint > 12:
-                break
-            assert cli.poll() is None, "".join(lines)[-3000:]
-            time.sleep(0.2)
-        else:
-            raise AssertionError("no trial ended in time:\n" + "".join(lines)[-3000:])
-        ray_processes = _descendants(cli.pid)
-        os.kill(cli.pid, signal.SIGKILL)
-        cli.wait(timeout=30)
+        ray_processes = _kill_with_one_trial_ended_and_one_half_way(
+            cli, lines, tmp_path / "runs" / "dk"
+        )
     finally:
         if cli.poll() is None:
             cli.kill()
@@ -211,8 +209,8 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
     seeds = Counter(r.data.params["config_id"] for r in children)
     assert sorted(seeds.values()) == [2, 2], seeds
     for run in children:
-        assert steps(client, run.info.run_id, "d_loss") == list(range(1, 31))
-        assert steps(client, run.info.run_id, "fid") == [10, 20, 30]
+        assert steps(client, run.info.run_id, "d_loss") == list(range(1, EPOCHS + 1))
+        assert steps(client, run.info.run_id, "fid") == list(range(4, EPOCHS + 1, 4))
     # the Optuna study holds each configuration once, finished, with its seed mean
     # (those the killed driver had asked for and Tune never saved are marked failed)
     exp_id = after_parents[0].info.experiment_id
@@ -220,7 +218,7 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
     # finished trials were not trained again; some trial continued from a checkpoint
     restored = {r.info.run_id: r.data.tags.get("restored_from_epoch") for r in children}
     assert ended_before <= set(restored)
-    assert all(restored[r] in (None, "30") for r in ended_before)
+    assert all(restored[r] in (None, str(EPOCHS)) for r in ended_before)
     # and their runs were not reopened: each ended when it first did
     ended_at = {r.info.run_id: r.info.end_time for r in before if r.info.run_id in ended_before}
     assert {
@@ -229,25 +227,31 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
     assert any(v is not None for v in restored.values()), restored
 
 
-def test_ctrl_c_ends_with_130_the_resume_hint_and_no_running_run(tmp_path):
+def test_ctrl_c_ends_with_130_the_resume_hint_and_no_running_run(tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path}/store.db"
     args = ["gan_stability", "--smoke", "--tracking-uri", uri, "--name", "ci", "--set", "arch=mlp"]
-    cli = start_cli([*args, "--set", "epochs=60"], tmp_path)
+    args += ["--set", "epochs=60", "--address", shared_ray.address]
+    cli = start_cli(args, tmp_path, stderr=subprocess.STDOUT, env=shared_ray.env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 120
-        while not any("ImplicitFunc" in cmd for _, cmd in _descendants(cli.pid)):
-            assert cli.poll() is None and time.monotonic() < deadline, "no trial started"
-            time.sleep(0.5)
-        while not study_runs(uri)[1]:  # the trials have opened their runs
+        # the trials have opened their runs (in the store the CLI has made
+        # by the time it names its parent run)
+        while not (any("parent run" in line for line in lines) and study_runs(uri)[1]):
+            assert cli.poll() is None, "the study ended before it was interrupted"
             assert time.monotonic() < deadline, "no trial run in MLflow"
             time.sleep(0.5)
         cli.send_signal(signal.SIGINT)
-        _, stderr = cli.communicate(timeout=120)
+        cli.wait(timeout=120)
+        reader.join(timeout=30)
     finally:
         if cli.poll() is None:
             cli.kill()
-    assert cli.returncode == 130, stderr[-3000:]
-    assert "--resume --name ci" in stderr
+    out = "".join(lines)
+    assert cli.returncode == 130, out[-3000:]
+    assert "--resume --name ci" in out
     parents, children = study_runs(uri)
     assert parents[0].info.status == "KILLED"
     assert children and all(r.info.status == "KILLED" for r in children)

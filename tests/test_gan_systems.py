@@ -344,6 +344,7 @@ def test_gan_stabilisers_trains_every_technique_through_the_cli(tmp_path, shared
     # optimiser knobs the techniques leave alone train through the CLI too
     args = ["gan_stabilisers", "--smoke", "--set", "lr=0.001", "--num-samples", "9"]
     args += ["--max-concurrent", "1"]  # one trial process for the nine, seconds of CPU less
+    args += ["--set", "epochs=1"]  # one epoch and one evaluation each: a technique's path runs
     args += ["--set", "optimizer_d=sgd", "--set", "momentum=0.5"]
     out = shared_ray.run_cli(
         [*args, "--seeds", "1", "--tracking-uri", uri, "--name", "s"], tmp_path
