@@ -227,7 +227,11 @@ SHARED_RAY = "GENSTUDY_TEST_RAY"  # address|token file of the run's one shared R
 def pytest_configure(config: pytest.Config) -> None:
     """Under xdist, the controller starts the one Ray every worker's tests
     share (a Ray a worker, each idling beside the other, costs a start and
-    its daemons' CPU twice); its workers inherit where it is."""
+    its daemons' CPU twice); its workers inherit where it is. It has the
+    machine's two CPUs, and each study a test runs on it takes one
+    (`--max-concurrent 1`, or one trial): the two workers' studies never
+    wait for each other's CPUs, which a test timed against another study
+    (the outage's) cannot afford."""
     if getattr(config.option, "numprocesses", None) and SHARED_RAY not in os.environ:
         folder = Path(tempfile.mkdtemp(prefix="genstudy-shared-ray-"))
         env = ray_token_env(folder)

@@ -230,7 +230,7 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
 def test_ctrl_c_ends_with_130_the_resume_hint_and_no_running_run(tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path}/store.db"
     args = ["gan_stability", "--smoke", "--tracking-uri", uri, "--name", "ci", "--set", "arch=mlp"]
-    args += ["--set", "epochs=60", "--address", shared_ray.address]
+    args += ["--set", "epochs=60", "--address", shared_ray.address, "--max-concurrent", "1"]
     cli = start_cli(args, tmp_path, stderr=subprocess.STDOUT, env=shared_ray.env)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True)
