@@ -16,6 +16,12 @@ process environment for one, in one module, checked at start-up.
   never at import; an environment that sets them wins.
 - `NO_PRESTART` (Ray, an internal config flag): a local node starts no idle
   workers for the driver's tasks (a study runs none; `runner.lean_start`).
+- `no_compiler_import` (torch, a private cache attribute): building an
+  optimiser imports torch's compiler (`torch._dynamo`, 1.5 s of CPU) only to
+  mark `add_param_group` as not to be compiled. The driver builds each model
+  once to check the settings and never trains or compiles, so inside this
+  block the mark is skipped; after it, torch's own path is back. If torch
+  moves the attribute, the block does nothing and the check is 1.5 s slower.
 
 `check_internals()` runs before Ray starts: a Ray or Optuna whose internals
 moved ends the study with one line naming the workaround, not a traceback
@@ -28,7 +34,8 @@ import functools
 import inspect
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
@@ -54,6 +61,25 @@ def mlflow_environment() -> None:
     for key, value in MLFLOW_ENV.items():
         os.environ.setdefault(key, value)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
+
+
+_NO_COMPILE_MARK = "__dynamo_disable"  # where torch._compile caches the disabled function
+
+
+@contextmanager
+def no_compiler_import() -> Iterator[None]:
+    """Optimisers built inside do not import torch._dynamo (see above)."""
+    from torch.optim import Optimizer
+
+    fn = getattr(Optimizer.add_param_group, "__wrapped__", None)
+    skip = fn is not None and not hasattr(fn, _NO_COMPILE_MARK)
+    if skip:
+        setattr(fn, _NO_COMPILE_MARK, fn)  # "already disabled": call it as it is
+    try:
+        yield
+    finally:
+        if skip:
+            delattr(fn, _NO_COMPILE_MARK)
 
 
 def _checkpoint_manager() -> Any:

@@ -65,3 +65,23 @@ def test_importing_our_modules_changes_no_environment_variable():
                          text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_drivers_model_check_builds_optimisers_without_importing_the_compiler(tmp_path):
+    """prepare() builds every searched model, optimisers too, and leaves
+    torch._dynamo unimported (1.5 s of CPU a driver); torch's own path is
+    back afterwards: the next optimiser built imports it as usual."""
+    code = (
+        "import sys, torch\n"
+        "from study.request import StudyRequest\n"
+        "from study.runner.prepare import prepare\n"
+        f"prepare(StudyRequest('gan_stability', storage='{tmp_path}/runs', smoke=True,\n"
+        f"        tracking_uri='sqlite:///{tmp_path}/s.db'))\n"
+        "print('torch._dynamo' in sys.modules)\n"
+        "torch.optim.Adam(torch.nn.Linear(2, 2).parameters())\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["False", "True"]
