@@ -1,11 +1,11 @@
 """Feature extractors for sample-quality metrics, registered in one place.
 
 Each image dataset is scored in the features of its own classifier (a small
-CNN, the established practice for MNIST-like data): it is trained once per
-dataset with a fixed seed, cached on disk under a lock so concurrent trials
-share it, and identified by the SHA-256 of its weights file. A dataset's spec
-names its extractor (`DatasetSpec.extractor`): Stacked MNIST applies the
-mnist5k classifier to each channel.
+CNN, the established practice for MNIST-like data; scoring.classifier: the
+same shipped bytes on every machine for the offline datasets), kept in the
+on-disk cache that trials share, and identified by the SHA-256 of its file.
+A dataset's spec names its extractor (`DatasetSpec.extractor`): Stacked
+MNIST applies the mnist5k classifier to each channel.
 """
 
 from __future__ import annotations
@@ -20,63 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datasources import Dataset, dataset_spec, load_dataset
-from datasources.cache import cached_file
-
-_VERSION = 1  # bump when the architecture or training recipe changes
-_BATCH = 1000
-
-
-class DomainClassifier(nn.Module):
-    """LeNet-style CNN; its 128-d penultimate layer is the FID feature space."""
-
-    def __init__(self, channels: int, n_classes: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(3),
-            nn.Flatten(),
-            nn.Linear(32 * 9, 128),
-            nn.ReLU(),
-        )
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, n_classes))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
-
-
-def _shift(x: Tensor, max_px: int = 1) -> Tensor:
-    """Random translation by up to max_px pixels: cheap augmentation worth about
-    two points of held-out accuracy on the 4000-image mnist5k split (96.8%)."""
-    pad = F.pad(x, (max_px,) * 4)
-    dx, dy = torch.randint(0, 2 * max_px + 1, (2,)).tolist()
-    return pad[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
-
-
-def train_classifier(data: Dataset, steps: int = 1500, seed: int = 0) -> tuple[nn.Module, float]:
-    """Train on the train split; returns the model and its test-split accuracy.
-    A fixed step count (not epochs) gives small datasets enough updates."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = DomainClassifier(data.train_x.shape[1], data.n_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
-        idx = torch.randint(0, len(data.train_x), (64,), generator=gen)
-        loss = F.cross_entropy(model(_shift(data.train_x[idx])), data.train_y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
-    with torch.inference_mode():
-        pred = torch.cat([model(c).argmax(1) for c in data.test_x.split(_BATCH)])
-    return model, (pred == data.test_y).float().mean().item()
+from datasources import dataset_spec
+from scoring.classifier import BATCH, VERSION, DomainClassifier, classifier_file
 
 
 @dataclass(frozen=True)
@@ -89,11 +34,11 @@ class Extractor:
 
     @torch.inference_mode()
     def features(self, x: Tensor) -> Tensor:
-        return torch.cat([self._features(c) for c in x.split(_BATCH)])
+        return torch.cat([self._features(c) for c in x.split(BATCH)])
 
     @torch.inference_mode()
     def predict(self, x: Tensor) -> Tensor:
-        return torch.cat([self._logits(c).argmax(-1) for c in x.split(_BATCH)])
+        return torch.cat([self._logits(c).argmax(-1) for c in x.split(BATCH)])
 
 
 # cache entries this process's extractors were built from: a study's driver
@@ -101,22 +46,9 @@ class Extractor:
 USED_CACHE_FILES: dict[str, Path] = {}
 
 
-def _classifier_file(dataset: str) -> Path:
-    def build(tmp: Path) -> None:
-        print(f"training the {dataset} feature classifier (once; cached for every trial)")
-        data = load_dataset(dataset)
-        model, acc = train_classifier(data)
-        state = {"state": model.state_dict(), "accuracy": acc}
-        state["shape"] = [data.train_x.shape[1], data.n_classes]
-        torch.save(state, tmp)
-
-    name = f"classifier-{dataset}-v{_VERSION}.pt"
-    USED_CACHE_FILES[name] = path = cached_file(name, build)
-    return path
-
-
 def _classifier(dataset: str, device: torch.device) -> tuple[DomainClassifier, str, float]:
-    path = _classifier_file(dataset)
+    path = classifier_file(dataset)
+    USED_CACHE_FILES[path.name] = path
     blob = torch.load(path, map_location=device, weights_only=True)
     model = DomainClassifier(*blob["shape"]).to(device).eval()
     model.load_state_dict(blob["state"])
@@ -125,7 +57,7 @@ def _classifier(dataset: str, device: torch.device) -> tuple[DomainClassifier, s
 
 def _own_classifier(dataset: str, device: torch.device) -> Extractor:
     model, sha, acc = _classifier(dataset, device)
-    return Extractor(f"{dataset}-classifier-v{_VERSION}", sha, acc, model.body, model)
+    return Extractor(f"{dataset}-classifier-v{VERSION}", sha, acc, model.body, model)
 
 
 def _per_channel(base: str) -> Callable[[str, torch.device], Extractor]:
@@ -143,7 +75,7 @@ def _per_channel(base: str) -> Callable[[str, torch.device], Extractor]:
             code = digits @ torch.tensor([100, 10, 1], device=x.device)
             return F.one_hot(code, 1000)
 
-        return Extractor(f"{base}-classifier-v{_VERSION}-per-channel", sha, acc, features, logits)
+        return Extractor(f"{base}-classifier-v{VERSION}-per-channel", sha, acc, features, logits)
 
     return make
 
