@@ -23,7 +23,7 @@ from study.request import StudyRequest
 from study.runner.prepare import prepare
 from tests.conftest import run_cli, start_cli, steps, study_runs
 
-EPOCHS = 6
+EPOCHS = 4
 
 
 def _request(tmp_path: Path, **kw) -> StudyRequest:

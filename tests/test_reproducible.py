@@ -21,24 +21,20 @@ TRAIN = (
 
 def test_the_classifier_trains_to_the_same_bytes_whatever_the_thread_settings():
     """Two processes, one and two threads (torch's and OpenMP's): the same
-    file, byte for byte, for a one-channel 28x28 and an 8x8 dataset."""
+    file, byte for byte (without the one-thread recipe they differ)."""
 
-    def train(case: tuple[str, int]) -> str:
-        dataset, threads = case
+    def train(threads: int) -> str:
         env = {**cli_env(), "OMP_NUM_THREADS": str(threads)}
-        code = TRAIN.format(threads=threads, dataset=dataset)
+        code = TRAIN.format(threads=threads, dataset="mnist5k")
         out = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
         )
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout.strip()
 
-    cases = [(d, t) for d in ("mnist5k", "digits") for t in (1, 2)]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        hashes = dict(zip(cases, pool.map(train, cases), strict=True))
-    for dataset in ("mnist5k", "digits"):
-        assert hashes[(dataset, 1)] == hashes[(dataset, 2)], hashes
-    assert hashes[("mnist5k", 1)] != hashes[("digits", 1)]
+        one, two = pool.map(train, (1, 2))
+    assert len(one) == 64 and one == two
 
 
 def test_the_shipped_classifiers_hold_their_recorded_hashes():
