@@ -138,14 +138,15 @@ def classifier_file(dataset: str) -> Path:
 
         return cached_file(name, build)
     expected, path = SHIPPED_SHA256[dataset], cache_dir() / name
-    if path.exists() and sha256(path.read_bytes()) == expected:
+    cached = sha256(path.read_bytes()) if path.exists() else None
+    if cached == expected:
         return path
     blob = (WEIGHTS / f"{dataset}-v{VERSION}.pt").read_bytes()
     if sha256(blob) != expected:
         raise RuntimeError(f"the shipped {dataset} classifier is damaged: reinstall the package")
-    if path.exists():
+    if cached:
         print(
-            f"replacing the cached {dataset} classifier (sha256 {sha256(path.read_bytes())[:12]},"
+            f"replacing the cached {dataset} classifier (sha256 {cached[:12]},"
             f" left by another version) with the shipped one ({expected[:12]})"
         )
     return install(name, blob)

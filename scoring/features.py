@@ -10,7 +10,6 @@ MNIST applies the mnist5k classifier to each channel.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, wraps
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datasources import dataset_spec
-from scoring.classifier import BATCH, VERSION, DomainClassifier, classifier_file
+from scoring.classifier import BATCH, VERSION, DomainClassifier, classifier_file, sha256
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ def _classifier(dataset: str, device: torch.device) -> tuple[DomainClassifier, s
     blob = torch.load(path, map_location=device, weights_only=True)
     model = DomainClassifier(*blob["shape"]).to(device).eval()
     model.load_state_dict(blob["state"])
-    return model, hashlib.sha256(path.read_bytes()).hexdigest(), float(blob["accuracy"])
+    return model, sha256(path.read_bytes()), float(blob["accuracy"])
 
 
 def _own_classifier(dataset: str, device: torch.device) -> Extractor:
@@ -147,5 +146,5 @@ def inception_extractor(weights: str, device: str = "cpu") -> Extractor:
     def no_logits(x: Tensor) -> Tensor:
         raise NotImplementedError("the Inception extractor scores fid only")
 
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha = sha256(path.read_bytes())
     return Extractor(f"inception_v3:{path.name}", sha, float("nan"), features, no_logits)
