@@ -69,14 +69,15 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
     ]
     cli = start_cli(args, tmp_path)
     try:
-        client = MlflowClient(uri)
-        deadline, run_ids = time.monotonic() + 180, None
+        deadline, run_ids, client, exp = time.monotonic() + 180, None, None, None
         while time.monotonic() < deadline:  # wait for the first checkpoint's epochs in MLflow
-            exp = (
-                client.get_experiment_by_name("gan_stability")
-                if Path(f"{tmp_path}/store.db").exists()
-                else None
-            )
+            # the store is opened (MlflowClient opens it at once) only when a
+            # trial has a checkpoint: the driver has built its schema by then,
+            # and two processes building a new sqlite store trip over each other
+            checkpoints = list((tmp_path / "runs").glob("*/train_*/checkpoint_*"))
+            if checkpoints and client is None:
+                client = MlflowClient(uri)
+            exp = client.get_experiment_by_name("gan_stability") if client else None
             runs = (
                 [
                     r
@@ -86,7 +87,6 @@ def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
                 if exp
                 else []
             )
-            checkpoints = list((tmp_path / "runs").glob("*/train_*/checkpoint_*"))
             if len(runs) == pack and checkpoints and steps(client, runs[0].info.run_id, "fid"):
                 run_ids = sorted(r.info.run_id for r in runs)
                 break
