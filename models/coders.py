@@ -71,7 +71,7 @@ def epoch_means(
     a pack, (K,)) tensors, summed on the device and averaged, so the epoch
     costs no host sync per step."""
     steps = len(x) // batch_size
-    perm = engine.draw(lambda g: torch.randperm(len(x), device=x.device, generator=g))
+    perm = engine.order(lambda g: torch.randperm(len(x), device=x.device, generator=g))
     sums: dict[str, Tensor] = {}
     for i in range(steps):
         for k, v in step(x[perm[..., i * batch_size : (i + 1) * batch_size]]).items():

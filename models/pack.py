@@ -63,6 +63,12 @@ class Engine:
     def _losses(self, loss_fn: LossFn, fixed: Sequence[str], *inputs: Any) -> Any:
         raise NotImplementedError
 
+    def order(self, fn: Callable[[torch.Generator | None], Tensor]) -> Tensor:
+        """fn(generator) for the data's order (shuffles, picks of training
+        samples), for every member: the noise's stream (`draw`), unless a
+        member's data has a stream of its own (seeded apart: data_seed)."""
+        raise NotImplementedError
+
     def _track(self, opt: str, norm: Tensor) -> None:
         """Sum the step's gradient norm on the device (no host sync)."""
         total, steps = self.norms.get(opt, (0.0, 0))
@@ -99,9 +105,14 @@ class Solo(Engine):
         self.member, self.nets, self.optimizers = member, nets, optimizers
         self.norms = {}
 
+    data_generator: torch.Generator | None = None  # the data's own stream, where seeded apart
+
     def draw(self, fn: Callable[[torch.Generator | None], Tensor]) -> Tensor:
         """fn(generator) for every member; None: the global generator."""
         return fn(None)
+
+    def order(self, fn: Callable[[torch.Generator | None], Tensor]) -> Tensor:
+        return fn(self.data_generator)
 
     def each(self, fn: Callable[..., Any], *tensors: Tensor | None) -> Any:
         """fn(member, *its slices of tensors, its generator) for every member:
@@ -192,6 +203,7 @@ class Fused(Engine):
 
     def __init__(self, engines: list[Solo], generators: list[torch.Generator]) -> None:
         self.size = len(engines)
+        self.engines = engines  # each keeps its data stream (order)
         self.members = [e.member for e in engines]
         self.stacks = {n: Stacked([e.nets[n] for e in engines]) for n in engines[0].nets}
         self.generators = generators
@@ -209,6 +221,10 @@ class Fused(Engine):
 
     def draw(self, fn: Callable[[torch.Generator | None], Tensor]) -> Tensor:
         return torch.stack([fn(g) for g in self.generators])
+
+    def order(self, fn: Callable[[torch.Generator | None], Tensor]) -> Tensor:
+        own = [e.data_generator for e in self.engines]
+        return torch.stack([fn(d or g) for d, g in zip(own, self.generators, strict=True)])
 
     def each(self, fn: Callable[..., Any], *tensors: Tensor | None) -> Any:
         out = [
@@ -335,9 +351,10 @@ def _stacked_optimizer(
     return type(opt)(groups)
 
 
-def fuse(make: Callable[[int], Any], seeds: Sequence[int], device: torch.device) -> list[Any]:
+def fuse(make: Callable[[Any], Any], seeds: Sequence[Any], device: torch.device) -> list[Any]:
     """The members of a pack, built one by one (`make(seed)` seeds the global
-    generators and builds one family); each member's generator starts where
+    generators and builds one family; a seed may be a number or what the
+    caller seeds from); each member's generator starts where
     its build left the global one, so its draws are what it would draw
     trained alone. The first member then trains them all (a Fused engine)."""
     members, generators = [], []
@@ -396,6 +413,12 @@ class Pack:
             "members": [m.state_dict() for m in self.members],
             "fused": self.engine.state_dict(),
         }
+
+    def data_streams(self) -> list[torch.Generator]:
+        """The members' own data-order generators (none unless seeded apart):
+        checkpointed beside the global stream, so a retry draws on."""
+        engines = self.engine.engines if self.fused else [self.engine]
+        return [e.data_generator for e in engines if getattr(e, "data_generator", None)]
 
     def load_state_dict(self, state: dict) -> None:
         if not self.fused:

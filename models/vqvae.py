@@ -237,7 +237,7 @@ class VQVAE(LatentCoder, GenerativeFamily):
         """Entries no training position chose this epoch take the encoder
         outputs of a random training batch."""
         e, device, b = self.engine, self.x.device, self.cfg.batch_size
-        idx = e.draw(lambda g: torch.randint(len(self.x), (b,), device=device, generator=g))
+        idx = e.order(lambda g: torch.randint(len(self.x), (b,), device=device, generator=g))
         z = e.call("enc", self.x[idx])
         rows, size = z.shape[-4] * z.shape[-2] * z.shape[-1], self.cfg.codebook_size
         pick = e.draw(lambda g: torch.randint(rows, (size,), device=device, generator=g))

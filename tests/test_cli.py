@@ -277,6 +277,12 @@ BAD = [
     (["gan_stability", "--set", "lr_g"], _nothing, "--set expects KEY=VALUE"),
     (["gan_stability", "--sweep", "lr_g=0.1"], _nothing, "--sweep lr_g needs at least two values"),
     (["gan_collapse", "--sweep", "nosuch=1,2"], _nothing, "unknown key 'nosuch'"),
+    (
+        ["gan_stability", "--sweep", "noise_seed=0,1"],
+        _nothing,
+        "unknown seed source 'noise_seed'; the sources: init_seed, data_seed, sample_seed, "
+        "eval_seed",
+    ),
     (["gan_stability", "--dataset", "imagenet"], _nothing, "unknown dataset 'imagenet'"),
     (
         ["gan_stability", "--dataset", "cifar10", "--data-dir", "DATA"],

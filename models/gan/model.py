@@ -221,7 +221,7 @@ class GAN(GenerativeFamily):
         seed pack every tensor has the member dimension first."""
         b, n_disc = self.cfg.batch_size, self.cfg.n_disc
         steps = len(self.x) // b
-        perm = self.engine.draw(
+        perm = self.engine.order(
             lambda g: torch.randperm(len(self.x), device=self.device, generator=g)
         )
         d_sum = torch.zeros(self.engine.lead, device=self.device)  # one sum per member

@@ -119,6 +119,9 @@ DERIVED = (Bundles, Tied)  # axes that stand for settings of other keys
 
 # --- harness settings of one trial ------------------------------------------
 
+# what a seed sets, each settable apart (study/trial/seeds.py says how)
+SEED_SOURCES = ("init_seed", "data_seed", "sample_seed", "eval_seed")
+
 
 @dataclass(kw_only=True)
 class TrialConfig:
@@ -138,6 +141,14 @@ class TrialConfig:
     train_size: int = param(0, low=0, high=10**9, help="use the first N training samples (0: all)")
     max_loss: float = param(1e5, low=1e-12, high=1e30, help="|loss| above this counts as diverged")
     seed: int = param(0, low=0, high=2**31 - 1, help="base seed; repeat i uses seed + i")
+    # SEED_SOURCES; -1: follows seed
+    init_seed: int = param(-1, low=-1, high=2**31 - 1, help="weight initialisation (-1: seed)")
+    data_seed: int = param(-1, low=-1, high=2**31 - 1, help="data order (-1: seed)")
+    sample_seed: int = param(-1, low=-1, high=2**31 - 1, help="training noise (-1: seed)")
+    eval_seed: int = param(-1, low=-1, high=2**31 - 1, help="samples scored (-1: seed)")
+    eval_draws: int = param(
+        1, low=1, high=100, help="the final evaluation's sample metrics on N draws: mean, std"
+    )
     inception_weights: str = param("", help="local Inception v3 weights file: adds fid_inception")
     bf16: bool = param(False, help="bfloat16 autocast in training steps (for GPUs that have it)")
     compile: bool = param(False, help="torch.compile the family's networks (pays off on GPUs)")
@@ -186,6 +197,8 @@ def settings_owner(study: Study, key: str) -> type:
     if key in keys(study.family_config):
         return study.family_config
     accepted = sorted(keys(TrialConfig) | keys(study.family_config))
+    if key.endswith("_seed"):  # a seed source misspelt or invented: name the real ones
+        raise ConfigError(f"unknown seed source '{key}'; the sources: {', '.join(SEED_SOURCES)}")
     raise ConfigError(
         f"unknown key '{key}' for study {study.name}; accepted: {', '.join(accepted)}"
     )
@@ -253,7 +266,9 @@ def split_settings(study: Study, values: dict[str, Any]) -> tuple[TrialConfig, A
     return build(TrialConfig, trial), build(study.family_config, family)
 
 
-NOT_IN_ID = ("seed", "checkpoint_seconds")
+# seeds (every source of one), checkpoints and extra evaluation draws do not
+# make another configuration: the same model, trained the same way
+NOT_IN_ID = ("seed", *SEED_SOURCES, "checkpoint_seconds", "eval_draws")
 
 
 def config_id(values: dict[str, Any]) -> str:

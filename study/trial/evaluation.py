@@ -17,6 +17,7 @@ from scoring.registry import METRICS, score_samples
 from scoring.spectral import TopSingular
 from study.studies import TrialConfig
 from study.trial.probes import latent_probes
+from study.trial.seeds import stream_seed
 
 
 @dataclass
@@ -28,12 +29,19 @@ class Evaluation:
 
 
 def evaluate(
-    family: Family, data: Dataset, cfg: TrialConfig, seed: int, spectral: TopSingular
+    family: Family,
+    data: Dataset,
+    cfg: TrialConfig,
+    seed: int,
+    spectral: TopSingular,
+    final: bool = False,
 ) -> Evaluation:
     """The family's own metrics; for a generating family every registered
-    sample metric of each of its samplers (the first also unsuffixed); for
-    one with a latent space its probes; sigma0 of every network (`spectral`
-    keeps the seed's power-iteration vectors between evaluations)."""
+    sample metric of each of its samplers (the first also unsuffixed), and
+    at the `final` evaluation their noise over cfg.eval_draws draws; for one
+    with a latent space its probes; sigma0 of every network (`spectral`
+    keeps the seed's power-iteration vectors between evaluations). `seed`:
+    the eval seed, which draws the samples scored."""
     metrics = dict(family.evaluate())
     probed, pictures = latent_probes(family, data, cfg.eval_samples, cfg.probe_labels, seed)
     out = Evaluation(metrics | probed, pictures)
@@ -44,6 +52,34 @@ def evaluate(
             out.layers[f"sigma0_{net}"] = layer
     if generates(type(family)):
         score_samplers(family, data, cfg, seed, out)
+        if final and cfg.eval_draws > 1:
+            out.metrics |= draw_noise(family, data, cfg, seed, out.metrics)
+    return out
+
+
+def draw_noise(
+    family: Family, data: Dataset, cfg: TrialConfig, seed: int, first: dict[str, float]
+) -> dict[str, float]:
+    """<metric>_draws_mean and _draws_std (ddof 1) of the main sampler's
+    sample metrics over cfg.eval_draws independent draws of samples: `first`
+    (the evaluation's own, drawn from seed + 1) and eval_draws - 1 more, each
+    from its own stream of the eval seed. A difference between configurations
+    smaller than this spread is evaluation noise, not training."""
+    device = data.train_x.device
+    draws = [first]
+    for r in range(1, cfg.eval_draws):
+        gen = torch.Generator(device=device).manual_seed(stream_seed(seed, "eval_seed", r))
+        samples = family.sample(cfg.eval_samples, generator=gen)
+        scored, _ = score_samples(
+            samples, data.name, inception_weights=cfg.inception_weights,
+            labels=family.sample_labels(cfg.eval_samples),
+        )  # fmt: skip
+        draws.append(scored)
+    out = {}
+    for k in draws[1]:
+        values = torch.tensor([d[k] for d in draws], dtype=torch.float64)
+        out[f"{k}_draws_mean"] = float(values.mean())
+        out[f"{k}_draws_std"] = float(values.std())
     return out
 
 

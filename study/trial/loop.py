@@ -42,6 +42,7 @@ class Member:
     index: int
     family: Family
     seed: int
+    eval_seed: int  # what draws the samples it is scored on (study/trial/seeds.py)
     run: TrialRun
     course: Course
     last_eval: dict[str, float] = field(default_factory=dict)
@@ -61,7 +62,8 @@ class Trial:
     members: list[Member]
     session: TrialSession
     clock: Clock
-    evaluate: Evaluate  # evaluation.evaluate: (family, data, cfg, seed, spectral) -> Evaluation
+    # evaluation.evaluate: (family, data, cfg, eval seed, spectral, final) -> Evaluation
+    evaluate: Evaluate
     _checkpointed: float = field(default=0.0, init=False)  # monotonic time of the last
 
     def run(self, autocast: Any) -> None:
@@ -126,7 +128,8 @@ class Trial:
 
     def _evaluate(self, m: Member, epoch: int) -> dict[str, float]:
         with self.clock.phase("eval_seconds"):
-            ev = self.evaluate(m.family, self.data, self.cfg, m.seed, m.course.spectral)
+            final = epoch == self.cfg.epochs
+            ev = self.evaluate(m.family, self.data, self.cfg, m.eval_seed, m.course.spectral, final)
             if ev.modes is not None:
                 device = str(self.data.train_x.device)
                 ev.metrics |= m.course.modes_seen(epoch, ev.modes, self.data.name, device)
@@ -168,6 +171,7 @@ class Trial:
             state = {
                 "family": self.pack.state_dict(),
                 "rng": torch.get_rng_state(),
+                "data_rng": [g.get_state() for g in self.pack.data_streams()],
                 "epoch": epoch,
                 "clock": self.clock.seconds,
                 "result": result,
@@ -219,6 +223,8 @@ class Trial:
         self.pack.load_state_dict(state["family"])
         self._hold_ended()
         torch.set_rng_state(state["rng"])
+        for g, saved_rng in zip(self.pack.data_streams(), state.get("data_rng", []), strict=True):
+            g.set_state(saved_rng.cpu())
         self.clock.add(state["clock"])
         return state["epoch"] + 1
 

@@ -35,6 +35,7 @@ from study.trial.clock import Clock
 from study.trial.course import Course
 from study.trial.evaluation import evaluate
 from study.trial.loop import Member, Trial, read_scalars
+from study.trial.seeds import SeedSources
 from study.trial.session import TrialSession, TuneSession
 
 
@@ -109,6 +110,7 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
     trial_cfg, family_cfg = split_settings(study, values)
     members = plan.phase(phase).members(int(config.get(TRIAL_INDEX, 0)))
     seeds = [trial_cfg.seed + i for i in members]
+    sources = {seed: SeedSources.of(trial_cfg, seed) for seed in seeds}
     # the full resolved config, defaults included: what the params record and
     # what the configuration id is a hash of
     resolved = {
@@ -136,15 +138,17 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
     }
     with clock.phase("mlflow_seconds"):
         names = [run_name(values, plan.searched, seed) for seed in seeds]
-        runs = open_runs(plan, phase, session, params, dict(zip(seeds, names, strict=True)))
+        named = dict(zip(seeds, names, strict=True))
+        runs = open_runs(plan, phase, session, params, named, sources)
     try:
         with clock.phase("model_seconds"):
-            pack = build(study.family, family_cfg, data, seeds)
+            pack = build(study.family, family_cfg, data, list(sources.values()))
             autocast = speed_ups(pack.leader, trial_cfg, device)
         members = [
-            Member(index=i, family=family, seed=seed, run=run, course=Course(seed))
+            Member(index=i, family=family, seed=seed, eval_seed=sources[seed].eval_seed, run=run,
+                   course=Course(sources[seed].eval_seed))
             for i, (family, seed, run) in enumerate(zip(pack.members, seeds, runs, strict=True))
-        ]
+        ]  # fmt: skip
         trial = Trial(
             study=study, cfg=trial_cfg, data=data, cid=cid, pack=pack, members=members,
             session=session, clock=clock, evaluate=evaluate,
@@ -163,13 +167,19 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
 
 
 def open_runs(
-    plan: Plan, phase: str, session: TrialSession, params: dict[str, Any], names: dict[int, str]
+    plan: Plan,
+    phase: str,
+    session: TrialSession,
+    params: dict[str, Any],
+    names: dict[int, str],
+    sources: dict[int, SeedSources],
 ) -> list[TrialRun]:
     """The run of each seed the trial trains (`names`: seed -> run name;
-    `params` the trial's, each run's with its seed), found again on a retry by
-    the trial's id and, in a seed pack, the member's place in it."""
+    `params` the trial's, each run's with its seed and what it set), found
+    again on a retry by the trial's id and, in a seed pack, the member's place."""
     # where this attempt runs; a retry may land elsewhere, so tags, not params
     tags = {"ray_node": session.node_id, "host": gethostname(), "phase": phase}
+    tags["seed_streams"] = "split" if next(iter(sources.values())).split else "one"
     if len(names) > 1:
         tags["pack"] = str(len(names))
     return [
@@ -179,7 +189,7 @@ def open_runs(
             parent_run_id=plan.parent_run_id,
             trial_id=session.trial_id,
             name=name,
-            params=params | {"seed": seed},
+            params=params | {"seed": seed} | sources[seed].params(),
             tags=tags,
             member="" if len(names) == 1 else str(i),
         )
@@ -187,18 +197,22 @@ def open_runs(
     ]
 
 
-def build(family: str, cfg: Any, data: Dataset, seeds: list[int]) -> Pack:
+def build(family: str, cfg: Any, data: Dataset, sources: list[SeedSources]) -> Pack:
     """The trial's members: one family, or a fused pack of one per seed. Each
     is seeded right before it is built, after every set-up step, so what a
-    process loaded or cached earlier (a reused one) cannot shift its streams."""
+    process loaded or cached earlier (a reused one) cannot shift its streams;
+    its training streams are seeded right after (study/trial/seeds.py)."""
+    device = data.train_x.device
 
-    def make(seed: int) -> Family:
-        seed_everything(seed)
-        return FAMILIES[family](cfg, data.train_x, data.test_x, data.train_y)
+    def make(src: SeedSources) -> Family:
+        seed_everything(src.init_seed)
+        member = FAMILIES[family](cfg, data.train_x, data.test_x, data.train_y)
+        member.engine.data_generator = src.seed_training(device)
+        return member
 
-    if len(seeds) == 1:
-        return Pack([make(seeds[0])])
-    return Pack(fuse(make, seeds, data.train_x.device))
+    if len(sources) == 1:
+        return Pack([make(sources[0])])
+    return Pack(fuse(make, sources, device))
 
 
 __all__ = ["evaluate", "read_scalars", "run_trial", "train"]
