@@ -8,6 +8,7 @@ nothing below it imports analysis.
     config_stats(runs, ["fid"])
     survival("gan_collapse", by="lr_g")  # Kaplan-Meier of the time to collapse
     early_warning("gan_collapse")  # which indicator warns first, how early
+    variance_sources("seed_variance", "fid")  # the spread's share by seed source
 """
 
 from analysis.confirm import confirmation, rank_confidence, search_phase
@@ -15,6 +16,7 @@ from analysis.plots import PLOTS, View, figures, sampler_table
 from analysis.runs import AnalysisError, load_history, load_modes, load_runs
 from analysis.stats import budget_curve, config_stats, importance, knobs, stability_map
 from analysis.survival import survival
+from analysis.variance import variance_sources
 from analysis.warning import early_warning
 from scoring.registry import evaluate_samples
 
@@ -38,4 +40,5 @@ __all__ = [
     "search_phase",
     "stability_map",
     "survival",
+    "variance_sources",
 ]
