@@ -74,8 +74,8 @@ def variance_sources(
 def _factors(runs: pd.DataFrame) -> dict[str, np.ndarray]:
     """Level codes of config_id and of each seed source with more than one
     value. Columns that split the runs the same way cannot be told apart and
-    count as one source, named for all of them: where every source followed
-    the seed, that is `seed` (init, data order, noise and draw at once)."""
+    count as one source, named for the sources among them; where every
+    source followed the seed, `seed` (init, data order, noise and draw at once)."""
     found: dict[tuple, list[str]] = {}
     for c in ("config_id", *SEED_SOURCES, "seed"):
         if c in runs and runs[c].nunique() > 1:
@@ -83,7 +83,8 @@ def _factors(runs: pd.DataFrame) -> dict[str, np.ndarray]:
             found.setdefault(tuple(codes), []).append(c)
     named = {}
     for codes, names in found.items():
-        name = "seed" if "seed" in names else "+".join(names)
+        sources = [n for n in names if n != "seed"]
+        name = "seed" if set(SEED_SOURCES) <= set(names) or not sources else "+".join(sources)
         named[name] = np.array(codes)
     return named
 
@@ -130,5 +131,6 @@ def _bootstrap(y: np.ndarray, codes: np.ndarray, n_boot: int, seed: int) -> np.n
             w *= np.bincount(rng.integers(levels, size=levels), minlength=levels)[c]
         # a replicate with too few runs left counts as unknown (NaN)
         with contextlib.suppress(AnalysisError):
-            out[b] = _shares(components(y, codes, w))
+            if w.sum() >= 2:
+                out[b] = _shares(components(y, codes, w))
     return out

@@ -328,6 +328,15 @@ def metric_names(
     return [m.name for m in METRICS.values() if m.needs <= have]
 
 
+DRAW_STATS = ("mean", "std")  # of a sample metric over a final evaluation's draws
+
+
+def drawn(metric: str, stat: str) -> str:
+    """The name of a sample metric's `stat` over the final evaluation's draws
+    of samples (the eval_draws setting): fid_draws_mean, fid_draws_std."""
+    return f"{metric}_draws_{stat}"
+
+
 def _latent_metrics(is_image: bool, paths: bool, codes: bool) -> list[SampleMetric]:
     """The latent-probe metrics scored for a latent space with paths (image
     data only: path length is measured in image features) and codes."""

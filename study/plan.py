@@ -15,6 +15,7 @@ from pathlib import Path
 
 from study.request import StudyRequest
 from study.studies import Resolved, Study
+from study.studies.spec import SEED_SOURCES
 
 PHASES = ("search", "confirm")  # the search, then its best on fresh seeds
 
@@ -66,6 +67,12 @@ class Plan:
     @property
     def searched(self) -> tuple[str, ...]:
         return tuple(self.resolved.axes)
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        """The searched axes that make configurations: a seed source searched
+        as an axis is a seed, pooled over in the tables (not a column)."""
+        return tuple(k for k in self.searched if k not in SEED_SOURCES)
 
     @property
     def threads(self) -> int:

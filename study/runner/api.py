@@ -182,8 +182,8 @@ def summarise(plan: Plan, client: MlflowClient, results, confirmed=None) -> Stud
         ignore_index=True,
     )
     searched = trials[trials["phase"] == "search"]
-    table = per_configuration(searched, plan.searched, metrics, study.mode, study.metric)
-    confirmation = confirmation_table(trials, plan.searched, study.metric, study.mode)
+    table = per_configuration(searched, plan.knobs, metrics, study.mode, study.metric)
+    confirmation = confirmation_table(trials, plan.knobs, study.metric, study.mode)
     groups = _groups(plan, searched, metrics)
     out = plan.summary_dir
     out.mkdir(exist_ok=True)
@@ -209,7 +209,7 @@ def _groups(plan: Plan, trials: pd.DataFrame, metrics: tuple[str, ...]) -> pd.Da
     group, metric = plan.study.group_by, plan.study.metric
     if group not in plan.searched:
         return pd.DataFrame()
-    rest = [k for k in plan.searched if k != group]
+    rest = [k for k in plan.knobs if k != group]
     extra = [m for m in metrics if m != metric]
     return per_group(trials, group, rest, metric, plan.study.mode, extra)
 

@@ -142,7 +142,7 @@ def print_end(result) -> None:
     print(f"\nBest configurations by {study.metric} ({better} is better; mean ± std over seeds)")
     table = result.table
     print(
-        format_table(table, result.plan.searched, result.metrics)
+        format_table(table, result.plan.knobs, result.metrics)
         if len(table)
         else "(no trial reported)"
     )
@@ -162,7 +162,7 @@ def print_end(result) -> None:
             f"\nConfirmed on fresh seeds (mean [95% interval over seeds]; a search's estimate of "
             f"its best is biased {biased}, its winner partly the luckiest)"
         )
-        print(format_confirmation(confirmation, result.plan.searched, study.metric))
+        print(format_confirmation(confirmation, result.plan.knobs, study.metric))
         for line in confirmation_lines(confirmation):
             print(line)
     print(f"\nOutcomes: {outcome_line(result.trials)}")

@@ -16,7 +16,13 @@ from models import FAMILIES, encodes, generates, has_latent_space
 from models.config import ConfigError
 from scoring.features import InceptionError, inception_extractor
 from scoring.modes import DYNAMICS
-from scoring.registry import latent_metric_names, metric_names, split_sampler_metric
+from scoring.registry import (
+    DRAW_STATS,
+    drawn,
+    latent_metric_names,
+    metric_names,
+    split_sampler_metric,
+)
 from study.errors import UsageError
 from study.internals import no_compiler_import
 from study.plan import Plan
@@ -233,6 +239,7 @@ def check_metric_names(study: Study, data: Dataset) -> None:
     known = set(family.train_metrics | family.eval_metrics)
     if generates(family):
         known |= set(metric_names(data.is_image)) | set(DYNAMICS)
+        known |= {drawn(m, s) for m in metric_names(data.is_image, clock=False) for s in DRAW_STATS}
     known |= set(latent_metric_names(data.is_image, has_latent_space(family), encodes(family)))
     for name in (study.metric, *study.table_metrics):
         split = split_sampler_metric(name)

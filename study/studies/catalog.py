@@ -381,3 +381,64 @@ register(
         ),
     )
 )
+
+
+# Where a seed's spread comes from (Bouthillier et al. 2021): one good
+# configuration, its weight initialisation and data order crossed 3 x 3, and
+# the samples scored drawn 3 times at the end of each trial (eval_draws):
+# crossing eval_seed as an axis would train the same model three times over
+SEED_CROSS = {"init_seed": Choice((0, 1, 2)), "data_seed": Choice((0, 1, 2))}
+
+register(
+    Study(
+        name="seed_variance",
+        description="the best gan_stability configuration (a WGAN-GP DCGAN) with init and "
+        "data-order seeds crossed 3 x 3 and 3 evaluation draws: how much of fid's spread "
+        "each seed source makes (analysis.variance_sources)",
+        family="gan",
+        dataset="mnist5k",
+        metric="fid",
+        mode="min",
+        axes=SEED_CROSS,
+        # the confirmed #1 of the README's default gan_stability run
+        fixed={
+            "lr_g": 0.00106,
+            "lr_d": 0.000706,
+            "beta1": 0.401,
+            "loss": "wgan_gp",
+            "n_disc": 1,
+            "replay": False,
+            "mbstd": True,
+            "arch": "dcgan",
+            "epochs": 12,
+            "eval_every": 4,
+            "channels": 16,
+            "width": 256,
+            "eval_draws": 3,
+        },  # fmt: skip
+        num_samples=9,
+        seeds=1,
+        search="grid",
+        smoke={**SMOKE, "channels": 8, "width": 64},
+        table_metrics=("fid", "fid_draws_std", "modes_covered"),
+    )
+)
+
+register(
+    Study(
+        name="seed_variance_vae",
+        description="one VAE (beta 1, 16 latents) with init and data-order seeds crossed "
+        "3 x 3 and 3 evaluation draws: seed_variance's question for a likelihood model",
+        family="vae",
+        dataset="mnist5k",
+        metric="fid",
+        mode="min",
+        axes=SEED_CROSS,
+        fixed={"kl_weight": 1.0, "latent": 16, "epochs": 20, "eval_every": 10, "eval_draws": 3},
+        num_samples=9,
+        seeds=1,
+        search="grid",
+        smoke=SMOKE,
+        table_metrics=("fid", "fid_draws_std", "recon_mse"),
+    )
+)

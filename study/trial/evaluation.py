@@ -13,7 +13,7 @@ from torch import Tensor
 from datasources import Dataset
 from models import Family, generates
 from scoring.modes import ModeCounts
-from scoring.registry import METRICS, score_samples
+from scoring.registry import METRICS, drawn, score_samples
 from scoring.spectral import TopSingular
 from study.studies import TrialConfig
 from study.trial.probes import latent_probes
@@ -78,8 +78,7 @@ def draw_noise(
     out = {}
     for k in draws[1]:
         values = torch.tensor([d[k] for d in draws], dtype=torch.float64)
-        out[f"{k}_draws_mean"] = float(values.mean())
-        out[f"{k}_draws_std"] = float(values.std())
+        out[drawn(k, "mean")], out[drawn(k, "std")] = float(values.mean()), float(values.std())
     return out
 
 
