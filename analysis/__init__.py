@@ -9,9 +9,11 @@ nothing below it imports analysis.
     survival("gan_collapse", by="lr_g")  # Kaplan-Meier of the time to collapse
     early_warning("gan_collapse")  # which indicator warns first, how early
     variance_sources("seed_variance", "fid")  # the spread's share by seed source
+    iqm(runs); probability_of_improvement(runs, "a1b2", "c3d4")  # few-run aggregates
 """
 
 from analysis.confirm import confirmation, rank_confidence, search_phase
+from analysis.few_runs import iqm, performance_profiles, probability_of_improvement
 from analysis.plots import PLOTS, View, figures, sampler_table
 from analysis.runs import AnalysisError, load_history, load_modes, load_runs
 from analysis.stats import budget_curve, config_stats, importance, knobs, stability_map
@@ -31,10 +33,13 @@ __all__ = [
     "evaluate_samples",
     "figures",
     "importance",
+    "iqm",
     "knobs",
     "load_history",
     "load_modes",
     "load_runs",
+    "performance_profiles",
+    "probability_of_improvement",
     "rank_confidence",
     "sampler_table",
     "search_phase",

@@ -15,7 +15,7 @@ from scoring.ranking import RESAMPLES, confirmation_table, rank_table
 from study.studies import STUDIES
 
 
-def _metric_mode(runs: pd.DataFrame, metric: str | None, mode: str | None) -> tuple[str, str]:
+def metric_mode(runs: pd.DataFrame, metric: str | None, mode: str | None) -> tuple[str, str]:
     study = STUDIES.get(runs.attrs.get("study", ""))
     if metric is None or mode is None:
         if study is None:
@@ -46,7 +46,7 @@ def rank_confidence(
     `p_beats_next` and `diff_next` with its 95% interval (against the next
     configuration), and `spread_over_gap` where its seeds' spread is larger
     than the gap to the next mean."""
-    metric, mode = _metric_mode(runs, metric, mode)
+    metric, mode = metric_mode(runs, metric, mode)
     by = list(by) if by is not None else knobs(runs, [metric])
     return rank_table(runs, by, metric, mode, resamples)
 
@@ -63,7 +63,7 @@ def confirmation(
     configuration) beside `confirm_*` (the same on the fresh seeds, and the
     outcome shares), and the confirmed ranking's `p_best`, `p_beats_next`
     and `spread_over_gap`. The end-of-study confirmation table, from MLflow."""
-    metric, mode = _metric_mode(runs, metric, mode)
+    metric, mode = metric_mode(runs, metric, mode)
     phase = runs["phase"] if "phase" in runs else pd.Series(None, index=runs.index)
     confirmed = runs[phase == "confirm"]
     if confirmed.empty:

@@ -15,6 +15,13 @@ import pandas as pd
 from scipy import stats
 
 from scoring.aggregate import per_configuration
+from scoring.few_runs import (
+    improvement_interval,
+    iqm,
+    iqm_interval,
+    probability_of_improvement,
+    seeds_needed,
+)
 
 RESAMPLES = 4000  # the probabilities' Monte Carlo error is about 0.008 at most
 
@@ -113,9 +120,31 @@ def rank_table(
         table["diff_next_high"] = [*(float(np.quantile(d, 0.975)) for d in diffs), math.nan]
     observed = [float(v.mean()) for v in values]
     table["diff_next"] = [*(b - a for a, b in pairwise(observed)), math.nan]
+    few_run_columns(table, values, metric, mode, seed)
     gap = table[f"{metric}_mean"].diff(-1).abs()
     table["spread_over_gap"] = (table[f"{metric}_std"] > gap).fillna(False)
     return table
+
+
+def few_run_columns(
+    table: pd.DataFrame, values: list[np.ndarray], metric: str, mode: str, seed: int = 0
+) -> None:
+    """rliable's aggregates beside the mean (scoring/few_runs.py): each
+    configuration's `<metric>_iqm` with its 95% bootstrap interval,
+    `p_improves_next` (P(a seed of it beats a seed of the next)) with its
+    interval, and `seeds_needed_next`, the seeds each that would tell it from
+    the next at 95% with 80% power, given the spreads measured."""
+    iqms = [iqm_interval(v, seed=seed) for v in values]
+    table[f"{metric}_iqm"] = [iqm(v) for v in values]
+    table[f"{metric}_iqm_low"], table[f"{metric}_iqm_high"] = zip(*iqms, strict=True)
+    pairs = list(pairwise(values))
+    spans = [improvement_interval(a, b, mode, seed=seed) for a, b in pairs]
+    improves = [probability_of_improvement(a, b, mode) for a, b in pairs]
+    table["p_improves_next"] = [*improves, math.nan]
+    table["p_improves_next_low"] = [*(lo for lo, _ in spans), math.nan]
+    table["p_improves_next_high"] = [*(hi for _, hi in spans), math.nan]
+    needed = [seeds_needed(a, b) if min(len(a), len(b)) > 1 else None for a, b in pairs]
+    table["seeds_needed_next"] = pd.array([*needed, None], dtype="Int64")
 
 
 def confirmation_table(
@@ -143,7 +172,10 @@ def confirmation_table(
     rates = [c for c in ranked if c.endswith("_rate")]
     own = {"seeds": "seeds", f"{metric}_mean": "mean", f"{metric}_std": "std",
            f"{metric}_ci_low": "ci_low", f"{metric}_ci_high": "ci_high"}  # fmt: skip
-    out = ranked[["config_id", *knobs, *own, *rates, "p_best", "p_beats_next", "spread_over_gap"]]
-    out = out.rename(columns={k: f"confirm_{v}" for k, v in own.items()})
+    few = {f"{metric}_iqm": "iqm", f"{metric}_iqm_low": "iqm_low", f"{metric}_iqm_high": "iqm_high"}
+    judged = ["p_best", "p_beats_next", "spread_over_gap", "p_improves_next",
+              "p_improves_next_low", "p_improves_next_high", "seeds_needed_next"]  # fmt: skip
+    out = ranked[["config_id", *knobs, *own, *few, *rates, *judged]]
+    out = out.rename(columns={k: f"confirm_{v}" for k, v in (own | few).items()})
     out = out.rename(columns={r: f"confirm_{r}" for r in rates})
     return out.merge(searched, on="config_id", how="left")

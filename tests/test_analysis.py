@@ -236,7 +236,12 @@ def test_report_cli_writes_html_csvs_and_attaches_them(smoke_store, tmp_path):
     assert "<h2>Sample metrics</h2>" in page and "<td>fid</td>" in page
     assert "<td>Frechet distance of sample and held-out features</td>" in page
     figures = set(re.findall(r'<img alt="(\w+)" src="data:image/png;base64,', page))
-    assert FAMILY_FIGURES["gan_stability"] | {"outcome_rates", "budget"} <= figures
+    assert FAMILY_FIGURES["gan_stability"] | {"outcome_rates", "budget", "profiles"} <= figures
+    # rliable's aggregates beside the bootstrap ranking
+    assert "IQM [95%]" in page and "P(improves next) [95%]" in page
+    assert "<h2>Performance profiles</h2>" in page
+    profiles = pd.read_csv(tmp_path / "rep" / "profiles.csv")
+    assert profiles["share"].between(0, 1).all() and profiles["config_id"].nunique() == 2
     assert not re.search(r'(src|href)="https?://', page)  # self-contained: nothing fetched
     # a table wider than the page scrolls in its box; a figure shrinks to the page
     assert page.count("<table") == page.count('<div class="scroll"><table') > 3

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from scoring.few_runs import MAX_SEEDS
 from scoring.outcomes import OUTCOMES, ended, seed_results
 from study.trial.clock import PHASES, STAMPS
 
@@ -112,7 +113,18 @@ def format_confirmation(table: pd.DataFrame, searched: tuple[str, ...], metric: 
         )
         for _, row in table.iterrows()
     ]
+    if (table["confirm_seeds"] >= 4).any():  # below 4 seeds the IQM trims nothing: the mean
+        shown["IQM"] = [
+            _estimate(r.confirm_iqm, r.confirm_iqm_low, r.confirm_iqm_high)
+            for r in table.itertuples()
+        ]
     shown["P(best)"] = table["p_best"].map(lambda p: "-" if math.isnan(p) else f"{p:.2f}")
+    shown["P(improves next)"] = [
+        "" if math.isnan(p) else _share_interval(p, lo, hi)
+        for p, lo, hi in table[
+            ["p_improves_next", "p_improves_next_low", "p_improves_next_high"]
+        ].itertuples(index=False)
+    ]
     shown["beats next"] = [
         "" if math.isnan(p) else f"{p:.0%}" + (" (spread > gap)" if flag else "")
         for p, flag in zip(table["p_beats_next"], table["spread_over_gap"], strict=True)
@@ -129,12 +141,30 @@ def confirmation_lines(table: pd.DataFrame) -> list[str]:
             f"#1 beats #2 in {table['p_beats_next'].iloc[0]:.0%} of bootstrap resamples of "
             f"the fresh seeds; it is the best in {table['p_best'].iloc[0]:.0%}."
         )
+    if len(table) > 1 and table["confirm_seeds"].iloc[:2].min() > 1:
+        lines.append(seeds_needed_line(table["seeds_needed_next"].iloc[0], table["confirm_seeds"]))
     order = list(table["search_rank"].astype(int))
     if order != sorted(order):
         lines.append(
             f"The fresh seeds changed the order: the search's #{order[0]} is confirmed #1."
         )
     return lines
+
+
+def seeds_needed_line(needed: object, seeds: pd.Series) -> str:
+    """How many seeds would tell #1 from #2 apart, and how it is reckoned."""
+    method = (
+        "(a two-sided Welch t-test at 5% with 80% power, taking the measured means and "
+        "spreads as true)"
+    )
+    had = f"they had {int(seeds.iloc[0])} and {int(seeds.iloc[1])}"
+    if pd.isna(needed):
+        return f"Telling #1 from #2 apart takes more than {MAX_SEEDS} seeds each {method}; {had}."
+    return f"Telling #1 from #2 apart takes {int(needed)} seeds each {method}; {had}."
+
+
+def _share_interval(p: float, low: float, high: float) -> str:
+    return f"{p:.2f}" if math.isnan(low) else f"{p:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def format_groups(groups: pd.DataFrame, group: str, metric: str, extra: tuple[str, ...]) -> str:
