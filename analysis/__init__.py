@@ -14,9 +14,10 @@ nothing below it imports analysis.
 
 from analysis.confirm import confirmation, rank_confidence, search_phase
 from analysis.few_runs import iqm, performance_profiles, probability_of_improvement
+from analysis.importance import importance, optuna_importance
 from analysis.plots import PLOTS, View, figures, sampler_table
 from analysis.runs import AnalysisError, load_history, load_modes, load_runs
-from analysis.stats import budget_curve, config_stats, importance, knobs, stability_map
+from analysis.stats import budget_curve, config_stats, knobs, stability_map
 from analysis.survival import survival
 from analysis.variance import variance_sources
 from analysis.warning import early_warning
@@ -38,6 +39,7 @@ __all__ = [
     "load_history",
     "load_modes",
     "load_runs",
+    "optuna_importance",
     "performance_profiles",
     "probability_of_improvement",
     "rank_confidence",

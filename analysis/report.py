@@ -130,8 +130,9 @@ figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}img{max-width:100%;he
 def _what_matters(study, runs: pd.DataFrame, knob_cols: list[str], out: Path) -> list[str]:
     """Budget curve, knob importance and a stability map (with their CSVs),
     where the study tried more than one configuration."""
+    from analysis.importance import importance
     from analysis.plots import role
-    from analysis.stats import budget_curve, importance, stability_map
+    from analysis.stats import budget_curve, stability_map
 
     sections: list[str] = []
     if study.metric not in runs or runs["config_id"].nunique() < 2:
@@ -140,9 +141,15 @@ def _what_matters(study, runs: pd.DataFrame, knob_cols: list[str], out: Path) ->
     curve.to_csv(out / "budget_curve.csv", index=False)
     imp = importance(runs, study.metric, knob_cols)
     imp.to_csv(out / "importance.csv", index=False)
+    verdict = imp.attrs["verdict"]
     sections.append(
         f"<h2>What matters for {html.escape(study.metric)}</h2><p>Permutation "
-        "importance of a random forest over the knobs (sums to 1).</p>" + _table_html(imp)
+        "importance of a random forest over the knobs (sums to 1), with a 95% interval over "
+        "bootstrap draws of the configurations."
+        + (f" <b>{html.escape(verdict[0].upper() + verdict[1:])}.</b>" if verdict else "")
+        + "</p>"
+        + _table_html(imp)
+        + _optuna_rated(runs, study, knob_cols)
     )
     numeric = [k for k in imp["param"] if pd.api.types.is_numeric_dtype(runs[k])]
     rates = [r for i in (0, 1) if (r := role(runs, "learning_rate", i)) in knob_cols]
@@ -157,6 +164,22 @@ def _what_matters(study, runs: pd.DataFrame, knob_cols: list[str], out: Path) ->
             ))
         )  # fmt: skip
     return sections
+
+
+def _optuna_rated(runs: pd.DataFrame, study, knob_cols: list[str]) -> str:
+    """fANOVA and PED-ANOVA importances side by side, as optuna-dashboard
+    shows them; a line saying why where they cannot rate these trials."""
+    from analysis.importance import EVALUATORS, optuna_importance
+
+    rated = {}
+    for name in EVALUATORS:
+        try:
+            table = optuna_importance(runs, study.metric, name, knob_cols, study.mode)
+            rated[name] = table.set_index("param")["importance"]
+        except AnalysisError as e:
+            return f"<p>Optuna's evaluators: {html.escape(str(e))}.</p>"
+    both = pd.DataFrame(rated).rename_axis("param").reset_index()
+    return "<p>Optuna's evaluators on one trial a configuration (its mean):</p>" + _table_html(both)
 
 
 PAIRWISE = 5  # top configurations compared pairwise

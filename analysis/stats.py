@@ -1,6 +1,6 @@
 """Stability statistics over a study's trials (rows of `load_runs`): per
-configuration over seeds, the budget curve of Lucic et al., hyperparameter
-importance, and the stability map over two knobs."""
+configuration over seeds, the budget curve of Lucic et al. and the
+stability map over two knobs (knob importance: analysis/importance.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 
 from scoring.aggregate import per_configuration
+from study.studies.spec import SEED_SOURCES
 
 # columns of load_runs that describe a trial rather than configure it
 NOT_KNOBS = {
     "run_id", "parent_run_id", "study_run", "run_name", "status", "outcome", "outcome_reason",
     "trial_id", "ray_node", "restored_from_epoch", "seed", "config_id", "device", "threads",
     "start_time", "phase", "pack", "member",
-    "dataset", "family",
+    "dataset", "family", *SEED_SOURCES,
 }  # fmt: skip
 
 
@@ -91,35 +92,6 @@ def budget_curve(
             }
         )
     return pd.DataFrame(rows)
-
-
-def importance(
-    runs: pd.DataFrame, metric: str, params: Sequence[str] | None = None, seed: int = 0
-) -> pd.DataFrame:
-    """How much each knob explains `metric` across trials: permutation
-    importance of a random forest fitted on the knobs (categoricals one-hot,
-    summed back per knob), normalised to sum to 1. Needs a few dozen trials
-    to mean much; trials without the metric are left out."""
-    from sklearn.ensemble import RandomForestRegressor
-    from sklearn.inspection import permutation_importance
-
-    params = list(params) if params is not None else knobs(runs, [metric])
-    data = runs.dropna(subset=[metric])
-    if len(data) < 4 or not params:
-        return pd.DataFrame({"param": params, "importance": np.nan})
-    x = pd.get_dummies(data[params].astype({p: str for p in params if data[p].dtype == bool}))
-    y = data[metric].to_numpy(float)
-    forest = RandomForestRegressor(n_estimators=200, random_state=seed, min_samples_leaf=2)
-    forest.fit(x, y)
-    result = permutation_importance(forest, x, y, n_repeats=20, random_state=seed)
-    per_column = pd.Series(np.clip(result.importances_mean, 0, None), index=x.columns)
-    owner = {c: next(p for p in params if c == p or c.startswith(f"{p}_")) for c in x.columns}
-    total = per_column.groupby(owner).sum().reindex(params).fillna(0.0)
-    total = total / total.sum() if total.sum() > 0 else total
-    return (
-        total.rename("importance").rename_axis("param").reset_index()
-        .sort_values("importance", ascending=False).reset_index(drop=True)
-    )  # fmt: skip
 
 
 def bin_values(values: pd.Series, n: int) -> pd.Series:

@@ -15,10 +15,11 @@ import pytest
 from mlflow import MlflowClient
 from nbclient import NotebookClient
 
+from analysis.importance import importance, optuna_importance
 from analysis.report import build_report
 from analysis.report import main as report_main
 from analysis.runs import AnalysisError, load_history, load_runs
-from analysis.stats import budget_curve, config_stats, importance, knobs, stability_map
+from analysis.stats import budget_curve, config_stats, knobs, stability_map
 from tests.conftest import ROOT, SMOKE_STUDIES, cli_env, in_process
 
 # --- MLflow to pandas -------------------------------------------------------------
@@ -151,8 +152,34 @@ def test_importance_finds_the_knob_that_matters():
         }
     )
     df["fid"] = 100 * np.log10(df["lr"]) ** 2 + rng.normal(0, 1, n)
-    imp = importance(df, "fid", ["lr", "noise", "loss"]).set_index("param")["importance"]
+    table = importance(df, "fid", ["lr", "noise", "loss"], resamples=5)
+    imp = table.set_index("param")["importance"]
     assert imp["lr"] > 0.8 and imp.sum() == pytest.approx(1.0)
+    # its bootstrap interval over configurations clears the others': ranked
+    assert table["param"].iloc[0] == "lr" and table["low"].iloc[0] > table["high"].iloc[1:].max()
+    assert table.attrs["verdict"] == ""
+    # Optuna's evaluators on one trial per configuration say the same
+    for evaluator in ("fanova", "ped_anova"):
+        rated = optuna_importance(df, "fid", evaluator, ["lr", "noise", "loss"])
+        assert rated["param"].iloc[0] == "lr", (evaluator, rated)
+    with pytest.raises(AnalysisError, match="unknown evaluator 'shap'; choose from: fanova"):
+        optuna_importance(df, "fid", "shap", ["lr"])
+
+
+def test_importance_says_when_too_few_configurations_rank_the_knobs():
+    """Eight configurations, eight knobs, one of which decides (as in the
+    default gan_stability run, where every configuration that trained used
+    wgan_gp): no ranking is claimed."""
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({f"k{i}": rng.uniform(0, 1, 8) for i in range(8)})
+    df["config_id"] = [str(i) for i in range(8)]
+    df["fid"] = np.where(df["k0"] > 0.5, 50.0, 400.0) + rng.normal(0, 5, 8)
+    table = importance(df, "fid", [f"k{i}" for i in range(8)], resamples=5)
+    assert (
+        "8 configurations for 8 knobs: too few to rank them (at least 16)"
+        in (table.attrs["verdict"])
+    )
+    assert (table["low"] <= table["high"]).all() and table["high"].notna().all()
 
 
 def test_stability_map_shares():
