@@ -178,7 +178,8 @@ def _optuna_rated(runs: pd.DataFrame, study, knob_cols: list[str]) -> str:
             rated[name] = table.set_index("param")["importance"]
         except AnalysisError as e:
             return f"<p>Optuna's evaluators: {html.escape(str(e))}.</p>"
-    both = pd.DataFrame(rated).rename_axis("param").reset_index()
+    both = pd.DataFrame(rated).sort_values(next(iter(rated)), ascending=False)
+    both = both.rename_axis("param").reset_index()
     return "<p>Optuna's evaluators on one trial a configuration (its mean):</p>" + _table_html(both)
 
 
