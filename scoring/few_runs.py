@@ -31,7 +31,8 @@ def iqm(values: Sequence[float]) -> float:
     return float(stats.trim_mean(np.asarray(values, dtype=float), 0.25))
 
 
-def _resamples(x: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+def resample(x: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """(resamples, len(x)): the values drawn again with replacement, each row a resample."""
     return x[rng.integers(0, len(x), (resamples, len(x)))]
 
 
@@ -42,7 +43,7 @@ def iqm_interval(
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return math.nan, math.nan
-    boot = stats.trim_mean(_resamples(x, np.random.default_rng(seed), resamples), 0.25, axis=1)
+    boot = stats.trim_mean(resample(x, np.random.default_rng(seed), resamples), 0.25, axis=1)
     low, high = np.quantile(boot, [0.025, 0.975])
     return float(low), float(high)
 
@@ -70,7 +71,7 @@ def improvement_interval(
     if min(len(xa), len(ya)) < 2:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    boot = _better_pairs(_resamples(xa, rng, resamples), _resamples(ya, rng, resamples), mode)
+    boot = _better_pairs(resample(xa, rng, resamples), resample(ya, rng, resamples), mode)
     low, high = np.quantile(boot, [0.025, 0.975])
     return float(low), float(high)
 
@@ -90,7 +91,7 @@ def profile(
         hit = v[..., :, None] <= t if mode == "min" else v[..., :, None] >= t
         return hit.mean(axis=-2)
 
-    boot = share(_resamples(x, np.random.default_rng(seed), resamples))
+    boot = share(resample(x, np.random.default_rng(seed), resamples))
     return share(x), np.quantile(boot, 0.025, axis=0), np.quantile(boot, 0.975, axis=0)
 
 

@@ -20,6 +20,7 @@ from scoring.few_runs import (
     iqm,
     iqm_interval,
     probability_of_improvement,
+    resample,
     seeds_needed,
 )
 
@@ -41,10 +42,7 @@ def resampled_means(
     """(resamples, configurations): each configuration's mean over its seeds
     drawn again with replacement."""
     rng = np.random.default_rng(seed)
-    columns = []
-    for values in scores:
-        x = np.asarray(values, dtype=float)
-        columns.append(x[rng.integers(0, len(x), (resamples, len(x)))].mean(axis=1))
+    columns = [resample(np.asarray(v, dtype=float), rng, resamples).mean(axis=1) for v in scores]
     return np.stack(columns, axis=1)
 
 
