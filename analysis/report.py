@@ -275,6 +275,23 @@ def _profile_section(
     ]
 
 
+def _spaces_section(runs: pd.DataFrame, out: Path) -> list[str]:
+    """With eval_classifiers > 1: each configuration's fid in every classifier
+    space, and how far the ranking moves from the shipped classifier's."""
+    from analysis.spaces import classifier_spaces
+
+    table = classifier_spaces(runs)
+    if table is None:
+        return []
+    table.to_csv(out / "classifier_spaces.csv", index=False)
+    return [
+        "<h2>Classifier spaces</h2><p>Mean fid over seeds in the feature space of each "
+        "classifier (space 0: the shipped one; the others trained with seeds 1, 2, ...), "
+        "its relative spread (std / mean) and rank; below, Kendall's tau of each space's "
+        "ranking against space 0.</p>" + _table_html(table) + _table_html(table.attrs["spaces"])
+    ]
+
+
 def _figures(
     study,
     runs: pd.DataFrame,
@@ -379,6 +396,7 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
     sections += _ranking_sections(study, runs, knob_cols, out)
     sections += _what_matters(study, search_phase(runs), knob_cols, out)
     sections += _course_sections(study_name, runs, history, out, survival_by)
+    sections += _spaces_section(runs, out)
     figure_sections = _figures(study, runs, history, metrics, knob_cols, survival_by)
     sections += figure_sections
     parent = runs.loc[runs["start_time"].idxmax(), "parent_run_id"]  # the latest invocation

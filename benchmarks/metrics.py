@@ -3,9 +3,11 @@
     python benchmarks/metrics.py [--samples 10000] [--threads 2]
 
 Prints the wall time of `evaluate_samples` on N mnist5k-shaped samples with
-every metric on, then fid and kid computed by us and by torchmetrics from the
-same feature tensors, with their values and the time ratio (ours/torchmetrics)
-measured in this one run. Times on a shared machine are noisy: read the ratios.
+every metric on, each metric's share of that evaluation (the first metric to
+need a shared piece, such as the extractor's pass, pays for it), then fid and
+kid computed by us and by torchmetrics from the same feature tensors, with
+their values and the time ratio (ours/torchmetrics) measured in this one run.
+Times on a shared machine are noisy: read the shares and ratios.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from datasources import load_dataset
 from scoring.arithmetic import feature_stats, frechet_distance, kid
+from scoring.copying import build_cells
 from scoring.features import extractor_for
-from scoring.registry import evaluate_samples
+from scoring.registry import METRICS, Scoring, copy_cells, evaluate_samples, needs_met, reference
+
+NEW_METRICS = ("fid_inf", "vendi", "ct_score")  # beyond fid: what their share is asked for
 
 
 class Features(nn.Module):
@@ -44,6 +49,31 @@ def best_of(fn, repeats: int = 3) -> tuple[float, object]:
     return min(times), out
 
 
+def metric_shares(samples: torch.Tensor) -> None:
+    """Each metric's seconds on one fresh Scoring, in registry order, and its
+    share of their sum; the copy test's k-means cells (once per process) apart."""
+    ref, ext = reference("mnist5k"), extractor_for("mnist5k")
+    t0 = time.perf_counter()
+    build_cells(ext.features(ref.data.train_x), ref.features)
+    print(f"ct_score's k-means cells, once per process: {time.perf_counter() - t0:.2f} s")
+    copy_cells("mnist5k")  # the cached ones: warm, as in a trial's later evaluations
+    scoring = Scoring(samples, "mnist5k", ref)
+    have = needs_met(is_image=True)
+    seconds = {}
+    for m in METRICS.values():
+        if m.needs <= have:
+            t0 = time.perf_counter()
+            m.compute(scoring)
+            seconds[m.name] = time.perf_counter() - t0
+    total = sum(seconds.values())
+    print(f"one evaluation, metric by metric: {total:.2f} s")
+    for name, t in seconds.items():
+        mark = "  (new)" if name in NEW_METRICS else ""
+        print(f"  {name:16s} {t * 1000:8.1f} ms  {t / total:6.1%}{mark}")
+    new = sum(seconds[n] for n in NEW_METRICS)
+    print(f"  fid_inf + vendi + ct_score: {new / total:.1%} of the evaluation")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=10_000)
@@ -61,6 +91,7 @@ def main() -> None:
     t_all, metrics = best_of(lambda: evaluate_samples(samples, "mnist5k"), repeats=1)
     print(f"evaluate_samples, {args.samples} samples, every metric: {t_all:.2f} s")
     print("  " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    metric_shares(samples)
 
     ext = extractor_for("mnist5k")
     real = ext.features(data.test_x).double()

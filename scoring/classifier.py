@@ -110,10 +110,10 @@ def train_classifier(data: Dataset, steps: int = 1500, seed: int = 0) -> tuple[n
     return model, (pred == data.test_y).float().mean().item()
 
 
-def classifier_bytes(data: Dataset, steps: int = 1500) -> bytes:
+def classifier_bytes(data: Dataset, steps: int = 1500, seed: int = 0) -> bytes:
     """The file of a classifier trained on data: serialised in memory, since
     torch.save names the archive inside after the file it writes to."""
-    model, accuracy = train_classifier(data, steps)
+    model, accuracy = train_classifier(data, steps, seed)
     state = {"state": model.state_dict(), "accuracy": accuracy}
     state["shape"] = [data.train_x.shape[1], data.n_classes]
     buffer = io.BytesIO()
@@ -125,16 +125,18 @@ def sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def classifier_file(dataset: str) -> Path:
-    """The dataset's classifier in the cache: the shipped bytes where there
-    are some (replacing, with one line, a cached file with other bytes), else
-    trained here on first use."""
-    name = f"classifier-{dataset}-v{VERSION}.pt"
-    if dataset not in SHIPPED_SHA256:
+def classifier_file(dataset: str, seed: int = 0) -> Path:
+    """The dataset's classifier trained with `seed`, in the cache: the shipped
+    bytes where there are some (seed 0 of the offline datasets; replacing,
+    with one line, a cached file with other bytes), else trained here on
+    first use (deterministic on one machine)."""
+    name = f"classifier-{dataset}-v{VERSION}" + (f"-seed{seed}" if seed else "") + ".pt"
+    if seed or dataset not in SHIPPED_SHA256:
 
         def build(tmp: Path) -> None:
-            print(f"training the {dataset} feature classifier (once; cached for every trial)")
-            tmp.write_bytes(classifier_bytes(load_dataset(dataset)))
+            which = f"seed-{seed} " if seed else ""
+            print(f"training the {dataset} {which}feature classifier (once; cached for trials)")
+            tmp.write_bytes(classifier_bytes(load_dataset(dataset), seed=seed))
 
         return cached_file(name, build)
     expected, path = SHIPPED_SHA256[dataset], cache_dir() / name

@@ -45,8 +45,10 @@ class Extractor:
 USED_CACHE_FILES: dict[str, Path] = {}
 
 
-def _classifier(dataset: str, device: torch.device) -> tuple[DomainClassifier, str, float]:
-    path = classifier_file(dataset)
+def _classifier(
+    dataset: str, device: torch.device, seed: int
+) -> tuple[DomainClassifier, str, float]:
+    path = classifier_file(dataset, seed)
     USED_CACHE_FILES[path.name] = path
     blob = torch.load(path, map_location=device, weights_only=True)
     model = DomainClassifier(*blob["shape"]).to(device).eval()
@@ -54,14 +56,18 @@ def _classifier(dataset: str, device: torch.device) -> tuple[DomainClassifier, s
     return model, sha256(path.read_bytes()), float(blob["accuracy"])
 
 
-def _own_classifier(dataset: str, device: torch.device) -> Extractor:
-    model, sha, acc = _classifier(dataset, device)
-    return Extractor(f"{dataset}-classifier-v{VERSION}", sha, acc, model.body, model)
+def _name(dataset: str, seed: int) -> str:
+    return f"{dataset}-classifier-v{VERSION}" + (f"-seed{seed}" if seed else "")
 
 
-def _per_channel(base: str) -> Callable[[str, torch.device], Extractor]:
-    def make(dataset: str, device: torch.device) -> Extractor:
-        model, sha, acc = _classifier(base, device)
+def _own_classifier(dataset: str, device: torch.device, seed: int) -> Extractor:
+    model, sha, acc = _classifier(dataset, device, seed)
+    return Extractor(_name(dataset, seed), sha, acc, model.body, model)
+
+
+def _per_channel(base: str) -> Callable[[str, torch.device, int], Extractor]:
+    def make(dataset: str, device: torch.device, seed: int) -> Extractor:
+        model, sha, acc = _classifier(base, device, seed)
 
         def channels(x: Tensor) -> Tensor:  # (N, 3, H, W) -> (N*3, 1, H, W)
             return x.reshape(-1, 1, *x.shape[2:])
@@ -74,13 +80,13 @@ def _per_channel(base: str) -> Callable[[str, torch.device], Extractor]:
             code = digits @ torch.tensor([100, 10, 1], device=x.device)
             return F.one_hot(code, 1000)
 
-        return Extractor(f"{base}-classifier-v{VERSION}-per-channel", sha, acc, features, logits)
+        return Extractor(f"{_name(base, seed)}-per-channel", sha, acc, features, logits)
 
     return make
 
 
-# every extractor a DatasetSpec may name: (dataset, device) -> Extractor
-EXTRACTORS: dict[str, Callable[[str, torch.device], Extractor]] = {
+# every extractor a DatasetSpec may name: (dataset, device, classifier seed) -> Extractor
+EXTRACTORS: dict[str, Callable[[str, torch.device, int], Extractor]] = {
     "classifier": _own_classifier,
     "mnist5k_per_channel": _per_channel("mnist5k"),
 }
@@ -101,10 +107,11 @@ def _own_rng(build: Callable[..., Extractor]) -> Callable[..., Extractor]:
 
 @cache
 @_own_rng
-def extractor_for(dataset: str, device: str = "cpu") -> Extractor:
-    """The extractor the dataset's spec names (its own classifier by default);
-    the first call per machine trains and caches the classifier."""
-    return EXTRACTORS[dataset_spec(dataset).extractor](dataset, torch.device(device))
+def extractor_for(dataset: str, device: str = "cpu", seed: int = 0) -> Extractor:
+    """The extractor the dataset's spec names (its own classifier by default),
+    on the classifier trained with `seed` (0: the shipped one; another seed
+    is another feature space, trained on first use and cached)."""
+    return EXTRACTORS[dataset_spec(dataset).extractor](dataset, torch.device(device), seed)
 
 
 INCEPTION_SIZE = 299  # the input side Inception v3 was trained at

@@ -21,6 +21,7 @@ from torch import Tensor
 from datasources import Dataset, dataset_spec, load_dataset
 from scoring import arithmetic as a
 from scoring import probes
+from scoring.copying import Cells, build_cells, ct_score
 from scoring.features import USED_CACHE_FILES, Extractor, extractor_for, inception_extractor
 from scoring.modes import ModeCounts, noise_floor
 
@@ -60,12 +61,22 @@ class Reference:
 
 
 @cache
-def reference(dataset: str, device: str = "cpu") -> Reference:
+def reference(dataset: str, device: str = "cpu", space: int = 0) -> Reference:
+    """The held-out split in the feature space of the dataset's classifier
+    trained with seed `space` (0: the shipped one)."""
     data = load_dataset(dataset).to(device)
     if not data.is_image:
         return Reference(data, None, None, None)
-    feats = extractor_for(dataset, device).features(data.test_x)
+    feats = extractor_for(dataset, device, space).features(data.test_x)
     return Reference(data, feats, *a.feature_stats(feats))
+
+
+@cache
+def copy_cells(dataset: str, device: str = "cpu", space: int = 0) -> Cells:
+    """ct_score's cells: k-means of the training split's features."""
+    ref = reference(dataset, device, space)
+    train = extractor_for(dataset, device, space).features(ref.data.train_x)
+    return build_cells(train, ref.features)
 
 
 @cache
@@ -89,15 +100,16 @@ class Scoring:
         labels: Tensor | None = None,
         paths: tuple[Tensor, Tensor] | None = None,
         codes: ProbeCodes | None = None,
+        space: int = 0,
     ) -> None:
         self.samples, self.dataset, self.ref = samples, dataset, ref
         self.inception, self.seconds, self.labels = inception, seconds, labels
-        self.paths, self.codes = paths, codes
+        self.paths, self.codes, self.space = paths, codes, space
         self.device = str(ref.data.test_x.device)
 
     @cached_property
     def extractor(self) -> Extractor:
-        return extractor_for(self.dataset, self.device)
+        return extractor_for(self.dataset, self.device, self.space)
 
     @cached_property
     def features(self) -> Tensor:
@@ -144,6 +156,12 @@ class Scoring:
 
     def fid(self) -> float:
         return a.frechet_distance(self.ref.mu, self.ref.cov, *a.feature_stats(self.features))
+
+    def fid_inf(self) -> float:
+        return a.fid_infinity(self.ref.mu, self.ref.cov, self.features)
+
+    def ct_score(self) -> float:
+        return ct_score(copy_cells(self.dataset, self.device, self.space), self.features)
 
     def path_length(self) -> float:
         lengths = probes.path_lengths(self.extractor.features, *self.paths, probes.PATH_EPSILON)
@@ -193,6 +211,30 @@ def register(
 
 register(
     "fid", Scoring.fid, "features", "min", True, "Frechet distance of sample and held-out features"
+)
+register(
+    "fid_inf",
+    Scoring.fid_inf,
+    "features",
+    "min",
+    True,
+    "fid extrapolated to infinitely many samples (linear in 1/N; Chong and Forsyth 2020)",
+)
+register(
+    "vendi",
+    lambda s: a.vendi_score(s.features),
+    "features",
+    "max",
+    True,
+    "effective number of distinct samples: Vendi score, cosine kernel on the features",
+)
+register(
+    "ct_score",
+    Scoring.ct_score,
+    "features",
+    "max",  # from below: negative is copying; near 0 draws like held-out data
+    False,
+    "data-copying z-score C_T (Meehan et al. 2020): negative when samples copy training images",
 )
 register(
     "kid",
@@ -337,6 +379,35 @@ def drawn(metric: str, stat: str) -> str:
     return f"{metric}_draws_{stat}"
 
 
+# the metrics scored again in the spaces of classifiers trained with other
+# seeds (the eval_classifiers setting): how much a number owes to the space
+SPACE_METRICS = ("fid", "modes_covered")
+
+
+def across_classifiers(metric: str, stat: str) -> str:
+    """The name of a metric's `stat` over classifier spaces: fid_classifiers_std."""
+    return f"{metric}_classifiers_{stat}"
+
+
+def in_spaces(x: Tensor, dataset: str, spaces: int) -> dict[str, float]:
+    """SPACE_METRICS of samples x in the feature spaces of the dataset's
+    classifiers trained with seeds 0 .. spaces - 1: each other seed's value
+    (fid_classifier2) and their mean and std (ddof 1) over all the spaces."""
+    values: dict[str, list[float]] = {m: [] for m in SPACE_METRICS}
+    out = {}
+    for space in range(spaces):
+        scoring = Scoring(x, dataset, reference(dataset, str(x.device), space), space=space)
+        for m in SPACE_METRICS:
+            values[m].append(float(METRICS[m].compute(scoring)))
+            if space:
+                out[f"{m}_classifier{space}"] = values[m][-1]
+    for m, v in values.items():
+        t = torch.tensor(v, dtype=torch.float64)
+        out[across_classifiers(m, "mean")] = float(t.mean())
+        out[across_classifiers(m, "std")] = float(t.std()) if len(v) > 1 else 0.0
+    return out
+
+
 def _latent_metrics(is_image: bool, paths: bool, codes: bool) -> list[SampleMetric]:
     """The latent-probe metrics scored for a latent space with paths (image
     data only: path length is measured in image features) and codes."""
@@ -350,7 +421,10 @@ def latent_metric_names(is_image: bool, paths: bool, codes: bool) -> list[str]:
 
 
 def split_sampler_metric(name: str) -> tuple[str, str] | None:
-    """'fid_ddim10_eta0' -> ('fid', 'ddim10_eta0') for per-sampler metrics."""
+    """'fid_ddim10_eta0' -> ('fid', 'ddim10_eta0') for per-sampler metrics;
+    None for a metric's own name (fid_inf is not fid of a sampler 'inf')."""
+    if name in METRICS:
+        return None
     for m in sorted(METRICS.values(), key=lambda m: -len(m.name)):
         if m.per_sampler and name.startswith(m.name + "_") and len(name) > len(m.name) + 1:
             return m.name, name[len(m.name) + 1 :]
@@ -460,11 +534,13 @@ def provenance(dataset: str, device: str = "cpu") -> dict[str, str]:
     return out
 
 
-def prepare_reference(dataset: str) -> dict[str, bytes]:
-    """Build the dataset's extractor and reference once, before any trial:
-    the first use of an image dataset trains its classifier (cached on disk),
-    which trials starting together would otherwise all wait for. Returns the
-    cache entries the extractor was built from, name -> bytes, for the
-    trials to install (`datasources.cache.install`) wherever they run."""
-    reference(dataset, "cpu")
+def prepare_reference(dataset: str, spaces: int = 1) -> dict[str, bytes]:
+    """Build the dataset's extractors and references once, before any trial:
+    the first use of a classifier without shipped weights trains it (cached
+    on disk), which trials starting together would otherwise all wait for.
+    `spaces`: classifiers of seeds 0 .. spaces - 1 (eval_classifiers).
+    Returns the cache entries the extractors were built from, name -> bytes,
+    for the trials to install (`datasources.cache.install`) wherever they run."""
+    for space in range(spaces):
+        reference(dataset, "cpu", space)
     return {name: path.read_bytes() for name, path in USED_CACHE_FILES.items()}

@@ -75,6 +75,15 @@ class Plan:
         return tuple(k for k in self.searched if k not in SEED_SOURCES)
 
     @property
+    def classifier_spaces(self) -> int:
+        """The most classifier spaces a trial scores in (eval_classifiers,
+        fixed or searched): the driver prepares them all before any trial."""
+        axis = self.resolved.axes.get("eval_classifiers")
+        if axis is not None and hasattr(axis, "values"):
+            return max(int(v) for v in axis.values)
+        return int(self.resolved.fixed.get("eval_classifiers", 1))
+
+    @property
     def threads(self) -> int:
         """Torch threads of one trial: the CPUs it was given."""
         return max(1, int(self.request.cpus_per_trial))

@@ -100,7 +100,7 @@ def execute(plan: Plan) -> StudyResult:
     shipped = {}
     if generates(FAMILIES[plan.study.family]) and load_dataset(plan.dataset).is_image:
         # the feature classifier, trained once before any trial, goes to every trial
-        shipped = prepare_reference(plan.dataset)
+        shipped = prepare_reference(plan.dataset, plan.classifier_spaces)
     with ray_cluster(plan) as concurrent:
         init_store(plan.tracking_uri)  # before any client: a client creates the store
         client = MlflowClient(plan.tracking_uri)

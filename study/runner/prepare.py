@@ -18,6 +18,8 @@ from scoring.features import InceptionError, inception_extractor
 from scoring.modes import DYNAMICS
 from scoring.registry import (
     DRAW_STATS,
+    SPACE_METRICS,
+    across_classifiers,
     drawn,
     latent_metric_names,
     metric_names,
@@ -240,6 +242,7 @@ def check_metric_names(study: Study, data: Dataset) -> None:
     if generates(family):
         known |= set(metric_names(data.is_image)) | set(DYNAMICS)
         known |= {drawn(m, s) for m in metric_names(data.is_image, clock=False) for s in DRAW_STATS}
+        known |= {across_classifiers(m, s) for m in SPACE_METRICS for s in DRAW_STATS}
     known |= set(latent_metric_names(data.is_image, has_latent_space(family), encodes(family)))
     for name in (study.metric, *study.table_metrics):
         split = split_sampler_metric(name)

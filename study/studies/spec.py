@@ -149,6 +149,13 @@ class TrialConfig:
     eval_draws: int = param(
         1, low=1, high=100, help="the final evaluation's sample metrics on N draws: mean, std"
     )
+    eval_classifiers: int = param(
+        1,
+        low=1,
+        high=20,
+        help="the final evaluation's fid and modes_covered also in the spaces of classifiers"
+        " trained with seeds 1 .. N-1: each, mean, std",
+    )
     inception_weights: str = param("", help="local Inception v3 weights file: adds fid_inception")
     bf16: bool = param(False, help="bfloat16 autocast in training steps (for GPUs that have it)")
     compile: bool = param(False, help="torch.compile the family's networks (pays off on GPUs)")
@@ -266,9 +273,9 @@ def split_settings(study: Study, values: dict[str, Any]) -> tuple[TrialConfig, A
     return build(TrialConfig, trial), build(study.family_config, family)
 
 
-# seeds (every source of one), checkpoints and extra evaluation draws do not
-# make another configuration: the same model, trained the same way
-NOT_IN_ID = ("seed", *SEED_SOURCES, "checkpoint_seconds", "eval_draws")
+# seeds (every source of one), checkpoints, extra evaluation draws and
+# classifier spaces do not make another configuration: the same model, trained the same way
+NOT_IN_ID = ("seed", *SEED_SOURCES, "checkpoint_seconds", "eval_draws", "eval_classifiers")
 
 
 def config_id(values: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from torch import Tensor
 from datasources import Dataset
 from models import Family, generates
 from scoring.modes import ModeCounts
-from scoring.registry import METRICS, drawn, score_samples
+from scoring.registry import METRICS, drawn, in_spaces, score_samples
 from scoring.spectral import TopSingular
 from study.studies import TrialConfig
 from study.trial.probes import latent_probes
@@ -38,7 +38,8 @@ def evaluate(
 ) -> Evaluation:
     """The family's own metrics; for a generating family every registered
     sample metric of each of its samplers (the first also unsuffixed), and
-    at the `final` evaluation their noise over cfg.eval_draws draws; for one
+    at the `final` evaluation their noise over cfg.eval_draws draws and fid
+    and modes_covered in cfg.eval_classifiers classifiers' spaces; for one
     with a latent space its probes; sigma0 of every network (`spectral`
     keeps the seed's power-iteration vectors between evaluations). `seed`:
     the eval seed, which draws the samples scored."""
@@ -54,6 +55,9 @@ def evaluate(
         score_samplers(family, data, cfg, seed, out)
         if final and cfg.eval_draws > 1:
             out.metrics |= draw_noise(family, data, cfg, seed, out.metrics)
+        if final and cfg.eval_classifiers > 1 and data.is_image:
+            samples, _ = out.pictures["samples"]
+            out.metrics |= in_spaces(samples, data.name, cfg.eval_classifiers)
     return out
 
 
