@@ -17,6 +17,7 @@ from analysis.few_runs import iqm, performance_profiles, probability_of_improvem
 from analysis.importance import importance, optuna_importance
 from analysis.plots import PLOTS, View, figures, sampler_table
 from analysis.runs import AnalysisError, load_history, load_modes, load_runs
+from analysis.spaces import classifier_spaces
 from analysis.stats import budget_curve, config_stats, knobs, stability_map
 from analysis.survival import survival
 from analysis.variance import variance_sources
@@ -28,6 +29,7 @@ __all__ = [
     "AnalysisError",
     "View",
     "budget_curve",
+    "classifier_spaces",
     "config_stats",
     "confirmation",
     "early_warning",

@@ -4,6 +4,7 @@ wall x slots lands in exactly one phase, and gaps land where they happened."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -71,25 +72,45 @@ def test_the_tracking_load_benchmark_counts_requests_and_finds_lost_points():
         assert tl.lost(url, [claimed]) == (1, 1)
 
 
+# every benchmark's `--help`, run as its own __main__ in one process: the
+# scripts all import torch, which a process per script would pay eight times
+HELP_RUNNER = """
+import contextlib, io, json, runpy, sys
+out = {}
+for path in sys.argv[1:]:
+    sys.argv, stdout, stderr = [path, "--help"], io.StringIO(), io.StringIO()
+    code = None
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit as e:
+            code = e.code
+        except BaseException as e:
+            code = f"{type(e).__name__}: {e}"
+    out[path] = [code, stdout.getvalue(), stderr.getvalue()]
+print(json.dumps(out))
+"""
+
+
 def test_every_benchmark_answers_help_with_its_usage_and_starts_nothing():
     """`python benchmarks/X.py --help` prints usage and exits 0 (before it
     timed whole studies or ended in a traceback)."""
+    import json
     import subprocess
-    from concurrent.futures import ThreadPoolExecutor
 
     from tests.conftest import cli_env
 
-    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
-
-    def help_of(path: Path) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, str(path), "--help"], env=cli_env(), capture_output=True,
-            text=True, timeout=120,
-        )  # fmt: skip
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        outs = dict(zip(scripts, pool.map(help_of, scripts), strict=True))
+    scripts = [str(p) for p in sorted((ROOT / "benchmarks").glob("*.py"))]
+    # the scripts find their siblings as `python benchmarks/X.py` does
+    env = {**cli_env(), "PYTHONPATH": f"{ROOT / 'benchmarks'}{os.pathsep}{ROOT}"}
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_RUNNER, *scripts], env=env, capture_output=True, text=True,
+        timeout=180, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    outs = json.loads(done.stdout)
     assert len(outs) >= 7
-    for path, out in outs.items():
-        assert out.returncode == 0 and out.stdout.startswith("usage:"), (path.name, out.stderr)
-        assert "Traceback" not in out.stderr, path.name
+    for path, (code, stdout, stderr) in outs.items():
+        name = Path(path).name
+        assert code == 0 and stdout.startswith("usage:"), (name, code, stderr)
+        assert "Traceback" not in stderr, name
