@@ -2,7 +2,10 @@
 the Gumbel-softmax, hard straight-through (one-hot forward, soft gradient),
 KL to the uniform categorical. The temperature is constant, linear from tau0
 to tau_min over `anneal_epochs`, or exponential, tau = max(tau_min, tau0 *
-exp(-rate * step)) updated every `anneal_every` steps."""
+exp(-rate * step)) updated every `anneal_every` steps. Samples decode
+uniform random codes (sampler `uniform`, the prior the KL pulls toward), or
+with prior_epochs > 0, at the end, codes from a learned prior (`prior`,
+models/prior.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from torch import Tensor
 
 from models.coders import RECON_METRICS, EncoderDecoder, batched, epoch_means, recon_metrics
 from models.config import param
+from models.prior import PRIOR_METRICS, PriorSampling
 
 
 @dataclass
@@ -35,6 +39,13 @@ class DVAEConfig:
     anneal_epochs: float = param(20.0, low=0.01, high=10**6, help="linear: epochs to tau_min")
     lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate")
     batch_size: int = param(128, low=2, high=65536)
+    prior_epochs: int = param(
+        0,
+        low=0,
+        high=10_000,
+        help="passes of a learned prior (a small transformer) over the training codes, trained"
+        " after the autoencoder, scored at the final evaluation as sampler 'prior' (0: no prior)",
+    )
 
 
 def temperature(cfg: DVAEConfig, step: int, steps_per_epoch: int) -> float:
@@ -78,8 +89,9 @@ def perplexity(codes: Tensor, k: int) -> float:
     return float(entropy.exp().mean())
 
 
-class DiscreteVAE(EncoderDecoder):
+class DiscreteVAE(PriorSampling, EncoderDecoder):
     Config = DVAEConfig
+    base_sampler = "uniform"
     roles = {
         "learning_rate": ("lr",),
         "architecture": ("arch", "d", "k", "width"),
@@ -89,7 +101,7 @@ class DiscreteVAE(EncoderDecoder):
         "latent": ("d", "k"),
     }
     train_metrics = frozenset({"loss", "recon_loss", "kl_train", "tau", "grad_norm"})
-    eval_metrics = RECON_METRICS | {"kl", "code_perplexity"}
+    eval_metrics = RECON_METRICS | {"kl", "code_perplexity"} | PRIOR_METRICS
 
     def __init__(
         self, cfg: DVAEConfig, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
@@ -116,6 +128,16 @@ class DiscreteVAE(EncoderDecoder):
 
     def _decode_indices(self, codes: Tensor) -> Tensor:
         return self.dec(F.one_hot(codes, self.cfg.k).float().flatten(1))
+
+    def code_sequences(self, x: Tensor) -> Tensor:
+        """The most likely category of each of the d codes, (N, d)."""
+        return batched(self.logits, x).argmax(-1)
+
+    def code_vocab(self) -> int:
+        return self.cfg.k
+
+    def decode_sequences(self, codes: Tensor) -> Tensor:
+        return batched(self._decode_indices, codes)
 
     def _step(self, x: Tensor) -> dict[str, Tensor]:
         shape = (self.batch_size, self.cfg.d, self.cfg.k)
@@ -151,8 +173,11 @@ class DiscreteVAE(EncoderDecoder):
     def sample(
         self, n: int, generator: torch.Generator | None = None, sampler: str | None = None
     ) -> Tensor:
-        """Decoded uniform random codes: the prior the KL term pulls toward."""
+        """`uniform`: decoded uniform random codes, the prior the KL term
+        pulls toward; `prior`: codes from the learned prior."""
+        if sampler == "prior":
+            return self.prior_samples(n, generator)
         codes = torch.randint(
             self.cfg.k, (n, self.cfg.d), device=self.x.device, generator=generator
         )
-        return batched(self._decode_indices, codes)
+        return self.decode_sequences(codes)

@@ -136,6 +136,16 @@ class GenerativeFamily(Family):
         unnamed sampler."""
         return ()
 
+    def final_samplers(self) -> tuple[str, ...]:
+        """Named samplers scored at the final evaluation only, after the
+        others: what a stage trained after the model (final_stage) offers."""
+        return ()
+
+    def final_stage(self) -> dict[str, float]:
+        """Train what comes after the model (a learned prior over its codes),
+        at the final evaluation, before its samplers are scored; its metrics."""
+        return {}
+
     @classmethod
     def is_sampler(cls, name: str) -> bool:
         """Whether `name` can name a sampler of this family (for name checks)."""

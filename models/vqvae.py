@@ -6,9 +6,11 @@ updates instead) + commitment * ||z_e - sg[e]||^2. Dead entries (unused over
 an epoch) can be re-seeded from encoder outputs.
 
 Samples decode code grids drawn position by position from the training set's
-code histogram at each position: a weak prior (the paper trains a PixelCNN
-over the grids), so the sample metrics measure the codebook and that prior
-together, not what a learned prior would give."""
+code histogram at each position (sampler `histogram`): a weak prior, so its
+sample metrics measure the codebook and that prior together. With
+prior_epochs > 0 a learned prior over the grids (models/prior.py; the paper
+trains a PixelCNN), trained after the VQ-VAE, is scored at the end too as
+sampler `prior`."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from models.coders import (
 from models.config import param
 from models.family import GenerativeFamily, mode_rule
 from models.pack import Engine, Solo
+from models.prior import PRIOR_METRICS, PriorSampling
 
 
 @dataclass
@@ -47,6 +50,13 @@ class VQVAEConfig:
     width: int = param(32, low=2, high=4096, help="channels of the conv networks")
     lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate")
     batch_size: int = param(128, low=2, high=65536)
+    prior_epochs: int = param(
+        0,
+        low=0,
+        high=10_000,
+        help="passes of a learned prior (a small transformer) over the training codes, trained"
+        " after the autoencoder, scored at the final evaluation as sampler 'prior' (0: no prior)",
+    )
 
 
 def usage_perplexity(counts: Tensor) -> float:
@@ -157,8 +167,10 @@ def codebook_rule(metrics: dict[str, float], n_modes: int) -> str | None:
     return None
 
 
-class VQVAE(LatentCoder, GenerativeFamily):
+class VQVAE(PriorSampling, LatentCoder, GenerativeFamily):
     Config = VQVAEConfig
+    base_sampler = "histogram"
+    counters = ("epochs_done",)  # what a fitted prior is keyed by
     collapse_rules = (codebook_rule, mode_rule, recon_rule)
     roles = {
         "learning_rate": ("lr",),
@@ -168,7 +180,7 @@ class VQVAE(LatentCoder, GenerativeFamily):
         "latent": ("codebook_size",),
     }
     train_metrics = frozenset({"loss", "recon_loss", "codebook_loss", "commit_loss", "grad_norm"})
-    eval_metrics = RECON_METRICS | {"codebook_perplexity", "dead_codes"}
+    eval_metrics = RECON_METRICS | {"codebook_perplexity", "dead_codes"} | PRIOR_METRICS
     packs = True
 
     def __init__(
@@ -189,6 +201,7 @@ class VQVAE(LatentCoder, GenerativeFamily):
         self.opt = torch.optim.Adam(params, lr=cfg.lr, fused=True)
         nets = {"enc": self.enc, "dec": self.dec, "codebook": self.codebook}
         self.engine: Engine = Solo(self, nets, {"opt": self.opt})
+        self.epochs_done = 0
 
     def losses(
         self, x: Tensor, nets: dict | None = None
@@ -230,6 +243,7 @@ class VQVAE(LatentCoder, GenerativeFamily):
         out = epoch_means(self.engine, self.x, self.cfg.batch_size, self._step)
         if self.cfg.restart_dead:
             self.restart_dead()
+        self.epochs_done += 1
         return out
 
     @torch.no_grad()
@@ -246,6 +260,16 @@ class VQVAE(LatentCoder, GenerativeFamily):
     def codes(self, x: Tensor) -> Tensor:
         """Code indices (N, H, W)."""
         return batched(lambda b: self.codebook.quantise(self.enc(b))[0], x)
+
+    def code_sequences(self, x: Tensor) -> Tensor:
+        return self.codes(x).flatten(1)
+
+    def code_vocab(self) -> int:
+        return self.cfg.codebook_size
+
+    def decode_sequences(self, codes: Tensor) -> Tensor:
+        grid = codes.reshape(len(codes), *self.codes(self.x[:1]).shape[1:])
+        return batched(self.dec, self.codebook.embed[grid].permute(0, 3, 1, 2))
 
     def encode_latent(self, x: Tensor) -> Tensor:
         return self.codebook.quantise(self.enc(x))[1]
@@ -266,14 +290,14 @@ class VQVAE(LatentCoder, GenerativeFamily):
     def sample(
         self, n: int, generator: torch.Generator | None = None, sampler: str | None = None
     ) -> Tensor:
-        """Each grid position drawn from the training set's codes there."""
-        codes = self.codes(self.x)  # (N, H, W)
-        k = self.cfg.codebook_size
-        hist = F.one_hot(codes.flatten(1), k).sum(0).float()  # (H*W, K)
+        """`histogram`: each grid position drawn from the training set's codes
+        there; `prior`: grids drawn from the learned prior."""
+        if sampler == "prior":
+            return self.prior_samples(n, generator)
+        codes = self.code_sequences(self.x)  # (N, H*W)
+        hist = F.one_hot(codes, self.cfg.codebook_size).sum(0).float()  # (H*W, K)
         drawn = torch.multinomial(hist, n, replacement=True, generator=generator)  # (H*W, n)
-        grid = drawn.t().reshape(n, *codes.shape[1:])
-        q = self.codebook.embed[grid].permute(0, 3, 1, 2)
-        return batched(self.dec, q)
+        return self.decode_sequences(drawn.t())
 
     def state_dict(self) -> dict:
         return {

@@ -38,7 +38,8 @@ def evaluate(
 ) -> Evaluation:
     """The family's own metrics; for a generating family every registered
     sample metric of each of its samplers (the first also unsuffixed), and
-    at the `final` evaluation their noise over cfg.eval_draws draws and fid
+    at the `final` evaluation its final stage and that stage's samplers,
+    their noise over cfg.eval_draws draws and fid
     and modes_covered in cfg.eval_classifiers classifiers' spaces; for one
     with a latent space its probes; sigma0 of every network (`spectral`
     keeps the seed's power-iteration vectors between evaluations). `seed`:
@@ -52,7 +53,9 @@ def evaluate(
             out.metrics[f"sigma0_{net}"] = sigma
             out.layers[f"sigma0_{net}"] = layer
     if generates(type(family)):
-        score_samplers(family, data, cfg, seed, out)
+        if final:  # a stage trained after the model (a learned prior), then scored
+            out.metrics |= family.final_stage()
+        score_samplers(family, data, cfg, seed, out, final)
         if final and cfg.eval_draws > 1:
             out.metrics |= draw_noise(family, data, cfg, seed, out.metrics)
         if final and cfg.eval_classifiers > 1 and data.is_image:
@@ -87,9 +90,10 @@ def draw_noise(
 
 
 def score_samplers(
-    family: Family, data: Dataset, cfg: TrialConfig, seed: int, out: Evaluation
+    family: Family, data: Dataset, cfg: TrialConfig, seed: int, out: Evaluation, final: bool
 ) -> None:
-    for name in family.samplers() or ("",):
+    names = family.samplers() or ("",)
+    for name in names + (family.final_samplers() if final else ()):
         # the same latent noise at every evaluation: grids are comparable over epochs
         gen = torch.Generator(device=data.train_x.device).manual_seed(seed + 1)
         t0 = time.perf_counter()
