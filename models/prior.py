@@ -85,9 +85,14 @@ def fit_prior(codes: Tensor, vocab: int, epochs: int) -> CodePrior:
     its own seed (the caller's random streams are left as they were)."""
     codes = codes.detach().clone().long()  # a normal tensor, even from inference mode
     devices = [codes.device] if codes.is_cuda else []
-    with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
+    with (
+        torch.random.fork_rng(devices=devices),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        torch.device(codes.device),  # the prior's tensors where the codes are
+    ):
         torch.manual_seed(PRIOR_SEED)
-        prior = CodePrior(vocab, codes.shape[1]).to(codes.device)
+        prior = CodePrior(vocab, codes.shape[1])
         opt = torch.optim.Adam(prior.parameters(), lr=PRIOR_LR)
         gen = torch.Generator(device=codes.device).manual_seed(PRIOR_SEED)
         for _ in range(epochs):

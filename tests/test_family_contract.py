@@ -89,7 +89,7 @@ EXAMPLES = {
     "vae-mse": ("vae", VAEConfig(width=16, latent=4, batch_size=32, recon_loss="mse"), (1, 8, 8)),
     "dvae-kl_weight": (
         "dvae",
-        DVAEConfig(width=16, d=4, k=3, batch_size=32, kl_weight=0.1),
+        DVAEConfig(width=16, d=4, k=3, batch_size=32, kl_weight=0.1, prior_epochs=1),
         (1, 8, 8),
     ),
     "vqvae-ema-restart": (
@@ -106,7 +106,7 @@ EXAMPLES = {
     ),
     "vqvae-loss": (
         "vqvae",
-        VQVAEConfig(codebook_size=8, code_dim=4, width=8, batch_size=32),
+        VQVAEConfig(codebook_size=8, code_dim=4, width=8, batch_size=32, prior_epochs=1),
         (1, 8, 8),
     ),
 }
@@ -176,7 +176,9 @@ def test_training_and_sampling_never_hard_code_a_device(name):
     try:
         out = family.train_epoch()
         samples = family.sample(5) if generates(type(family)) else None
-        for sampler in family.samplers() if samples is not None else ():
+        if samples is not None:
+            family.final_stage()  # what comes after training: a learned prior
+        for sampler in family.samplers() + family.final_samplers() if samples is not None else ():
             family.sample(3, sampler=sampler)
     finally:
         torch.set_default_device("cpu")
