@@ -48,7 +48,7 @@ FAMILY_METRICS = {
 
 
 def test_list_names_every_family_study():
-    gans = {"gan_stability", "gan_modes", "gan_stabilisers", "gan_collapse"}
+    gans = {"gan_stability", "gan_modes", "gan_stabilisers", "gan_collapse", "gan_replay"}
     # the seed_variance studies train gan_stability's and vae_kl's families and data
     seeds = {"seed_variance", "seed_variance_vae"}
     assert set(FAMILY_METRICS) | gans | seeds == set(STUDIES)

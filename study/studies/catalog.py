@@ -454,3 +454,52 @@ register(
         table_metrics=("fid", "fid_draws_std", "recon_mse"),
     )
 )
+
+
+# The chapter's exercise: does experience replay (showing D past fakes
+# again) help? gan_collapse's mlp GAN and evaluation every epoch, replay off
+# or on with a small or large buffer (512 or 8192 fakes, 8 or 128 batches
+# back) replacing a quarter or half of each fake batch, over the learning
+# rates where gan_collapse's runs go from stable to collapsing.
+REPLAY = Bundles(
+    {
+        "off": {"replay": False},
+        "512x0.25": {"replay": True, "replay_capacity": 512, "replay_fraction": 0.25},
+        "512x0.5": {"replay": True, "replay_capacity": 512, "replay_fraction": 0.5},
+        "8192x0.25": {"replay": True, "replay_capacity": 8192, "replay_fraction": 0.25},
+        "8192x0.5": {"replay": True, "replay_capacity": 8192, "replay_fraction": 0.5},
+    }
+)
+
+register(
+    Study(
+        name="gan_replay",
+        description="does experience replay help a GAN? mlp GANs on mnist5k with replay off "
+        "or on (buffer 512 or 8192 fakes, a quarter or half of each fake batch replayed) "
+        "over 3 learning rates, judged at every epoch over 3 seeds",
+        family="gan",
+        dataset="mnist5k",
+        metric="fid",
+        mode="min",
+        axes={
+            "buffer": REPLAY,
+            "lr": Tied(("lr_g", "lr_d"), (4e-3, 1e-2, 2.5e-2)),
+        },
+        fixed={
+            "arch": "mlp",
+            "width": 256,
+            "batch_size": 32,
+            "train_size": 4000,
+            "epochs": 12,
+            "eval_every": 1,
+            "eval_samples": 500,
+        },
+        num_samples=15,
+        seeds=3,
+        confirm=0,
+        search="grid",
+        smoke={**SMOKE, "width": 64, "batch_size": 64},
+        table_metrics=("fid", "modes_covered", "mode_jsd"),
+        group_by="buffer",
+    )
+)
