@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from mlflow import MlflowClient
 
 from analysis.spaces import classifier_spaces
 from datasources import load_dataset
@@ -24,10 +23,11 @@ from scoring.arithmetic import (
 from scoring.copying import build_cells, ct_score, z_u
 from scoring.features import extractor_for
 from scoring.registry import evaluate_samples, in_spaces, prepare_reference, split_sampler_metric
-from study.tracking.store import experiment_id, find_trial_run, init_store, start_parent
+from study.tracking.store import find_trial_run
 from study.trial.session import LocalSession
 from study.trial.trainable import run_trial
 from tests.conftest import local_plan
+from tests.test_trainable import _store
 
 
 def test_fid_inf_recovers_the_intercept_of_a_planted_one_over_n_bias():
@@ -120,11 +120,8 @@ def test_samples_scored_in_other_classifiers_spaces():
 
 
 def test_a_trial_logs_the_spread_over_classifier_spaces(tmp_path):
-    uri = f"sqlite:///{tmp_path}/store.db"
-    init_store(uri)
-    client = MlflowClient(uri)
-    exp = experiment_id(client, "spaces")
-    parent = start_parent(client, exp, "spaces", {}, {})
+    client, exp, parent = _store(tmp_path, "spaces")
+    uri = client.tracking_uri
     plan = local_plan("gan_stability", tmp_path, uri, exp, parent, {"eval_classifiers": "2"})
     assert plan.classifier_spaces == 2
     run_trial({}, plan, "search", LocalSession("spaces-trial"))

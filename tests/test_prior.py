@@ -8,14 +8,14 @@ import math
 
 import pytest
 import torch
-from mlflow import MlflowClient
 
 from models.prior import fit_prior
 from models.vqvae import VQVAE, VQVAEConfig
-from study.tracking.store import experiment_id, find_trial_run, init_store, start_parent
+from study.tracking.store import find_trial_run
 from study.trial.session import LocalSession
 from study.trial.trainable import run_trial
 from tests.conftest import local_plan, steps
+from tests.test_trainable import _store
 
 
 def _markov_codes(n: int, length: int, gen: torch.Generator) -> torch.Tensor:
@@ -80,11 +80,8 @@ def test_prior_samples_keep_a_spatial_pattern_that_histogram_samples_break():
 
 @pytest.mark.parametrize("pack", [1, 2], ids=["alone", "a seed pack of 2"])
 def test_a_trial_scores_the_prior_at_its_final_evaluation(tmp_path, pack):
-    uri = f"sqlite:///{tmp_path}/store.db"
-    init_store(uri)
-    client = MlflowClient(uri)
-    exp = experiment_id(client, "prior")
-    parent = start_parent(client, exp, "prior", {}, {})
+    client, exp, parent = _store(tmp_path, "prior")
+    uri = client.tracking_uri
     plan = local_plan("vq_codebook", tmp_path, uri, exp, parent, {}, seeds=pack, pack=pack)
     run_trial({}, plan, "search", LocalSession("prior-trial"))
     members = [""] if pack == 1 else ["0", "1"]
