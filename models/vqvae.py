@@ -202,6 +202,8 @@ class VQVAE(PriorSampling, LatentCoder, GenerativeFamily):
         nets = {"enc": self.enc, "dec": self.dec, "codebook": self.codebook}
         self.engine: Engine = Solo(self, nets, {"opt": self.opt})
         self.epochs_done = 0
+        with torch.no_grad():  # the code grid's (H, W), what a sequence folds back into
+            self.grid_shape = tuple(self.enc(train_x[:1]).shape[-2:])
 
     def losses(
         self, x: Tensor, nets: dict | None = None
@@ -268,7 +270,7 @@ class VQVAE(PriorSampling, LatentCoder, GenerativeFamily):
         return self.cfg.codebook_size
 
     def decode_sequences(self, codes: Tensor) -> Tensor:
-        grid = codes.reshape(len(codes), *self.codes(self.x[:1]).shape[1:])
+        grid = codes.reshape(len(codes), *self.grid_shape)
         return batched(self.dec, self.codebook.embed[grid].permute(0, 3, 1, 2))
 
     def encode_latent(self, x: Tensor) -> Tensor:

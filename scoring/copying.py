@@ -42,13 +42,17 @@ class Cells:
         return self.kmeans.predict(features.double().cpu().numpy())
 
     def nearest_train(self, features: Tensor, cells: np.ndarray) -> np.ndarray:
-        """Each point's distance to the nearest training point of its own cell."""
-        out = np.empty(len(features))
-        for c in np.unique(cells):
-            mine = torch.as_tensor(cells == c, device=features.device)
-            dist = torch.cdist(features[mine].double(), self.train[c].to(features.device))
-            out[cells == c] = dist.min(dim=1).values.cpu().numpy()
-        return out
+        return _nearest_train(self.train, features, cells)
+
+
+def _nearest_train(train: list[Tensor], features: Tensor, cells: np.ndarray) -> np.ndarray:
+    """Each point's distance to the nearest training point of its own cell."""
+    out = np.empty(len(features))
+    for c in np.unique(cells):
+        mine = torch.as_tensor(cells == c, device=features.device)
+        dist = torch.cdist(features[mine].double(), train[c].to(features.device))
+        out[cells == c] = dist.min(dim=1).values.cpu().numpy()
+    return out
 
 
 def build_cells(train: Tensor, heldout: Tensor, k: int = CELLS, seed: int = 0) -> Cells:
@@ -57,9 +61,8 @@ def build_cells(train: Tensor, heldout: Tensor, k: int = CELLS, seed: int = 0) -
     x = train.double().cpu().numpy()
     kmeans = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(x)
     per_cell = [train[torch.as_tensor(kmeans.labels_ == c)].double() for c in range(k)]
-    empty = Cells(kmeans, per_cell, np.empty(0, dtype=int), np.empty(0))
-    held_cells = empty.assign(heldout)
-    return Cells(kmeans, per_cell, held_cells, empty.nearest_train(heldout, held_cells))
+    held_cells = kmeans.predict(heldout.double().cpu().numpy())
+    return Cells(kmeans, per_cell, held_cells, _nearest_train(per_cell, heldout, held_cells))
 
 
 def z_u(sample_dist: np.ndarray, heldout_dist: np.ndarray) -> float:

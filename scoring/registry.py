@@ -392,7 +392,8 @@ def across_classifiers(metric: str, stat: str) -> str:
 def in_spaces(x: Tensor, dataset: str, spaces: int) -> dict[str, float]:
     """SPACE_METRICS of samples x in the feature spaces of the dataset's
     classifiers trained with seeds 0 .. spaces - 1: each other seed's value
-    (fid_classifier2) and their mean and std (ddof 1) over all the spaces."""
+    (fid_classifier2) and their mean and std (ddof 1) over all the spaces
+    (spaces >= 2)."""
     values: dict[str, list[float]] = {m: [] for m in SPACE_METRICS}
     out = {}
     for space in range(spaces):
@@ -404,7 +405,7 @@ def in_spaces(x: Tensor, dataset: str, spaces: int) -> dict[str, float]:
     for m, v in values.items():
         t = torch.tensor(v, dtype=torch.float64)
         out[across_classifiers(m, "mean")] = float(t.mean())
-        out[across_classifiers(m, "std")] = float(t.std()) if len(v) > 1 else 0.0
+        out[across_classifiers(m, "std")] = float(t.std())
     return out
 
 
