@@ -449,6 +449,7 @@ PLOTS: dict[str, list[Callable[[View], Figure | None]]] = {
     "dvae": [by_schedule, temperature_curves],
     "vqvae": [codebook_usage],
     "diffusion": [guidance_tradeoff, fid_by_steps],
+    "latent_diffusion": [fid_by_steps],
 }
 
 

@@ -5,6 +5,7 @@ from models.diffusion import Diffusion
 from models.dvae import DiscreteVAE
 from models.family import Family, GenerativeFamily, encodes, generates, has_latent_space
 from models.gan import GAN
+from models.latent_diffusion import LatentDiffusion
 from models.vae import VAE
 from models.vqvae import VQVAE
 
@@ -15,6 +16,7 @@ FAMILIES: dict[str, type[Family]] = {
     "dvae": DiscreteVAE,
     "vqvae": VQVAE,
     "diffusion": Diffusion,
+    "latent_diffusion": LatentDiffusion,
 }
 
 __all__ = ["FAMILIES", "Family", "GenerativeFamily", "encodes", "generates", "has_latent_space"]

@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,16 @@ class Sampler:
     guidance: float | None = None
 
 
+def samplers_param() -> Any:
+    """The samplers setting, shared with latent diffusion."""
+    return param(
+        "ddim50_eta0,ddim10_eta0,ddim20_eta0,ddim20_eta1",
+        help="samplers scored at each evaluation, the first the main one: ddimS_etaE, ddpm "
+        "(posterior variance), ddpm_beta or ddpmS_beta (sigma^2 = beta); conditional: _wW "
+        "adds guidance scale W",
+    )
+
+
 @dataclass
 class DiffusionConfig:
     schedule: str = param("cosine", choices=tuple(SCHEDULES), help="noise schedule")
@@ -94,16 +105,15 @@ class DiffusionConfig:
     channels: int = param(32, low=8, high=1024, help="U-Net base channels")
     attention: bool = param(False, help="self-attention at the lowest resolution")
     batch_size: int = param(128, low=2, high=65536)
-    samplers: str = param(
-        "ddim50_eta0,ddim10_eta0,ddim20_eta0,ddim20_eta1",
-        help="samplers scored at each evaluation, the first the main one: ddimS_etaE, ddpm "
-        "(posterior variance), ddpm_beta or ddpmS_beta (sigma^2 = beta); conditional: _wW "
-        "adds guidance scale W",
-    )
+    samplers: str = samplers_param()
     conditional: bool = param(False, help="class-conditional, for classifier-free guidance")
     cond_drop: float = param(0.1, low=0.0, high=1.0, help="share of labels dropped in training")
     clip_grad: float = param(1.0, low=0.0, high=1e6, help="gradient norm clip (0: off)")
     ema: float = param(0.995, low=0.0, high=0.99999, help="EMA decay of the sampling weights")
+
+
+# (low, high) of the data, numbers or tensors broadcast over a batch
+Bounds = tuple[float | Tensor, float | Tensor]
 
 
 def ddim_sigma(ab: Tensor, ab_prev: Tensor, eta: float) -> Tensor:
@@ -112,11 +122,19 @@ def ddim_sigma(ab: Tensor, ab_prev: Tensor, eta: float) -> Tensor:
 
 
 def ddim_update(
-    x: Tensor, eps: Tensor, ab: Tensor, ab_prev: Tensor, eta: float, z: Tensor | None
+    x: Tensor,
+    eps: Tensor,
+    ab: Tensor,
+    ab_prev: Tensor,
+    eta: float,
+    z: Tensor | None,
+    clip: Bounds | None = (-1.0, 1.0),
 ) -> Tensor:
-    """One DDIM step (x0 predicted and clipped to the data range); z: the
-    fresh noise, None at the last step or when eta = 0."""
-    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+    """One DDIM step (x0 predicted and clipped to the data's range, `clip`'s
+    (low, high); None: not clipped); z: the fresh noise, None at the last
+    step or when eta = 0."""
+    x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+    x0 = x0 if clip is None else x0.clamp(*clip)
     sigma = ddim_sigma(ab, ab_prev, eta)
     x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * eps
     return x if z is None else x + sigma * z
@@ -162,6 +180,7 @@ class Diffusion(GenerativeFamily):
     train_metrics = frozenset({"eps_loss", "grad_norm"})
     eval_metrics = frozenset()  # judged on its samples, one set per sampler
     packs = True
+    x0_clip: Bounds | None = (-1.0, 1.0)  # the predicted x0 is clipped to the data's range
 
     def __init__(
         self, cfg: DiffusionConfig, train_x: Tensor, test_x: Tensor, train_y: Tensor | None = None
@@ -171,21 +190,28 @@ class Diffusion(GenerativeFamily):
                 f"diffusion needs images with sides divisible by 4, got {tuple(train_x.shape[1:])}"
             )
         check_batch(cfg.batch_size, len(train_x))
+        if cfg.conditional and train_y is None:
+            raise ConfigError("conditional=true needs a dataset with labels")
+        self.test_x = test_x
+        self.y = train_y if cfg.conditional else None
+        self.n_classes = int(train_y.max()) + 1 if self.y is not None else 0
+        net = UNet(train_x.shape[1], cfg.channels, cfg.attention, self.n_classes)
+        self.diffuse(cfg, train_x * 2 - 1, net)
+
+    def diffuse(self, cfg: DiffusionConfig, x: Tensor, net: torch.nn.Module) -> None:
+        """The DDPM around the noise predictor `net`, trained on x (in the
+        space diffused: images in [-1, 1], or latent codes), with cfg's
+        schedule, T, loss, samplers and optimiser settings."""
         self.variants = {s: parse_sampler(s, cfg.T) for s in cfg.samplers.split(",") if s}
         if not self.variants:
             raise ConfigError("samplers names no sampler")
-        if cfg.conditional and train_y is None:
-            raise ConfigError("conditional=true needs a dataset with labels")
         guided = [s for s, v in self.variants.items() if v.guidance is not None]
-        if guided and not cfg.conditional:
+        if guided and self.y is None:
             raise ConfigError(f"guided samplers ({', '.join(guided)}) need conditional=true")
-        self.cfg, self.x, self.test_x = cfg, train_x * 2 - 1, test_x
-        self.y = train_y if cfg.conditional else None
-        self.n_classes = int(train_y.max()) + 1 if self.y is not None else 0
-        device = train_x.device
+        self.cfg, self.x, device = cfg, x, x.device
         betas = SCHEDULES[cfg.schedule](cfg.T)
         self.alpha_bar = torch.cumprod(1 - betas, 0).float().to(device)
-        self.net = UNet(train_x.shape[1], cfg.channels, cfg.attention, self.n_classes).to(device)
+        self.net = net.to(device)
         # samples come from an exponential moving average of the weights (Ho et
         # al.): single snapshots of a short run swing by several fid points
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
@@ -209,7 +235,7 @@ class Diffusion(GenerativeFamily):
     def _loss(
         self, nets: dict, x0: Tensor, t: Tensor, noise: Tensor, y: Tensor | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        ab = self.alpha_bar[t][:, None, None, None]
+        ab = self.alpha_bar[t].reshape(-1, *(1,) * (x0.dim() - 1))
         loss = self.loss(nets["net"](ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y), noise)
         return loss, {"eps_loss": loss}
 
@@ -242,10 +268,24 @@ class Diffusion(GenerativeFamily):
         noise: Tensor | None = None,
         labels: Tensor | None = None,
     ) -> Tensor:
-        """From x_T = noise (drawn from generator when not given) with the
-        named sampler (default the main one), its steps and eta unless given;
-        conditional: for `labels` (default balanced; the null label n_classes
-        asks the unconditional model). Images in [0, 1]."""
+        """n samples as data (to_data of generate's; the same arguments)."""
+        return self.to_data(self.generate(n, generator, sampler, steps, eta, noise, labels))
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        noise: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> Tensor:
+        """Points of the diffused space from x_T = noise (drawn from generator
+        when not given) with the named sampler (default the main one), its
+        steps and eta unless given; conditional: for `labels` (default
+        balanced; the null label n_classes asks the unconditional model)."""
         named = self.variants[sampler or next(iter(self.variants))]
         v = replace(named, steps=steps or named.steps, eta=named.eta if eta is None else eta)
         if noise is None:
@@ -255,8 +295,11 @@ class Diffusion(GenerativeFamily):
         chunks = noise.split(500)
         ys = [None] * len(chunks) if labels is None else labels.split(500)
         pieces = zip(chunks, ys, strict=True)
-        out = torch.cat([self._reverse(c, y, v, generator) for c, y in pieces])
-        return (out.clamp(-1, 1) + 1) / 2
+        return torch.cat([self._reverse(c, y, v, generator) for c, y in pieces])
+
+    def to_data(self, x: Tensor) -> Tensor:
+        """The diffused space's points as data: images from [-1, 1] to [0, 1]."""
+        return (x.clamp(-1, 1) + 1) / 2
 
     def _eps(self, x: Tensor, t: Tensor, y: Tensor | None, w: float | None) -> Tensor:
         """The noise estimate, guided when w is a scale other than 0 (w = -1:
@@ -287,7 +330,7 @@ class Diffusion(GenerativeFamily):
             if v.beta_noise:
                 x = beta_update(x, eps, ab, ab_prev, z)
             else:
-                x = ddim_update(x, eps, ab, ab_prev, v.eta, z)
+                x = ddim_update(x, eps, ab, ab_prev, v.eta, z, self.x0_clip)
         return x
 
     def state_dict(self) -> dict:

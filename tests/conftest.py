@@ -270,6 +270,7 @@ SMOKE_STUDIES = (
     "diffusion_schedule",
     "vq_codebook",
     "diffusion_guidance",
+    "latent_diffusion",
 )
 
 

@@ -353,6 +353,15 @@ BAD = [
         "--optuna-storage expects a database URL",
     ),
     (["gan_modes", "--num-samples", "5"], _nothing, "--num-samples 5 but the grid has 3 points"),
+    # latent diffusion's first stage: a setting it lacks, a bad value, one the data refuses
+    (["latent_diffusion", "--set", "first_depth=2"], _nothing, "unknown key 'first_depth'"),
+    (["latent_diffusion", "--set", "first_arch=resnet"], _nothing, "first_arch='resnet' is not"),
+    (
+        ["latent_diffusion", "--dataset", "ring", "--set", "first_arch=conv"],
+        _nothing,
+        "first stage: first_arch=conv needs images",
+    ),
+    (["latent_diffusion", "--pack", "2"], _nothing, "does not train in seed packs"),
     (
         ["gan_modes", "--set", "pac=2", "--num-samples", "2"],
         _nothing,

@@ -67,7 +67,15 @@ def test_each_family_overfits_a_fixed_batch(batch, cls, cfg, key, steps):
 
 
 def test_every_family_is_registered():
-    assert set(FAMILIES) == {"gan", "autoencoder", "vae", "dvae", "vqvae", "diffusion"}
+    assert set(FAMILIES) == {
+        "gan",
+        "autoencoder",
+        "vae",
+        "dvae",
+        "vqvae",
+        "diffusion",
+        "latent_diffusion",
+    }
 
 
 # --- autoencoders -------------------------------------------------------------

@@ -15,6 +15,7 @@ from models.autoencoder import AEConfig
 from models.diffusion import DiffusionConfig
 from models.dvae import DVAEConfig
 from models.gan import GANConfig
+from models.latent_diffusion import LatentDiffusionConfig
 from models.vae import VAEConfig
 from models.vqvae import VQVAEConfig
 
@@ -86,6 +87,35 @@ EXAMPLES = {
         ),
         (1, 8, 8),
     ),
+    "latent_diffusion": (
+        "latent_diffusion",
+        LatentDiffusionConfig(
+            latent=3,
+            first_width=16,
+            first_epochs=1,
+            T=20,
+            width=16,
+            depth=1,
+            batch_size=32,
+            samplers="ddim3_eta1,ddpm_beta",
+        ),
+        (1, 8, 8),
+    ),  # fmt: skip
+    "latent_diffusion-conv-ae": (
+        "latent_diffusion",
+        LatentDiffusionConfig(
+            first_arch="conv",
+            latent=2,
+            first_width=8,
+            kl_weight=0.0,
+            first_epochs=1,
+            T=10,
+            width=8,
+            batch_size=32,
+            samplers="ddim2_eta0",
+        ),
+        (1, 8, 8),
+    ),  # fmt: skip
     "vae-mse": ("vae", VAEConfig(width=16, latent=4, batch_size=32, recon_loss="mse"), (1, 8, 8)),
     "dvae-kl_weight": (
         "dvae",

@@ -36,6 +36,16 @@ FAMILY_METRICS = {
         "fid_ddpm10_beta",
         "eps_loss",
     ),
+    "latent_diffusion": (
+        "fid",
+        "fid_ddim10_eta1",
+        "sample_seconds_ddim5_eta0",
+        "recon_mse",
+        "kl",
+        "first_stage_seconds",
+        "eps_loss",
+        *LATENT,
+    ),
     "diffusion_schedule": (
         "fid",
         "fid_ddim5_eta0",

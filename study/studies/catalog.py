@@ -498,3 +498,50 @@ register(
         group_by="buffer",
     )
 )
+
+
+# The chapter's latent diffusion on diffusion_schedule's data and budget (200
+# epochs of 8x8 digits, batch 64, T 1000, the same four samplers): a VAE
+# trained first in each trial, an MLP denoiser in its latent space. kl_weight
+# 0 makes the first stage an autoencoder.
+register(
+    Study(
+        name="latent_diffusion",
+        description="DDPM in the latent space of a VAE trained first in the trial, on 8x8 "
+        "digits: latent size, noise schedule and first-stage KL weight (0: an autoencoder) "
+        "against fid per sampler and seconds per 1000 samples",
+        family="latent_diffusion",
+        dataset="digits",
+        metric="fid",
+        mode="min",
+        axes={
+            "latent": Choice((4, 8, 16)),
+            "schedule": Choice(("linear", "cosine")),
+            "kl_weight": Choice((0.0, 1.0)),
+        },
+        fixed={
+            **{k: v for k, v in DIGITS_DDPM.items() if k != "channels"},
+            "first_epochs": 30,
+            "eval_every": 100,
+        },
+        num_samples=12,
+        seeds=2,
+        search="grid",
+        smoke={
+            **SMOKE,
+            "eval_samples": 100,
+            "T": 100,
+            "first_epochs": 2,
+            "width": 32,
+            "samplers": "ddim5_eta0,ddim10_eta1",
+        },
+        table_metrics=(
+            "fid",
+            "fid_ddim10_eta0",
+            "fid_ddim20_eta0",
+            "fid_ddim20_eta1",
+            "recon_mse",
+            "sample_seconds",
+        ),
+    )
+)
