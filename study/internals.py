@@ -22,6 +22,11 @@ process environment for one, in one module, checked at start-up.
   once to check the settings and never trains or compiles, so inside this
   block the mark is skipped; after it, torch's own path is back. If torch
   moves the attribute, the block does nothing and the check is 1.5 s slower.
+- `SeedRepeater` and `SpreadOptunaSearch` (Ray Tune, private fields;
+  `runner.seed_search`): a configuration's spread over its seeds reaches its
+  Optuna trial as user attributes. Repeater keeps a configuration's trials in
+  `_trial_id_to_group`, OptunaSearch its Optuna trials in `_ot_trials`, and
+  an Optuna trial takes attributes only until OptunaSearch tells it its value.
 
 `check_internals()` runs before Ray starts: a Ray or Optuna whose internals
 moved ends the study with one line naming the workaround, not a traceback
@@ -144,6 +149,19 @@ def _has_cluster_config() -> bool:
     return callable(getattr(_cluster_state(), "get_cluster_config", None))
 
 
+def _has_repeater_groups() -> bool:
+    from ray.tune.search.repeater import Repeater
+
+    return "self._trial_id_to_group = " in inspect.getsource(Repeater.__init__)
+
+
+def _has_optuna_trials() -> bool:
+    from ray.tune.search.optuna import OptunaSearch
+
+    source = inspect.getsource(OptunaSearch)
+    return "self._ot_trials = " in source and "self._completed_trials = " in source
+
+
 WORKAROUNDS = (
     Workaround(
         "upload_whole",
@@ -157,6 +175,18 @@ WORKAROUNDS = (
         "ray",
         "ray._private.state.state.get_cluster_config()",
         _has_cluster_config,
+    ),
+    Workaround(
+        "SeedRepeater",
+        "ray",
+        "ray.tune.search.repeater.Repeater._trial_id_to_group",
+        _has_repeater_groups,
+    ),
+    Workaround(
+        "SpreadOptunaSearch",
+        "ray",
+        "ray.tune.search.optuna.OptunaSearch._ot_trials, ._completed_trials",
+        _has_optuna_trials,
     ),
 )
 

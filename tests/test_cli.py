@@ -593,33 +593,45 @@ def test_the_ray_node_a_study_starts_imports_jsonschema_without_the_iri_grammars
     assert out.stdout.splitlines()[-1] == "False", out.stderr[-2000:]
 
 
-def test_asha_stops_a_poor_trial_and_closes_its_run(tmp_path, shared_ray):
-    """One trial at a time (--max-concurrent 1) in the grid's seeded order:
-    lr 0.01 first, then 1e-6, far worse at ASHA's rung (epoch 1), stopped.
-    The stopped trial's run is closed by the driver, in the --experiment."""
+def test_asha_over_seed_packs_stops_whole_configurations_and_closes_their_runs(
+    tmp_path, shared_ray
+):
+    """Each configuration's 2 seeds train as one pack, one trial at a time
+    (--max-concurrent 1) in the grid's seeded order: lr 0.01 first, then
+    1e-6, whose pack mean is far worse at ASHA's rung (epoch 1), stopped
+    with both its seeds. The stopped runs are closed by the driver, in the
+    --experiment."""
     uri = f"sqlite:///{tmp_path}/store.db"
     fixed = ["penalty=l1", "sparsity_weight=1e-4", "target_sparsity=0.1", "coding=32"]
-    args = ["sparse_ae", "--smoke", "--search", "grid", "--seeds", "1", "--scheduler", "asha",
-            "--max-concurrent", "1", "--experiment", "asha_check", "--tracking-uri", uri,
-            "--sweep", "lr=3e-6,1e-5,0.01,1e-6"]  # fmt: skip
+    args = ["sparse_ae", "--smoke", "--search", "grid", "--seeds", "2", "--pack", "2",
+            "--scheduler", "asha", "--max-concurrent", "1", "--experiment", "asha_check",
+            "--tracking-uri", uri, "--sweep", "lr=3e-6,1e-5,0.01,1e-6"]  # fmt: skip
     for item in fixed:
         args += ["--set", item]
     out = shared_ray.run_cli(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "1 at once" in out.stdout and "stopped" in out.stdout.split("Outcomes:")[1]
+    assert "ASHA: stops whole configurations, on the mean of its 2 seeds" in out.stdout
     client = MlflowClient(uri)
     assert client.get_experiment_by_name("sparse_ae") is None  # --experiment took its place
     exp = client.get_experiment_by_name("asha_check")
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in children)
     stopped = [r for r in children if r.data.tags["outcome"] == "stopped"]
     assert stopped and all(r.data.params["lr"] != "0.01" for r in stopped)
+    by_lr = {lr: sorted(r.data.params["seed"] for r in stopped if r.data.params["lr"] == lr)
+             for lr in {r.data.params["lr"] for r in stopped}}  # fmt: skip
+    assert all(seeds == ["0", "1"] for seeds in by_lr.values()), by_lr  # both seeds, or none
     for run in stopped:
         assert "stopped early by the scheduler at epoch 1" in run.data.tags["outcome_reason"]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]
-    # one at a time: no run started while a trial that closed its own run was running
-    # (a stopped trial's run is closed later, by the driver)
-    own = [(r.info.start_time, r.info.end_time) for r in children if r not in stopped]
-    starts = [r.info.start_time for r in children]
-    assert not any(s < t < e for s, e in own for t in starts), (own, starts)
+    # one trial at a time: no other trial's run started while a trial that closed
+    # its own runs was running (a stopped trial's runs are closed later, by the driver)
+    trials: dict[str, list] = {}
+    for r in children:
+        trials.setdefault(r.data.params["lr"], []).append(r)
+    spans = {lr: (min(r.info.start_time for r in rs), max(r.info.end_time for r in rs))
+             for lr, rs in trials.items() if lr not in by_lr}  # fmt: skip
+    others = [(lr, r.info.start_time) for lr, rs in trials.items() for r in rs]
+    assert not any(s < t < e for lr, (s, e) in spans.items() for o, t in others if o != lr)

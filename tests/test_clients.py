@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 import sys
 import urllib.request
 from collections import defaultdict
@@ -39,7 +40,8 @@ def _smoke(smoke_store, study: str) -> tuple[MlflowClient, str, object]:
 def assert_optuna_matches_mlflow(client: MlflowClient, exp_id: str, parent, study: str) -> None:
     """The Optuna study the parent run names holds each configuration of the
     study once, finished, with the mean over its seeds of what the searcher
-    was told (the study's metric, the penalty for a diverged seed)."""
+    was told (the study's metric, the penalty for a diverged seed), and the
+    standard deviation and standard error of those as user attributes."""
     spec = STUDIES[study]
     optuna_study = optuna.load_study(
         study_name=parent.data.tags["optuna_study"], storage=parent.data.tags["optuna_storage"]
@@ -61,6 +63,14 @@ def assert_optuna_matches_mlflow(client: MlflowClient, exp_id: str, parent, stud
         key = tuple(str(t.params[k]) for k in sorted(t.params))
         assert key in told, (key, list(told))
         assert t.value == pytest.approx(sum(told[key]) / len(told[key]), rel=1e-9)
+        # and the spread over those seeds, for optuna-dashboard
+        seeds = told[key]
+        assert t.user_attrs["seeds"] == len(seeds)
+        if len(seeds) > 1:
+            std = statistics.stdev(seeds)
+            assert t.user_attrs["objective_std"] == pytest.approx(std, rel=1e-9)
+            stderr = std / math.sqrt(len(seeds))
+            assert t.user_attrs["objective_stderr"] == pytest.approx(stderr, rel=1e-9)
 
 
 def test_optuna_storage_holds_the_searchers_history(smoke_store):

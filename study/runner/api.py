@@ -230,6 +230,23 @@ def print_header(plan: Plan, concurrent: int) -> None:
         )
     print("  searched: " + ("; ".join(f"{k} {a}" for k, a in plan.resolved.axes.items()) or "-"))
     print("  fixed: " + " ".join(f"{k}={v}" for k, v in sorted(plan.resolved.fixed.items())))
+    if r.scheduler == "asha":
+        print(f"  ASHA: {asha_unit(plan)}")
+
+
+def asha_unit(plan: Plan) -> str:
+    """What ASHA compares and stops: a whole configuration when its seeds
+    train as one pack (the pack's mean, a diverged seed the penalty), else
+    single trials of it."""
+    p = plan.phase("search")
+    if p.packs == 1:
+        on = "its one seed" if p.seeds == 1 else f"the mean of its {p.seeds} seeds in one pack"
+        return f"stops whole configurations, on {on}"
+    unit = "seed" if p.pack == 1 else f"pack of {p.pack} seeds"
+    return (
+        f"stops each {unit} of a configuration on its own; --pack {p.seeds} "
+        "makes it stop whole configurations"
+    )
 
 
 def print_where(plan: Plan, client: MlflowClient) -> None:

@@ -108,8 +108,8 @@ def start_ray(address: str | None, init: Callable[..., Any], shutdown: Callable[
 
 def _searcher(plan: Plan) -> Any:
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
-    from ray.tune.search.repeater import Repeater
+
+    from study.runner.seed_search import SeedRepeater, SpreadOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     axes = plan.resolved.axes
@@ -124,7 +124,7 @@ def _searcher(plan: Plan) -> Any:
         ),
     }
     space = {k: a.optuna() for k, a in axes.items()}
-    searcher = OptunaSearch(
+    searcher = SpreadOptunaSearch(
         space,
         metric="objective",
         mode=plan.study.mode,
@@ -133,7 +133,7 @@ def _searcher(plan: Plan) -> Any:
         storage=optuna_store.storage(plan.optuna_url),
     )
     # a configuration's trials: one per seed, or per seed pack
-    return Repeater(searcher, repeat=plan.phase("search").packs, set_index=True)
+    return SeedRepeater(searcher, repeat=plan.phase("search").packs, set_index=True)
 
 
 def _space(plan: Plan) -> tuple[dict[str, Any], Any]:
