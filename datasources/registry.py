@@ -65,6 +65,12 @@ class Dataset:
         """The first n_train training samples (the split is already shuffled)."""
         return replace(self, train_x=self.train_x[:n_train], train_y=self.train_y[:n_train])
 
+    def without_class(self, k: int) -> Dataset:
+        """Class k left out of the training split (the held-out split keeps
+        it): what anomaly detection trains on."""
+        keep = self.train_y != k
+        return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
+
 
 def _mixture(description: str, centres: np.ndarray, std: float) -> DatasetSpec:
     build = b.mixture(centres, std)

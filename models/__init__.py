@@ -3,7 +3,14 @@
 from models.autoencoder import Autoencoder
 from models.diffusion import Diffusion
 from models.dvae import DiscreteVAE
-from models.family import Family, GenerativeFamily, encodes, generates, has_latent_space
+from models.family import (
+    Family,
+    GenerativeFamily,
+    encodes,
+    generates,
+    has_latent_space,
+    reconstructs,
+)
 from models.gan import GAN
 from models.latent_diffusion import LatentDiffusion
 from models.vae import VAE
@@ -19,4 +26,12 @@ FAMILIES: dict[str, type[Family]] = {
     "latent_diffusion": LatentDiffusion,
 }
 
-__all__ = ["FAMILIES", "Family", "GenerativeFamily", "encodes", "generates", "has_latent_space"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "GenerativeFamily",
+    "encodes",
+    "generates",
+    "has_latent_space",
+    "reconstructs",
+]

@@ -156,6 +156,9 @@ class LatentCoder(Family):
     def probe_codes(self, x: Tensor) -> Tensor:
         return batched(self.encode_latent, x).flatten(1)
 
+    def anomaly_scores(self, x: Tensor) -> Tensor:
+        return (batched(self.reconstruct, x) - x).pow(2).flatten(1).mean(1)
+
     def latent_ends(self, n: int, generator: torch.Generator) -> tuple[Tensor, ...]:
         idx = pairs(n, len(self.test_x), generator, self.test_x.device)
         return tuple(batched(self.encode_latent, self.test_x[i]) for i in idx)

@@ -104,6 +104,11 @@ class Family(ABC):
         """Frozen codes of x, (N, D), for the linear probe; None: no encoder."""
         return None
 
+    def anomaly_scores(self, x: Tensor) -> Tensor | None:
+        """Each input's anomaly score, (N,): its reconstruction error (mean
+        squared, per pixel); None: the family does not reconstruct."""
+        return None
+
     def latent_ends(self, n: int, generator: torch.Generator) -> tuple[Tensor, ...] | None:
         """The ends of n latent paths (encoded held-out pairs, or latent
         draws), each tensor's first dimension n; None: no latent space."""
@@ -168,3 +173,7 @@ def has_latent_space(family: type[Family]) -> bool:
 
 def encodes(family: type[Family]) -> bool:
     return family.probe_codes is not Family.probe_codes
+
+
+def reconstructs(family: type[Family]) -> bool:
+    return family.anomaly_scores is not Family.anomaly_scores

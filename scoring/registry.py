@@ -35,6 +35,8 @@ NEEDS = {
     "labels": "a conditional model: the class each sample was asked for",
     "paths": "image data from a latent space: images at t and t + epsilon along latent paths",
     "codes": "an encoder: frozen codes of labelled training images and of the held-out split",
+    "anomaly": "a reconstructing family trained without one class (anomaly_class): each "
+    "held-out input's reconstruction error, and which inputs are of that class",
 }
 
 
@@ -47,6 +49,15 @@ class ProbeCodes:
     train_y: Tensor
     test: Tensor
     test_y: Tensor
+
+
+@dataclass(frozen=True)
+class AnomalyScores:
+    """Held-out inputs' anomaly scores (their reconstruction errors) and
+    whether each is of the class left out of training."""
+
+    scores: Tensor
+    is_anomaly: Tensor
 
 
 @dataclass(frozen=True)
@@ -101,10 +112,12 @@ class Scoring:
         paths: tuple[Tensor, Tensor] | None = None,
         codes: ProbeCodes | None = None,
         space: int = 0,
+        anomaly: AnomalyScores | None = None,
     ) -> None:
         self.samples, self.dataset, self.ref = samples, dataset, ref
         self.inception, self.seconds, self.labels = inception, seconds, labels
         self.paths, self.codes, self.space = paths, codes, space
+        self.anomaly = anomaly
         self.device = str(ref.data.test_x.device)
 
     @cached_property
@@ -170,6 +183,12 @@ class Scoring:
     def probe_accuracy(self) -> float:
         c = self.codes
         return probes.linear_probe(c.train, c.train_y, c.test, c.test_y)
+
+    def anomaly_auroc(self) -> float:
+        from sklearn.metrics import roc_auc_score
+
+        a = self.anomaly
+        return float(roc_auc_score(a.is_anomaly.cpu().numpy(), a.scores.cpu().numpy()))
 
     def fid_inception(self) -> float:
         device = self.device
@@ -348,10 +367,18 @@ register(
     False,
     "held-out accuracy of a logistic regression on frozen codes of a few labelled images",
 )
+register(
+    "anomaly_auroc",
+    Scoring.anomaly_auroc,
+    "anomaly",
+    "max",
+    False,
+    "ROC AUC of held-out reconstruction error as the score of the class left out of training",
+)
 register("sample_seconds", lambda s: s.seconds, "clock", "min", True, "wall time per 1000 samples")
 
 
-LATENT_NEEDS = frozenset({"paths", "codes"})  # scored by evaluate_latent, not on samples
+LATENT_NEEDS = frozenset({"paths", "codes", "anomaly"})  # scored by evaluate_latent, not on samples
 
 
 def needs_met(
@@ -409,16 +436,22 @@ def in_spaces(x: Tensor, dataset: str, spaces: int) -> dict[str, float]:
     return out
 
 
-def _latent_metrics(is_image: bool, paths: bool, codes: bool) -> list[SampleMetric]:
+def _latent_metrics(
+    is_image: bool, paths: bool, codes: bool, anomaly: bool = False
+) -> list[SampleMetric]:
     """The latent-probe metrics scored for a latent space with paths (image
-    data only: path length is measured in image features) and codes."""
-    have = {k for k, on in (("paths", paths and is_image), ("codes", codes)) if on}
+    data only: path length is measured in image features), codes, and
+    reconstructions scored as anomaly detection."""
+    pieces = (("paths", paths and is_image), ("codes", codes), ("anomaly", anomaly))
+    have = {k for k, on in pieces if on}
     return [m for m in METRICS.values() if m.needs & LATENT_NEEDS and m.needs <= have]
 
 
-def latent_metric_names(is_image: bool, paths: bool, codes: bool) -> list[str]:
+def latent_metric_names(
+    is_image: bool, paths: bool, codes: bool, anomaly: bool = False
+) -> list[str]:
     """The latent-probe metrics a family with such a latent space logs."""
-    return [m.name for m in _latent_metrics(is_image, paths, codes)]
+    return [m.name for m in _latent_metrics(is_image, paths, codes, anomaly)]
 
 
 def split_sampler_metric(name: str) -> tuple[str, str] | None:
@@ -502,13 +535,15 @@ def evaluate_latent(
     paths: tuple[Tensor, Tensor] | None = None,
     codes: ProbeCodes | None = None,
     device: str = "cpu",
+    anomaly: AnomalyScores | None = None,
 ) -> dict[str, float]:
     """Score a latent space: with `paths` (images at t and t + PATH_EPSILON
-    along latent paths; image data) path_length, with `codes` probe_accuracy."""
+    along latent paths; image data) path_length, with `codes`
+    probe_accuracy, with `anomaly` anomaly_auroc."""
     ref = reference(dataset, device)
-    scoring = Scoring(None, dataset, ref, paths=paths, codes=codes)
-    wanted = _latent_metrics(ref.data.is_image, paths is not None, codes is not None)
-    return {m.name: float(m.compute(scoring)) for m in wanted}
+    scoring = Scoring(None, dataset, ref, paths=paths, codes=codes, anomaly=anomaly)
+    have = (paths is not None, codes is not None, anomaly is not None)
+    return {m.name: float(m.compute(scoring)) for m in _latent_metrics(ref.data.is_image, *have)}
 
 
 @cache

@@ -362,6 +362,9 @@ BAD = [
         "first stage: first_arch=conv needs images",
     ),
     (["latent_diffusion", "--pack", "2"], _nothing, "does not train in seed packs"),
+    # anomaly detection needs a family that reconstructs, and a class the data has
+    (["gan_stability", "--set", "anomaly_class=3"], _nothing, "family gan does not reconstruct"),
+    (["sparse_ae", "--set", "anomaly_class=10"], _nothing, "mnist5k has classes 0..9"),
     (
         ["gan_modes", "--set", "pac=2", "--num-samples", "2"],
         _nothing,

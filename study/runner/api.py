@@ -166,6 +166,9 @@ def phases(plan: Plan, run_phase: Callable[..., Any]) -> tuple[Any, Any, bool]:
     return results, confirmed, confirmed is None
 
 
+SETTING_METRICS = ("anomaly_auroc",)  # logged only when a trial setting asks
+
+
 def summarise(plan: Plan, client: MlflowClient, results, confirmed=None) -> StudyResult:
     """The tables, written beside Tune's state and attached to the parent run:
     every trial of both phases, the search's configurations, and the
@@ -173,10 +176,10 @@ def summarise(plan: Plan, client: MlflowClient, results, confirmed=None) -> Stud
     study = plan.study
     phases = [("search", results), *([("confirm", confirmed)] if confirmed else [])]
     reported = {k for _, grid in phases for r in grid for s in seed_results(r.metrics) for k in s}
-    # a sampler left out by --set samplers=... is no column
-    metrics = tuple(
-        m for m in study.table_metrics or (study.metric,) if m == study.metric or m in reported
-    )
+    # a sampler left out by --set samplers=... is no column; a metric a trial
+    # setting switches on (anomaly_class) is one when some trial reported it
+    wanted = dict.fromkeys((*(study.table_metrics or (study.metric,)), *SETTING_METRICS))
+    metrics = tuple(m for m in wanted if m == study.metric or m in reported)
     trials = pd.concat(
         [trial_rows(grid, plan.searched, metrics).assign(phase=name) for name, grid in phases],
         ignore_index=True,

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from datasources import DATASETS, Dataset, load_dataset
-from models import FAMILIES, encodes, generates, has_latent_space
+from models import FAMILIES, encodes, generates, has_latent_space, reconstructs
 from models.config import ConfigError
 from scoring.features import InceptionError, inception_extractor
 from scoring.modes import DYNAMICS
@@ -229,8 +229,28 @@ def _check_builds(study: Study, resolved: Resolved, data: Dataset) -> None:
     base = {k: a.grid()[0] for k, a in resolved.axes.items()}
     with no_compiler_import():  # nothing here trains: 1.5 s of imports less
         for extra in variants:
-            _, cfg = split_settings(study, {**resolved.fixed, **base, **extra})
-            FAMILIES[study.family](cfg, data.train_x, data.test_x, data.train_y)
+            trial, cfg = split_settings(study, {**resolved.fixed, **base, **extra})
+            on = anomaly_data(study, trial.anomaly_class, data)
+            FAMILIES[study.family](cfg, on.train_x, on.test_x, on.train_y)
+
+
+def anomaly_data(study: Study, k: int, data: Dataset) -> Dataset:
+    """The training data with class k left out (k = -1: as it is); refused
+    where anomaly detection cannot work."""
+    if k < 0:
+        return data
+    if not reconstructs(FAMILIES[study.family]):
+        those = ", ".join(n for n, f in FAMILIES.items() if reconstructs(f))
+        raise ConfigError(
+            f"anomaly_class: family {study.family} does not reconstruct its inputs; "
+            f"anomaly detection needs one that does ({those})"
+        )
+    if not data.is_image or k >= data.n_classes:
+        raise ConfigError(
+            f"anomaly_class={k} needs a labelled image dataset with that class; {data.name} "
+            + (f"has classes 0..{data.n_classes - 1}" if data.is_image else "holds points")
+        )
+    return data.without_class(k)
 
 
 def check_metric_names(study: Study, data: Dataset) -> None:
@@ -243,7 +263,8 @@ def check_metric_names(study: Study, data: Dataset) -> None:
         known |= set(metric_names(data.is_image)) | set(DYNAMICS)
         known |= {drawn(m, s) for m in metric_names(data.is_image, clock=False) for s in DRAW_STATS}
         known |= {across_classifiers(m, s) for m in SPACE_METRICS for s in DRAW_STATS}
-    known |= set(latent_metric_names(data.is_image, has_latent_space(family), encodes(family)))
+    latent = (has_latent_space(family), encodes(family), reconstructs(family))
+    known |= set(latent_metric_names(data.is_image, *latent))
     for name in (study.metric, *study.table_metrics):
         split = split_sampler_metric(name)
         per_sampler = split and split[0] in known and family.is_sampler(split[1])

@@ -139,6 +139,13 @@ class TrialConfig:
         500, low=10, high=10**7, help="labelled training images of the linear probe (encoders)"
     )
     train_size: int = param(0, low=0, high=10**9, help="use the first N training samples (0: all)")
+    anomaly_class: int = param(
+        -1,
+        low=-1,
+        high=10**6,
+        help="leave this class out of training and log anomaly_auroc, the held-out "
+        "reconstruction error as its anomaly score (-1: off; reconstructing families)",
+    )
     max_loss: float = param(1e5, low=1e-12, high=1e30, help="|loss| above this counts as diverged")
     seed: int = param(0, low=0, high=2**31 - 1, help="base seed; repeat i uses seed + i")
     # SEED_SOURCES; -1: follows seed

@@ -45,7 +45,9 @@ def evaluate(
     keeps the seed's power-iteration vectors between evaluations). `seed`:
     the eval seed, which draws the samples scored."""
     metrics = dict(family.evaluate())
-    probed, pictures = latent_probes(family, data, cfg.eval_samples, cfg.probe_labels, seed)
+    probed, pictures = latent_probes(
+        family, data, cfg.eval_samples, cfg.probe_labels, seed, cfg.anomaly_class
+    )
     out = Evaluation(metrics | probed, pictures)
     for net, module in family.networks().items():
         sigma, layer = spectral.top(net, module)

@@ -11,7 +11,7 @@ from torch import Tensor
 from datasources import Dataset
 from models import Family
 from scoring.probes import PATH_EPSILON
-from scoring.registry import ProbeCodes, evaluate_latent
+from scoring.registry import AnomalyScores, ProbeCodes, evaluate_latent
 
 RECON_SHOWN = 16  # held-out inputs in the reconstruction picture (one row each kind)
 PATHS_SHOWN, STEPS_SHOWN = 8, 10  # interpolation picture: a row per path
@@ -19,10 +19,17 @@ PATHS_SHOWN, STEPS_SHOWN = 8, 10  # interpolation picture: a row per path
 
 @torch.inference_mode()
 def latent_probes(
-    family: Family, data: Dataset, n_paths: int, probe_labels: int, seed: int
+    family: Family,
+    data: Dataset,
+    n_paths: int,
+    probe_labels: int,
+    seed: int,
+    anomaly_class: int = -1,
 ) -> tuple[dict[str, float], dict[str, tuple[Tensor, int]]]:
     """(metrics, pictures: kind -> (images, images per row)) on image data;
-    nothing for families without a latent space or on 2-D data."""
+    nothing for families without a latent space or on 2-D data. With an
+    `anomaly_class` (left out of training), anomaly_auroc of the held-out
+    reconstruction errors."""
     if not data.is_image:
         return {}, {}
     pictures: dict[str, tuple[Tensor, int]] = {}
@@ -42,4 +49,7 @@ def latent_probes(
     if (train_codes := family.probe_codes(data.train_x[:probe_labels])) is not None:
         test_codes = family.probe_codes(data.test_x)
         codes = ProbeCodes(train_codes, data.train_y[:probe_labels], test_codes, data.test_y)
-    return evaluate_latent(data.name, paths, codes, str(device)), pictures
+    anomaly = None
+    if anomaly_class >= 0 and (scores := family.anomaly_scores(data.test_x)) is not None:
+        anomaly = AnomalyScores(scores, data.test_y == anomaly_class)
+    return evaluate_latent(data.name, paths, codes, str(device), anomaly), pictures

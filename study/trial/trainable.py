@@ -126,6 +126,8 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
         data = load_dataset(plan.dataset, plan.data_dir)
         if trial_cfg.train_size:
             data = data.subset(trial_cfg.train_size)
+        if trial_cfg.anomaly_class >= 0:  # checked by the driver: a reconstructing family
+            data = data.without_class(trial_cfg.anomaly_class)
         data = data.to(device)
         scored_in = scored_with(study.family, data, plan, trial_cfg.probe_labels, device)
     params = {
