@@ -247,6 +247,7 @@ FAMILY_FIGURES = {
     "diffusion_schedule": {"fid_by_steps"},
     "vq_codebook": {"codebook_usage"},
     "diffusion_guidance": {"guidance_tradeoff"},
+    "latent_diffusion": {"fid_by_steps"},
 }
 
 
