@@ -263,13 +263,10 @@ class Diffusion(GenerativeFamily):
         n: int,
         generator: torch.Generator | None = None,
         sampler: str | None = None,
-        steps: int | None = None,
-        eta: float | None = None,
-        noise: Tensor | None = None,
-        labels: Tensor | None = None,
+        **options: Any,
     ) -> Tensor:
-        """n samples as data (to_data of generate's; the same arguments)."""
-        return self.to_data(self.generate(n, generator, sampler, steps, eta, noise, labels))
+        """n samples as data: to_data() of generate()'s, which takes `options`."""
+        return self.to_data(self.generate(n, generator, sampler, **options))
 
     @torch.inference_mode()
     def generate(
