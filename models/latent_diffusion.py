@@ -46,7 +46,9 @@ class LatentDiffusionConfig:
     first_width: int = param(256, low=2, high=4096, help="first stage's hidden units")
     kl_weight: float = param(1.0, low=0.0, high=1000.0, help="first stage's KL weight (0: an AE)")
     recon_loss: str = param("bce", choices=("bce", "mse"), help="first stage's reconstruction")
-    first_epochs: int = param(30, low=1, high=100_000, help="first stage's training passes")
+    first_epochs: int = param(
+        30, low=1, high=100_000, help="first stage's training passes, before the first epoch"
+    )
     first_lr: float = param(1e-3, low=1e-6, high=1.0, help="first stage's Adam learning rate")
     # the diffusion in its latent space
     schedule: str = param("cosine", choices=tuple(SCHEDULES), help="noise schedule")
