@@ -16,7 +16,7 @@ from study.studies.spec import SEED_SOURCES
 NOT_KNOBS = {
     "run_id", "parent_run_id", "study_run", "run_name", "status", "outcome", "outcome_reason",
     "trial_id", "ray_node", "restored_from_epoch", "seed", "config_id", "device", "threads",
-    "start_time", "phase", "pack", "member",
+    "train_samples", "start_time", "phase", "pack", "member",
     "dataset", "family", *SEED_SOURCES,
 }  # fmt: skip
 

@@ -24,6 +24,7 @@ codes hundreds of standard deviations out (measured)."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -122,8 +123,8 @@ class LatentDiffusion(Diffusion, LatentCoder):
         try:
             self.first = VAE(first, train_x, test_x)
         except ConfigError as e:  # named as the user set it: first_arch, not arch
-            raise ConfigError(f"first stage: {e}".replace("arch=", "first_arch=")) from None
-        self.data_x, self.test_x, self.y, self.n_classes = train_x, test_x, None, 0
+            raise ConfigError(re.sub(r"\barch=", "first_arch=", f"first stage: {e}")) from None
+        self.test_x, self.y, self.n_classes = test_x, None, 0
         self.first_done, self.first_seconds = False, 0.0
         self.x0_clip = None  # the training codes' box, once there are codes
         self.shift = torch.zeros(cfg.latent, device=train_x.device)
@@ -142,13 +143,14 @@ class LatentDiffusion(Diffusion, LatentCoder):
         for _ in range(self.cfg.first_epochs):
             self.first.train_epoch()
         self._encode_training_set()
-        if self.data_x.device.type == "cuda":  # the clock must not stop before the GPU does
-            torch.cuda.synchronize(self.data_x.device)
+        device = self.first.x.device
+        if device.type == "cuda":  # the clock must not stop before the GPU does
+            torch.cuda.synchronize(device)
         self.first_done, self.first_seconds = True, time.perf_counter() - start
 
     def _encode_training_set(self) -> None:
         """The diffusion's data: the training set's codes, centred and scaled."""
-        codes = batched(self.first.encode_latent, self.data_x).clone()  # a normal tensor
+        codes = batched(self.first.encode_latent, self.first.x).clone()  # a normal tensor
         self.shift = codes.mean(0)
         self.scale = (codes - self.shift).pow(2).mean().sqrt().clamp_min(1e-8)
         self.x = (codes - self.shift) / self.scale

@@ -45,8 +45,9 @@ def test_anomaly_auroc_is_roc_auc_of_the_reconstruction_errors():
 
 def test_a_trial_with_anomaly_class_trains_without_it_and_logs_its_auroc(tmp_path):
     """In a real trial: the setting is a param, the metric is logged at every
-    evaluation; the training split the family saw lacks the class (its
-    linear probe, fitted on training codes, never predicts it)."""
+    evaluation; the training split the family saw lacks the class (it holds
+    the smoke split's other images, and the linear probe, fitted on training
+    codes, never predicts the class)."""
     client, exp, parent = _store(tmp_path, "anomaly")
     uri = client.tracking_uri
     settings = {"anomaly_class": LEFT_OUT, "noise": "gaussian"}
@@ -54,6 +55,8 @@ def test_a_trial_with_anomaly_class_trains_without_it_and_logs_its_auroc(tmp_pat
     run_trial({}, plan, "search", LocalSession("anomaly-trial"))
     run = find_trial_run(client, exp, parent, "anomaly-trial")
     assert run.info.status == "FINISHED" and run.data.params["anomaly_class"] == str(LEFT_OUT)
+    smoke = load_dataset("digits").subset(plan.resolved.fixed["train_size"])
+    assert run.data.params["train_samples"] == str(int((smoke.train_y != LEFT_OUT).sum()))
     assert steps(client, run.info.run_id, "anomaly_auroc") == [1, 2]
     # (after 2 smoke epochs on 512 images the unseen 0s reconstruct no worse than
     # the rest: the auroc is not judged here, only logged)

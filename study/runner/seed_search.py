@@ -15,12 +15,11 @@ Imported only once Ray is: the CLI refuses bad input before that."""
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.repeater import Repeater
-
-SPREAD_ATTRS = ("objective_std", "objective_stderr", "seeds")
 
 
 def seed_objectives(result: dict | None, metric: str) -> list[float]:
@@ -36,26 +35,22 @@ def spread(values: list[float]) -> dict[str, float]:
     """Sample standard deviation and standard error of the mean over seeds
     (NaN for one seed), and how many seeds."""
     n = len(values)
-    if n < 2:
-        return {"objective_std": math.nan, "objective_stderr": math.nan, "seeds": n}
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return {"objective_std": std, "objective_stderr": std / math.sqrt(n), "seeds": n}
+    std = statistics.stdev(values) if n > 1 else math.nan
+    return {"objective_std": std, "objective_stderr": std / math.sqrt(n or 1), "seeds": n}
 
 
 class SeedRepeater(Repeater):
-    """Repeater that also passes the configuration's spread over its seeds
-    to the searcher, beside its mean."""
+    """Repeater that also hands the searcher the objectives of a
+    configuration's seeds so far; the searcher reads them once the
+    configuration's last trial has ended."""
+
+    searcher: SpreadOptunaSearch
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any) -> None:
         group = self._trial_id_to_group.get(trial_id)
-        if group is not None and isinstance(self.searcher, SpreadOptunaSearch):
-            # the seeds so far; the searcher reads them once the group's last trial ends
-            group.seed_objectives = [
-                *getattr(group, "seed_objectives", []),
-                *seed_objectives(result, self.searcher.metric),
-            ]
-            self.searcher.pending_spread[group.primary_trial_id] = spread(group.seed_objectives)
+        if group is not None:
+            seeds = self.searcher.seed_values.setdefault(group.primary_trial_id, [])
+            seeds += seed_objectives(result, self.searcher.metric)
         super().on_trial_complete(trial_id, result, **kwargs)
 
 
@@ -66,14 +61,15 @@ class SpreadOptunaSearch(OptunaSearch):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pending_spread: dict[str, dict[str, float]] = {}
+        # a configuration's (its first trial's id) seed objectives so far
+        self.seed_values: dict[str, list[float]] = {}
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        attrs = self.pending_spread.pop(trial_id, None)
+        seeds = self.seed_values.pop(trial_id, None)
         trial = self._ot_trials.get(trial_id)
-        if attrs and trial is not None and trial_id not in self._completed_trials:
-            for key, value in attrs.items():
+        if seeds is not None and trial is not None and trial_id not in self._completed_trials:
+            for key, value in spread(seeds).items():
                 trial.set_user_attr(key, None if math.isnan(value) else value)
         super().on_trial_complete(trial_id, result, error)

@@ -136,6 +136,7 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
         "family": study.family,
         "device": str(device),
         "threads": plan.threads,
+        "train_samples": len(data.train_x),  # after train_size and anomaly_class
         **scored_in,
     }
     with clock.phase("mlflow_seconds"):
