@@ -294,20 +294,24 @@ LONG = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests that read the smoke store first: under xdist the first
     worker to need it builds it, and then both go through the readers; then
-    the longest; then the rest in their order. The longest of all (it starts
-    its own Ray and spends much of its time waiting) goes second: the other
-    worker runs it while the store is built, instead of waiting for the
-    store (the build's three studies share the shared Ray's two CPUs, so
-    its cores are not always busy)."""
+    the longest; then the rest in their order. xdist starts each worker on
+    two consecutive tests (the first worker on items 0 and 1), so the two
+    longest of all (each starts its own Ray and spends much of its time
+    waiting) go third and fourth: the second worker runs them while the
+    first builds the store, instead of waiting for it (the build's three
+    studies share the shared Ray's two CPUs, so its cores are not always
+    busy). Measured: with one long test second, the second worker's first
+    reader waited the whole 132 s build."""
 
     def order(item: pytest.Item) -> tuple[bool, int]:
         long = next((i for i, n in enumerate(LONG) if item.name.startswith(n)), len(LONG))
         return "smoke_store" not in getattr(item, "fixturenames", ()), long
 
     items.sort(key=order)
-    first_long = next((i for i, t in enumerate(items) if t.name.startswith(LONG[0])), None)
-    if first_long is not None and len(items) > 2:
-        items.insert(1, items.pop(first_long))
+    for place, name in ((2, LONG[0]), (3, LONG[1])):
+        found = next((i for i, t in enumerate(items) if t.name.startswith(name)), None)
+        if found is not None and len(items) > place:
+            items.insert(place, items.pop(found))
 
 
 @pytest.fixture(scope="session")
