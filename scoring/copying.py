@@ -17,12 +17,14 @@ Negative: samples sit closer to the training set than held-out data do
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from scipy.stats import mannwhitneyu
-from sklearn.cluster import KMeans
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from sklearn.cluster import KMeans
 
 CELLS = 10  # k-means cells: a held-out split of 1,000 gives each about 100
 MIN_SAMPLES = 20  # the paper's tau = 20 / m: cells with fewer samples are left out
@@ -58,6 +60,8 @@ def _nearest_train(train: list[Tensor], features: Tensor, cells: np.ndarray) -> 
 def build_cells(train: Tensor, heldout: Tensor, k: int = CELLS, seed: int = 0) -> Cells:
     """k-means (k cells, fixed seed) on the training features; the held-out
     split's distances are computed once here."""
+    from sklearn.cluster import KMeans  # scikit-learn only where it is used: a second of a start
+
     x = train.double().cpu().numpy()
     kmeans = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(x)
     per_cell = [train[torch.as_tensor(kmeans.labels_ == c)].double() for c in range(k)]
@@ -69,6 +73,8 @@ def z_u(sample_dist: np.ndarray, heldout_dist: np.ndarray) -> float:
     """Mann-Whitney U of the samples' distances against the held-out ones
     (pairs where the sample is farther, ties half), z-scored under the null:
     mean mn/2 - 1/2, variance mn(m + n + 1)/12."""
+    from scipy.stats import mannwhitneyu
+
     m, n = len(sample_dist), len(heldout_dist)
     u = mannwhitneyu(sample_dist, heldout_dist, alternative="less").statistic
     return float((u - (m * n / 2 - 0.5)) / np.sqrt(m * n * (m + n + 1) / 12))
