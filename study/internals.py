@@ -13,7 +13,9 @@ process environment for one, in one module, checked at start-up.
 - `mlflow_environment` (MLflow, environment variables): the client's HTTP
   retries, which carry a trial across a tracking-server outage, and no
   "View run at" line per finished run. Set when a driver or a trial starts,
-  never at import; an environment that sets them wins.
+  never at import; the driver's environment, where it sets them, wins, and
+  each trial takes its driver's settings (`mlflow_settings`, in the plan),
+  whatever its node's environment holds.
 - `NO_PRESTART` (Ray, an internal config flag): a local node starts no idle
   workers for the driver's tasks (a study runs none; `runner.lean_start`).
 - `no_compiler_import` (torch, a private cache attribute): building an
@@ -60,9 +62,19 @@ MLFLOW_ENV = {
 NO_PRESTART = ("RAY_prestart_worker_first_driver", "0")  # unless the user set it
 
 
-def mlflow_environment() -> None:
+def mlflow_settings() -> tuple[tuple[str, str], ...]:
+    """The MLflow client's settings in force in this process (its
+    environment's, else ours): a driver ships them to its trials."""
+    return tuple((key, os.environ.get(key, value)) for key, value in MLFLOW_ENV.items())
+
+
+def mlflow_environment(driver: tuple[tuple[str, str], ...] = ()) -> None:
     """The MLflow client's settings for this process and the Ray processes it
-    starts (a driver), or for itself (a trial on a node started elsewhere)."""
+    starts (a driver), or for itself (a trial): a trial takes its driver's
+    (`driver`, from `mlflow_settings`), so that on any node it retries as
+    long as its driver's outage message says (a node started with other
+    settings, or none, would otherwise decide)."""
+    os.environ.update(dict(driver))
     for key, value in MLFLOW_ENV.items():
         os.environ.setdefault(key, value)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
@@ -213,5 +225,6 @@ __all__ = [
     "autoscaler_ceiling",
     "check_internals",
     "mlflow_environment",
+    "mlflow_settings",
     "upload_whole",
 ]

@@ -63,6 +63,8 @@ class Plan:
     parent_run_id: str | None = None
     experiment_id: str | None = None
     optuna_url: str | None = None  # the searcher's history; None when nothing is searched
+    # the driver's MLflow client settings (retries), which its trials take
+    tracking_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def searched(self) -> tuple[str, ...]:

@@ -5,13 +5,21 @@ changes the environment when imported."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
 from study.errors import UsageError
-from study.internals import WORKAROUNDS, Workaround, check_internals
+from study.internals import (
+    BACKOFF,
+    WORKAROUNDS,
+    Workaround,
+    check_internals,
+    mlflow_environment,
+    mlflow_settings,
+)
 from tests.conftest import ROOT, cli_env, run_cli
 
 
@@ -49,6 +57,22 @@ def test_the_cli_refuses_a_ray_whose_internals_moved_with_one_line_and_nothing_w
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1 and "upload_whole" in out.stderr, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no store, no run folder
+
+
+def test_a_trial_retries_mlflow_as_its_driver_does_whatever_its_node_says(monkeypatch):
+    """The driver's outage message promises its own retry window; a trial on
+    a node started with other settings takes the driver's (shipped in the
+    plan), and our defaults fill what neither set."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", raising=False)
+    driver = dict(mlflow_settings())
+    assert driver["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    assert driver["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == str(BACKOFF)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "9")  # the trial's node
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "5")
+    mlflow_environment(tuple(driver.items()))
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == str(BACKOFF)
 
 
 def test_importing_our_modules_changes_no_environment_variable():

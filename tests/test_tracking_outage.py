@@ -38,12 +38,11 @@ def _study(name: str, url: str, epochs: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _start(args: list[str], cwd: Path, ray: RayHead | None, env: dict[str, str] | None = None):
-    """The study on the tests' shared Ray (`ray`), or on a Ray of its own,
-    whose trial processes inherit the command's environment (`env`)."""
+def _start(args: list[str], cwd: Path, ray: RayHead, env: dict[str, str] | None = None):
+    """The study on the tests' shared Ray, its command's environment
+    changed by `env`: its trials take its MLflow settings, not their node's."""
     cwd.mkdir()
-    if ray is not None:
-        args, env = [*args, "--address", ray.address], {**ray.env, **(env or {})}
+    args, env = [*args, "--address", ray.address], {**ray.env, **(env or {})}
     cli = start_cli(args, cwd, stderr=subprocess.STDOUT, env=env)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True).start()
@@ -80,8 +79,8 @@ def test_an_outage_within_the_retry_window_is_ridden_out_and_one_past_it_resumes
     url, argv = f"http://127.0.0.1:{port}", mlflow_server_argv(port, tmp_path)
     with http_server(argv, url, "/health", cwd=tmp_path):
         within, within_out = _start(_study("within", url, 16), tmp_path / "within", shared_ray)
-        # on its own Ray: its trial too must get the short retries
-        past, past_out = _start(_study("past", url, 8), tmp_path / "past", None, SHORT)
+        # on the same Ray: its trial gets the short retries from its driver
+        past, past_out = _start(_study("past", url, 8), tmp_path / "past", shared_ray, SHORT)
         deadline = time.monotonic() + 240
         while not (_evaluating(url, "within", within, within_out)
                    and _evaluating(url, "past", past, past_out)):  # fmt: skip
@@ -101,7 +100,8 @@ def test_an_outage_within_the_retry_window_is_ridden_out_and_one_past_it_resumes
     with http_server(argv, url, "/health", cwd=tmp_path):
         outage, back = time.monotonic() - stopped, time.time() * 1000
         # `past` resumes while `within` still waits for its next retry
-        resumed = start_cli(["gan_stability", "--resume", "--name", "past"], tmp_path / "past")
+        resume = ["gan_stability", "--resume", "--name", "past"]  # the address is saved
+        resumed = start_cli(resume, tmp_path / "past", env=shared_ray.env)
         assert within.wait(timeout=400) == 0, "".join(within_out)[-3000:]
         assert "Outcomes: 1 trial:" in "".join(within_out)
         client = MlflowClient(url)

@@ -26,7 +26,7 @@ from scoring.registry import (
     split_sampler_metric,
 )
 from study.errors import UsageError
-from study.internals import no_compiler_import
+from study.internals import mlflow_settings, no_compiler_import
 from study.plan import Plan
 from study.request import StudyRequest
 from study.runner.preflight import (
@@ -187,6 +187,7 @@ def prepare(request: StudyRequest) -> Plan:
         run_dir=run_dir,
         parent_run_id=parent,
         optuna_url=(r.optuna_storage or default_url(run_dir)) if resolved.axes else None,
+        tracking_env=mlflow_settings(),
     )
     _check_model(plan, r.data_dir)
     return plan

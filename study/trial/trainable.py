@@ -101,7 +101,7 @@ def train(config: dict[str, Any], plan: Plan, phase: str, cache_files: dict[str,
 def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSession) -> None:
     """One trial of `phase` ("search" or "confirm"): Tune's `config` holds the
     searched values and, with several trials a configuration, its index."""
-    mlflow_environment()
+    mlflow_environment(plan.tracking_env)
     clock = Clock()
     clock.stamp("entered_at")
     clock.seconds["process_seconds"] = session.process_seconds
