@@ -17,7 +17,6 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,8 @@ def _threads() -> None:
 def cli_env() -> dict[str, str]:
     """The environment a CLI test runs in: this checkout, no inherited store."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    for key in ("MLFLOW_TRACKING_URI", *RAY_AUTH):  # nor the shared Ray's token
+        env.pop(key, None)
     return env
 
 
@@ -220,42 +220,61 @@ class RayHead:
     def run_cli(self, args: list[str], cwd: Path, timeout: float = 300):
         return run_cli([*args, "--address", self.address], cwd, timeout, self.env)
 
+    def run_study(self, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        """The CLI's main() on this Ray from this process, as a notebook runs
+        studies one after another in one kernel: the same code path as the
+        command line without a driver's start (8-9 s of CPU: the imports of
+        torch, Ray, MLflow and Optuna). For tests of what a study does, not
+        of its process (kills, signals and exit codes run real commands)."""
+        from study.runner.cli import main
+
+        return in_process(main, [*args, "--address", self.address], cwd, self.env)
+
 
 SHARED_RAY = "GENSTUDY_TEST_RAY"  # address|token file of the run's one shared Ray
+SHARED_CPUS = 3  # logical: one study of each worker's, and the outage test's second
+
+
+RAY_AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under xdist, the controller starts the one Ray every worker's tests
-    share (a Ray a worker, each idling beside the other, costs a start and
-    its daemons' CPU twice); its workers inherit where it is. It has the
-    machine's two CPUs, and each study a test runs on it takes one
-    (`--max-concurrent 1`, or one trial): the two workers' studies never
-    wait for each other's CPUs, which a test timed against another study
-    (the outage's) cannot afford."""
-    if getattr(config.option, "numprocesses", None) and SHARED_RAY not in os.environ:
-        folder = Path(tempfile.mkdtemp(prefix="genstudy-shared-ray-"))
-        env = ray_token_env(folder)
-        nodes = ray_nodes([env])
+    """The shared Ray's token goes into this process's environment before
+    anything imports Ray: Ray reads its authentication settings once, when
+    it is imported, and `RayHead.run_study` joins from this process
+    (`cli_env` keeps them out of the commands a test runs). Under xdist the
+    controller also starts that Ray (a Ray a worker, each idling beside the
+    other, costs a start and its daemons' CPU twice), and its workers inherit
+    where it is and its token. It offers three CPUs, and each study a test
+    runs on it takes one (`--max-concurrent 1`, or one trial): the outage
+    test's two studies and the other worker's never wait for each other's
+    CPUs, which a test timed against another study cannot afford."""
+    if SHARED_RAY in os.environ:  # an xdist worker: the controller's Ray and token
+        return
+    folder = Path(tempfile.mkdtemp(prefix="genstudy-shared-ray-"))
+    env = ray_token_env(folder)
+    os.environ.update({k: env[k] for k in RAY_AUTH[:2]})
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    address = ""  # without xdist: started by the first test that asks (`shared_ray`)
+    if getattr(config.option, "numprocesses", None):
+        nodes = ray_nodes([env], cpus=SHARED_CPUS)
         address = nodes.__enter__()
-        config.add_cleanup(lambda: (nodes.__exit__(None, None, None),
-                                    shutil.rmtree(folder, ignore_errors=True)))  # fmt: skip
-        os.environ[SHARED_RAY] = f"{address}|{env['RAY_AUTH_TOKEN_PATH']}"
+        config.add_cleanup(lambda: nodes.__exit__(None, None, None))
+    os.environ[SHARED_RAY] = f"{address}|{env['RAY_AUTH_TOKEN_PATH']}"
 
 
 @pytest.fixture(scope="session")
-def shared_ray(tmp_path_factory) -> Iterator[RayHead]:
+def shared_ray() -> Iterator[RayHead]:
     """One Ray for the tests that only run a study and read what it wrote:
     joining it costs a CLI about 4 s, starting its own Ray 12 s of two
     cores. Tests that kill, watch or configure Ray's processes start theirs.
     Under xdist every worker joins the controller's (`pytest_configure`)."""
-    if SHARED_RAY in os.environ:
-        address, token = os.environ[SHARED_RAY].split("|")
-        yield RayHead(
-            address, {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token}
-        )
+    address, token = os.environ[SHARED_RAY].split("|")
+    env = {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token}
+    if address:
+        yield RayHead(address, env)
         return
-    env = ray_token_env(tmp_path_factory.mktemp("shared_ray"))
-    with ray_nodes([env]) as address:
+    with ray_nodes([env], cpus=SHARED_CPUS) as address:
         yield RayHead(address, env)
 
 
@@ -296,15 +315,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     worker to need it builds it, and then both go through the readers; then
     the longest; then the rest in their order. xdist starts each worker on
     two consecutive tests (the first worker on items 0 and 1), so the two
-    longest of all (each starts its own Ray and spends much of its time
-    waiting) go third and fourth: the second worker runs them while the
-    first builds the store, instead of waiting for it (the build's three
-    studies share the shared Ray's two CPUs, so its cores are not always
-    busy). Measured on fresh clones: with one long test second, the second
-    worker's first reader waited the whole 132 s build; with this order no
-    worker waits, but the build then shares the cores with the killed-driver
-    test (174 s, and that test 162 s instead of 112), and the whole run took
-    the same time (850 s against 847 s): the suite is CPU-bound."""
+    longest of all (each spends much of its time waiting: kills, an
+    outage, Ray's agents exiting) go third and fourth: the second worker
+    runs them while the first builds the store, instead of waiting for it
+    (the build trains one trial at a time: a core's work). Measured on fresh
+    clones: with one long test second, the second worker's first reader
+    waited the whole build; with this order no worker waits."""
 
     def order(item: pytest.Item) -> tuple[bool, int]:
         long = next((i for i, n in enumerate(LONG) if item.name.startswith(n)), len(LONG))
@@ -348,11 +364,11 @@ def build_smoke_store(root: Path, ray: RayHead) -> dict[str, subprocess.Complete
         # trial at a time: one trial process a study (each boots Ray's worker
         # and imports torch and MLflow, seconds of CPU), its trials reusing it
         args = [study, "--smoke", "--num-samples", "2", "--max-concurrent", "1"]
-        return ray.run_cli([*args, "--tracking-uri", uri, "--name", f"smoke-{study}"], root)
+        return ray.run_study([*args, "--tracking-uri", uri, "--name", f"smoke-{study}"], root)
 
-    # three studies at a time: each spends seconds importing and joining Ray
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(zip(SMOKE_STUDIES, pool.map(smoke, SMOKE_STUDIES), strict=True))
+    # one after another in this process: a driver's start each (9 x 8 s of
+    # CPU) cost more than the other worker's tests gain from the cores
+    return {study: smoke(study) for study in SMOKE_STUDIES}
 
 
 def local_plan(

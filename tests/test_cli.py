@@ -158,7 +158,7 @@ def test_a_new_experiments_artifacts_go_beside_its_sqlite_store_wherever_started
 
 def test_exploding_loss_ends_the_trial_as_diverged(tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path}/store.db"
-    out = shared_ray.run_cli(
+    out = shared_ray.run_study(
         [
             "gan_stability",
             "--smoke",
@@ -204,7 +204,7 @@ def test_grid_search_runs_every_grid_point(tmp_path, shared_ray):
     args += ["--max-concurrent", "1"]  # one trial process, seconds of CPU less
     for item in fixed:
         args += ["--set", item]
-    out = shared_ray.run_cli(args, tmp_path)
+    out = shared_ray.run_study(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     _, _, children = _children(uri)
     assert sorted(r.data.params["n_disc"] for r in children) == ["1", "2"]
@@ -241,7 +241,7 @@ def test_a_study_in_seed_packs_logs_every_seed_and_prints_its_tables(tmp_path, s
     uri = f"sqlite:///{tmp_path}/store.db"
     args = ["gan_stability", "--smoke", "--pack", "3", "--confirm", "1", "--confirm-seeds", "3"]
     args += ["--max-concurrent", "1"]  # one trial process a phase, seconds of CPU less
-    out = shared_ray.run_cli([*args, "--tracking-uri", uri, "--name", "packed"], tmp_path)
+    out = shared_ray.run_study([*args, "--tracking-uri", uri, "--name", "packed"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4 seeds in 2 trials (seed packs of 2)" in out.stdout
     assert "3 seeds in 1 confirmation trials (seed packs of 3)" in out.stdout
@@ -415,7 +415,7 @@ def test_a_study_the_joined_cluster_cannot_hold_is_refused_with_nothing_written(
 ):
     """Only a joined cluster can say what its nodes hold, so this check runs
     after Ray: the store (default ./mlflow.db) is still not created."""
-    out = shared_ray.run_cli(["gan_stability", "--smoke", "--gpus-per-trial", "64"], tmp_path)
+    out = shared_ray.run_study(["gan_stability", "--smoke", "--gpus-per-trial", "64"], tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     message = "--gpus-per-trial 64 but the largest node of the Ray cluster has 0 GPUs"
     assert out.stderr.startswith(f"error: {message}") and out.stderr.count("\n") == 1
@@ -439,7 +439,7 @@ def test_a_bad_invocation_is_refused_before_ray_is_imported(tmp_path):
 
 def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path}/store.db"
-    out = shared_ray.run_cli(
+    out = shared_ray.run_study(
         # one trial at a time: one trial process, seconds of CPU less
         ["gan_modes", "--smoke", "--seeds", "1", "--max-concurrent", "1", "--tracking-uri", uri],
         tmp_path,
@@ -611,7 +611,7 @@ def test_asha_over_seed_packs_stops_whole_configurations_and_closes_their_runs(
             "--tracking-uri", uri, "--sweep", "lr=3e-6,1e-5,0.01,1e-6"]  # fmt: skip
     for item in fixed:
         args += ["--set", item]
-    out = shared_ray.run_cli(args, tmp_path)
+    out = shared_ray.run_study(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "1 at once" in out.stdout and "stopped" in out.stdout.split("Outcomes:")[1]
     assert "ASHA: stops whole configurations, on the mean of its 2 seeds" in out.stdout

@@ -346,7 +346,7 @@ def test_gan_stabilisers_trains_every_technique_through_the_cli(tmp_path, shared
     args += ["--max-concurrent", "1"]  # one trial process for the nine, seconds of CPU less
     args += ["--set", "epochs=1"]  # one epoch and one evaluation each: a technique's path runs
     args += ["--set", "optimizer_d=sgd", "--set", "momentum=0.5"]
-    out = shared_ray.run_cli(
+    out = shared_ray.run_study(
         [*args, "--seeds", "1", "--tracking-uri", uri, "--name", "s"], tmp_path
     )
     assert out.returncode == 0, out.stderr[-3000:]
