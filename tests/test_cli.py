@@ -462,27 +462,13 @@ def test_gan_modes_grids_over_pac_and_logs_the_mixture_metrics(tmp_path, shared_
         assert len(pngs) == 2
 
 
-def test_sqlite_store_holds_up_under_four_concurrent_trials(tmp_path):
-    # a Ray of its own: on the suite's shared one, another test's trials can
-    # hold the CPUs that four trials at once need
+def test_sqlite_store_holds_up_under_four_concurrent_trials(tmp_path, shared_ray):
+    # a quarter CPU each: the four fit in the shared Ray's one CPU that no
+    # other worker's study holds (four trial processes on two cores all the same)
     uri = f"sqlite:///{tmp_path}/store.db"
-    out = run_cli(
-        [
-            "gan_stability",
-            "--smoke",
-            "--num-samples",
-            "2",
-            "--seeds",
-            "2",
-            "--cpus-per-trial",
-            "0.5",
-            "--tracking-uri",
-            uri,
-            "--set",
-            "arch=mlp",
-        ],
-        tmp_path,
-    )
+    args = ["gan_stability", "--smoke", "--num-samples", "2", "--seeds", "2"]
+    args += ["--cpus-per-trial", "0.25", "--max-concurrent", "4", "--set", "arch=mlp"]
+    out = shared_ray.run_study([*args, "--tracking-uri", uri], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4 at once" in out.stdout and "database is locked" not in out.stderr
     client, _, children = _children(uri)

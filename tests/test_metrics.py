@@ -134,7 +134,8 @@ def test_inception_fid_reads_a_local_weights_file_and_never_downloads(tmp_path, 
         inception_extractor(str(bad))
     weights = tmp_path / "inception.pth"
     torch.manual_seed(0)
-    net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True)
+    # init_weights=False: torch's default init (torchvision's truncated normal takes 10 s)
+    net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
     torch.save(net.state_dict(), weights)
     monkeypatch.setattr(ex, "INCEPTION_SIZE", 75)  # the smallest input it takes: fast on CPU
     data = load_dataset("digits")
