@@ -21,7 +21,7 @@ from analysis.report import build_report
 from study.errors import UsageError
 from study.request import StudyRequest
 from study.runner.prepare import prepare
-from tests.conftest import run_cli, start_cli, steps, study_runs
+from tests.conftest import start_cli, steps, study_runs
 
 EPOCHS = 4
 
@@ -91,7 +91,8 @@ def test_confirm_reruns_the_best_on_fresh_seeds_and_resumes_after_a_kill(tmp_pat
     }
     assert ended_before
 
-    again = run_cli(["sparse_ae", "--resume", "--name", "cf"], tmp_path, env=shared_ray.env)
+    # the resume through main() in this process (the kill needed a process)
+    again = shared_ray.run_study(["sparse_ae", "--resume", "--name", "cf"], tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     out = again.stdout
     assert "Confirmed on fresh seeds" in out and "P(best)" in out
