@@ -142,7 +142,7 @@ def phase_runner(
     interrupted. `shipped`: the driver's cache files every trial installs."""
 
     def run_phase(name: str, seeds: int, points: list[dict] | None) -> Any | None:
-        callbacks = [Progress(seeds, plan, name), CloseRuns(plan, name)]
+        callbacks = [Progress(seeds, plan, name, slots=concurrent), CloseRuns(plan, name)]
         if points is None:
             return fit(plan, shipped, callbacks, concurrent)
         return fit_confirm(plan, shipped, callbacks, concurrent, points)

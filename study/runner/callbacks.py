@@ -5,6 +5,7 @@ own (stopped early by a scheduler, or killed)."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -14,11 +15,16 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from ray import tune
+from tqdm import tqdm
 
 from scoring.outcomes import RUNNING, SCORED, ended, seed_results
 from study.plan import Plan
+from study.runner.eta import Running, describe, estimate
 from study.studies.defaults import HEARTBEAT_SECONDS
 from study.tracking.store import children, close_run, trial_runs
+
+EPOCHS_SHOWN = 8  # running trials whose epoch the heartbeat names
+LIVE_SECONDS = 1.0  # how often a live bar is redrawn
 
 
 def _fmt(v: Any) -> str:
@@ -27,14 +33,18 @@ def _fmt(v: Any) -> str:
 
 class Progress(tune.Callback):
     """Prints a line when a trial ends, and a heartbeat every `interval` seconds:
-    trials done (by outcome) / running / left, the best score so far, elapsed."""
+    trials done (by outcome) / running / left, the best score so far, elapsed,
+    the epoch each running trial has reached and when the phase should end
+    (`eta`). Attached to a terminal, a live bar holds the same words instead
+    of the heartbeat; in a log file or CI, plain lines."""
 
     def __init__(
-        self, total: int, plan: Plan, phase: str, interval: float = HEARTBEAT_SECONDS
-    ) -> None:
+        self, total: int, plan: Plan, phase: str, interval: float = HEARTBEAT_SECONDS, *,
+        slots: int = 1,
+    ) -> None:  # fmt: skip
         """`total`: the seeds the phase trains, counted one by one (a seed
-        pack's trial trains several)."""
-        self.total, self.plan, self.interval = total, plan, interval
+        pack's trial trains several); `slots`: trials that run at once."""
+        self.total, self.plan, self.interval, self.slots = total, plan, interval, slots
         self.metric, self.pack = plan.study.metric, plan.phase(phase).pack
         self.setup()
 
@@ -45,23 +55,55 @@ class Progress(tune.Callback):
         self.outcomes: Counter[str] = Counter()
         self.best: tuple[float, str] | None = None
         self.resumed = False
+        self.durations: list[float] = []  # of the trials that ended, in seconds
+        self.ended_trials = 0
+        self.bar = tqdm(total=self.total, unit="seed", dynamic_ncols=True) if live() else None
 
-    def _line(self, trials: list, event: str = "", ended: Any = None) -> None:
+    def __getstate__(self) -> dict[str, Any]:  # Tune saves its callbacks; a bar is no state
+        return {k: v for k, v in self.__dict__.items() if k != "bar"}
+
+    def _status(self, trials: list, ended: Any = None) -> str:
         done = sum(self.outcomes.values())
-        running = self.pack * sum(t.status == "RUNNING" and t is not ended for t in trials)
-        elapsed = int(time.monotonic() - self.start)
+        under_way = [t for t in trials if t.status == "RUNNING" and t is not ended]
+        running = self.pack * len(under_way)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
         best = f" | best {self.metric} {self.best[0]:.4g} ({self.best[1]})" if self.best else ""
-        line = (
-            f"[{elapsed // 60:3d}m{elapsed % 60:02d}s] {done}/{self.total} done"
-            f"{f' ({counts})' if counts else ''} | {running} running | "
-            f"{max(self.total - done - running, 0)} left{best}"
+        progress = [self._running(t) for t in under_way]
+        epochs = " ".join(f"{r.epoch}/{r.epochs}" for r in progress[:EPOCHS_SHOWN])
+        epochs += " ..." if len(progress) > EPOCHS_SHOWN else ""
+        queued = max(0, self.total // self.pack - self.ended_trials - len(under_way))
+        when = describe(estimate(self.durations, progress, queued, self.slots))
+        return (
+            f"{done}/{self.total} done{f' ({counts})' if counts else ''} | {running} running"
+            f"{f' (epochs {epochs})' if epochs else ''} | "
+            f"{max(self.total - done - running, 0)} left{best} | {when}"
         )
-        print(line + (f"\n           {event}" if event else ""), flush=True)
+
+    def _running(self, trial: Any) -> Running:
+        """How far a running trial is: its last report, and the time since."""
+        r = trial.last_result or {}
+        epochs = trial.config.get("epochs", self.plan.resolved.fixed.get("epochs", 1))
+        seconds = r.get("time_total_s", 0.0) + max(0.0, time.time() - r.get("timestamp", 0))
+        return Running(seconds if r else 0.0, int(r.get("epoch", 0)), int(epochs))
+
+    def _line(self, trials: list, event: str = "", ended: Any = None) -> None:
+        status = self._status(trials, ended)
+        if self.bar is not None:
+            if event:
+                self.bar.write(f"           {event}")
+            self.bar.n = sum(self.outcomes.values())
+            self.bar.set_postfix_str(status.split(" | ", 1)[1], refresh=True)
+        else:
+            elapsed = int(time.monotonic() - self.start)
+            line = f"[{elapsed // 60:3d}m{elapsed % 60:02d}s] {status}"
+            print(line + (f"\n           {event}" if event else ""), flush=True)
         self.last = time.monotonic()
 
     def _count(self, trial: Any) -> list[tuple[str, Any, Any]]:
         """(outcome, score, seed) of each seed the trial trained, counted."""
+        self.ended_trials += 1
+        if (trial.last_result or {}).get("time_total_s") is not None:
+            self.durations.append(float(trial.last_result["time_total_s"]))
         out = []
         for r in seed_results(trial.last_result):
             outcome = ended(r.get("outcome"))
@@ -86,6 +128,7 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # a pack's trial fails all its seeds
+        self.ended_trials += 1
         self.outcomes["failed"] += min(self.pack, max(1, self.total - sum(self.outcomes.values())))
         self._line(
             trials,
@@ -103,8 +146,18 @@ class Progress(tune.Callback):
                 self._line(trials, f"resumed: {len(ended)} trials had ended before")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if time.monotonic() - self.last >= self.interval:
+        every = LIVE_SECONDS if self.bar is not None else self.interval
+        if time.monotonic() - self.last >= every:
             self._line(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def live() -> bool:
+    """A live bar only on a terminal: a log file or CI gets plain lines."""
+    return sys.stdout.isatty() and sys.stderr.isatty() and not os.environ.get("CI")
 
 
 class CloseRuns(tune.Callback):
