@@ -305,7 +305,7 @@ class SmokeStore:
 # none of them is the run's tail
 LONG = (
     "test_killed_driver_resumes", "test_an_outage_within", "test_confirm_reruns_the_best",
-    "test_killed_trial_resumes", "test_losing_a_worker_node", "test_the_tracking_load_benchmark",
+    "test_killed_trial_resumes", "test_a_two_node_study", "test_the_tracking_load_benchmark",
     "test_sqlite_store_holds_up", "test_gan_stabilisers_trains", "test_prdc_self_test",
 )  # fmt: skip
 
