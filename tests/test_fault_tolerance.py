@@ -10,8 +10,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from study.runner.cli import main
-from tests.conftest import in_process, start_cli, steps, study_runs
+from tests.conftest import run_cli, start_cli, steps, study_runs
 from tests.test_clients import assert_optuna_matches_mlflow
 
 
@@ -196,10 +195,8 @@ def test_killed_driver_resumes_the_study_with_every_trial_once(tmp_path):
     agents = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
     _wait_gone([p for p, cmd in ray_processes if not cmd.startswith(agents)], 30)
 
-    # the resumed command names no settings: they come from the saved
-    # invocation (its main() in this process: the kill needed a process, the
-    # resume does not; it starts its local Ray from here)
-    again = in_process(main, ["gan_stability", "--resume"], tmp_path, {})
+    # the resumed command names no settings: they come from the saved invocation
+    again = run_cli(["gan_stability", "--resume"], tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "Outcomes: 4 trials" in again.stdout
 

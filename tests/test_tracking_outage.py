@@ -100,11 +100,8 @@ def test_an_outage_within_the_retry_window_is_ridden_out_and_one_past_it_resumes
     with http_server(argv, url, "/health", cwd=tmp_path):
         outage, back = time.monotonic() - stopped, time.time() * 1000
         # `past` resumes while `within` still waits for its next retry
-        # (through main() in this process: the outage needed a process, the resume does not)
-        resumed = shared_ray.run_study(["gan_stability", "--resume", "--name", "past"],
-                                       tmp_path / "past")  # fmt: skip
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert "Outcomes: 1 trial:" in resumed.stdout
+        resume = ["gan_stability", "--resume", "--name", "past"]  # the address is saved
+        resumed = start_cli(resume, tmp_path / "past", env=shared_ray.env)
         assert within.wait(timeout=400) == 0, "".join(within_out)[-3000:]
         assert "Outcomes: 1 trial:" in "".join(within_out)
         client = MlflowClient(url)
@@ -114,6 +111,9 @@ def test_an_outage_within_the_retry_window_is_ridden_out_and_one_past_it_resumes
             assert max(m.timestamp for m in fid) > back
             assert "restored_from_epoch" not in run.data.tags
 
+        stdout, stderr = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, stderr[-3000:]
+        assert "Outcomes: 1 trial:" in stdout
         # it continued from its checkpoint in its own run, not from scratch
         for run in _every_epoch_once(url, "past", 8):
             assert int(run.data.tags["restored_from_epoch"]) >= EVAL_EVERY
