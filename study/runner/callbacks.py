@@ -5,7 +5,6 @@ own (stopped early by a scheduler, or killed)."""
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -15,7 +14,6 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from ray import tune
-from tqdm import tqdm
 
 from scoring.outcomes import RUNNING, SCORED, ended, seed_results
 from study.plan import Plan
@@ -24,7 +22,6 @@ from study.studies.defaults import HEARTBEAT_SECONDS
 from study.tracking.store import children, close_run, trial_runs
 
 EPOCHS_SHOWN = 8  # running trials whose epoch the heartbeat names
-LIVE_SECONDS = 1.0  # how often a live bar is redrawn
 
 
 def _fmt(v: Any) -> str:
@@ -35,8 +32,7 @@ class Progress(tune.Callback):
     """Prints a line when a trial ends, and a heartbeat every `interval` seconds:
     trials done (by outcome) / running / left, the best score so far, elapsed,
     the epoch each running trial has reached and when the phase should end
-    (`eta`). Attached to a terminal, a live bar holds the same words instead
-    of the heartbeat; in a log file or CI, plain lines."""
+    (`eta`)."""
 
     def __init__(
         self, total: int, plan: Plan, phase: str, interval: float = HEARTBEAT_SECONDS, *,
@@ -57,10 +53,6 @@ class Progress(tune.Callback):
         self.resumed = False
         self.durations: list[float] = []  # of the trials that ended, in seconds
         self.ended_trials = 0
-        self.bar = tqdm(total=self.total, unit="seed", dynamic_ncols=True) if live() else None
-
-    def __getstate__(self) -> dict[str, Any]:  # Tune saves its callbacks; a bar is no state
-        return {k: v for k, v in self.__dict__.items() if k != "bar"}
 
     def _status(self, trials: list, ended: Any = None) -> str:
         done = sum(self.outcomes.values())
@@ -87,16 +79,9 @@ class Progress(tune.Callback):
         return Running(seconds if r else 0.0, int(r.get("epoch", 0)), int(epochs))
 
     def _line(self, trials: list, event: str = "", ended: Any = None) -> None:
-        status = self._status(trials, ended)
-        if self.bar is not None:
-            if event:
-                self.bar.write(f"           {event}")
-            self.bar.n = sum(self.outcomes.values())
-            self.bar.set_postfix_str(status.split(" | ", 1)[1], refresh=True)
-        else:
-            elapsed = int(time.monotonic() - self.start)
-            line = f"[{elapsed // 60:3d}m{elapsed % 60:02d}s] {status}"
-            print(line + (f"\n           {event}" if event else ""), flush=True)
+        elapsed = int(time.monotonic() - self.start)
+        line = f"[{elapsed // 60:3d}m{elapsed % 60:02d}s] {self._status(trials, ended)}"
+        print(line + (f"\n           {event}" if event else ""), flush=True)
         self.last = time.monotonic()
 
     def _count(self, trial: Any) -> list[tuple[str, Any, Any]]:
@@ -146,18 +131,8 @@ class Progress(tune.Callback):
                 self._line(trials, f"resumed: {len(ended)} trials had ended before")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        every = LIVE_SECONDS if self.bar is not None else self.interval
-        if time.monotonic() - self.last >= every:
+        if time.monotonic() - self.last >= self.interval:
             self._line(trials)
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def live() -> bool:
-    """A live bar only on a terminal: a log file or CI gets plain lines."""
-    return sys.stdout.isatty() and sys.stderr.isatty() and not os.environ.get("CI")
 
 
 class CloseRuns(tune.Callback):

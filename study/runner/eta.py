@@ -88,4 +88,4 @@ def describe(eta: Eta | None) -> str:
     if eta is None:
         return "ETA after the first epoch"
     spread = "" if clock(eta.low) == clock(eta.high) else f"{clock(eta.low)}-{clock(eta.high)}, "
-    return f"ETA {clock(eta.mid)} ({spread}from {eta.trials} trials)"
+    return f"ETA {clock(eta.mid)} ({spread}from {eta.trials} trial{'' if eta.trials == 1 else 's'})"
