@@ -156,6 +156,51 @@ def http_server(
         server.wait()
 
 
+def started(pid: int) -> str | None:
+    """When pid started (ticks since boot), or None once it has exited (a
+    zombie has: only its parent has not reaped it)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+@dataclass
+class Stragglers:
+    """Processes a test expects to exit by themselves within some seconds,
+    checked when the worker's session ends rather than waited for in the
+    test (Ray's idle agents notice their node's end a minute later: a
+    test waiting for them held a core's worth of the run idle)."""
+
+    expected: list[tuple[int, str, float, str]]
+
+    def expect_gone(self, pids: list[int], seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
+        for pid in pids:
+            if (start := started(pid)) is not None:
+                self.expected.append((pid, start, deadline, what))
+
+    def still_running(self) -> list[str]:
+        """What outlived its deadline (waits for each deadline first); a pid
+        reused by a later process does not count."""
+        late = []
+        for pid, start, deadline, what in self.expected:
+            while started(pid) == start and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if started(pid) == start:
+                late.append(f"{what}: pid {pid}")
+        return late
+
+
+@pytest.fixture(scope="session")
+def stragglers() -> Iterator[Stragglers]:
+    found = Stragglers([])
+    yield found
+    late = found.still_running()
+    assert not late, f"still running past their time: {late}"
+
+
 def kill_matching(marker: str) -> None:
     """SIGKILL every process whose command line holds marker, and its children
     (Ray's agents): `ray stop` would stop every Ray on the machine."""
