@@ -1,9 +1,11 @@
 """Load on an MLflow tracking server from N trials logging at once.
 
     python benchmarks/tracking_load.py [--loggers 8 32 64] [--epochs 10] [--workers 4] [--pool P]
+        [--backend sqlite|postgresql]
 
-For each N, a fresh `mlflow server` on the default sqlite store (artifacts
-served by the server, as the scaling-out recipe runs it) takes N concurrent
+For each N, a fresh `mlflow server` on a fresh store (sqlite, or a database
+on a throwaway PostgreSQL server: postgres_server.py; artifacts served by
+the server, as the scaling-out recipe runs it) takes N concurrent
 loggers shaped like trials: a run with ~30 params, a batch of 10 metrics per
 epoch, a PNG sample grid every other epoch, the final metrics as JSON and the
 run's end. Each logger is a thread with its own connection (trials are
@@ -38,9 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from postgres_server import MISSING as PG_MISSING  # noqa: E402
+from postgres_server import available as pg_available  # noqa: E402
+from postgres_server import postgres_server  # noqa: E402
 
 from study.tracking.store import FINAL_METRICS  # noqa: E402  (sets the retry settings)
+
+BACKENDS = ("sqlite", "postgresql")
 
 KEYS = [f"metric_{i}" for i in range(10)]
 
@@ -126,8 +134,20 @@ def lost(url: str, acked: list[dict]) -> tuple[int, int]:
 
 
 @contextmanager
-def mlflow_server(root: Path, workers: int) -> Iterator[str]:
-    """`mlflow server` on root/server.db, serving artifacts; yields its URL."""
+def backend_store(root: Path, backend: str) -> Iterator[str]:
+    """A fresh, empty store: root/server.db, or a database on a new
+    PostgreSQL server; yields its URI."""
+    if backend == "sqlite":
+        yield f"sqlite:///{root}/server.db"
+        return
+    with postgres_server() as uri:
+        yield uri
+
+
+@contextmanager
+def mlflow_server(root: Path, workers: int, store: str | None = None) -> Iterator[str]:
+    """`mlflow server` on store (default: root/server.db), serving artifacts
+    from root; yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -135,7 +155,7 @@ def mlflow_server(root: Path, workers: int) -> Iterator[str]:
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
          "--port", str(port), "--workers", str(workers),
-         "--backend-store-uri", f"sqlite:///{root}/server.db",
+         "--backend-store-uri", store or f"sqlite:///{root}/server.db",
          "--artifacts-destination", str(root / "artifacts")],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         # as the scaling page's recipe: no GenAI job runner (eight processes a study never uses)
@@ -157,22 +177,29 @@ def mlflow_server(root: Path, workers: int) -> Iterator[str]:
         server.wait()
 
 
-def load(n: int, epochs: int, workers: int) -> dict:
-    """One fresh server, n loggers at once; the figures for one line."""
+def load(n: int, epochs: int, workers: int, backend: str = "sqlite") -> dict:
+    """One fresh store and server, n loggers at once; the figures for one line."""
+    with (
+        tempfile.TemporaryDirectory() as d,
+        backend_store(Path(d), backend) as store,
+        mlflow_server(Path(d), workers, store) as url,
+    ):
+        return measure(url, Path(d), n, epochs)
+
+
+def measure(url: str, root: Path, n: int, epochs: int) -> dict:
+    """n loggers at once on the server at url (files written under root),
+    then every run read back."""
     from mlflow import MlflowClient
 
     os.environ["MLFLOW_HTTP_POOL_MAXSIZE"] = str(max(10, n))  # a connection per logger
-    with tempfile.TemporaryDirectory() as d, mlflow_server(Path(d), workers) as url:
-        root = Path(d)
-        exp_id = MlflowClient(url).create_experiment("load")
-        tally, start = Tally(), time.perf_counter()
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            futures = [
-                pool.submit(one_logger, url, exp_id, i, epochs, tally, root) for i in range(n)
-            ]
-            acked = [f.result() for f in futures]
-        wall = time.perf_counter() - start
-        lost_points, lost_files = lost(url, acked)
+    exp_id = MlflowClient(url).create_experiment(f"load-{n}-{time.time_ns()}")
+    tally, start = Tally(), time.perf_counter()
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        futures = [pool.submit(one_logger, url, exp_id, i, epochs, tally, root) for i in range(n)]
+        acked = [f.result() for f in futures]
+    wall = time.perf_counter() - start
+    lost_points, lost_files = lost(url, acked)
     lat = sorted(tally.latencies) or [float("nan")]
     pct = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
     return {
@@ -200,18 +227,28 @@ def main(argv: list[str] | None = None) -> int:
         help="the server's database connections per worker (pool size, and as many "
         "overflow); default: SQLAlchemy's 5 + 10",
     )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sqlite",
+        help="the server's store: an sqlite file, or a database on a throwaway PostgreSQL "
+        "server (needs Debian's postgresql package)",
+    )
     args = p.parse_args(argv)
+    if args.backend == "postgresql" and not pg_available():
+        p.exit(2, f"tracking_load.py: {PG_MISSING}\n")
     if args.pool:  # the server inherits them
         os.environ["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] = str(args.pool)
         os.environ["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] = str(args.pool)
     rows = []
     for n in args.loggers:
         print(f"{n} loggers ...", file=sys.stderr, flush=True)
-        rows.append(load(n, args.epochs, args.workers))
+        rows.append(load(n, args.epochs, args.workers, args.backend))
     base = rows[0]["p95_ms"]
     for r in rows:
         print(
-            f"loggers={r['loggers']} requests={r['requests']} errors={r['errors']} "
+            f"backend={args.backend} loggers={r['loggers']} requests={r['requests']} "
+            f"errors={r['errors']} "
             f"lost_points={r['lost_points']} lost_files={r['lost_files']} "
             f"p50_ms={r['p50_ms']:.0f} p95_ms={r['p95_ms']:.0f} max_ms={r['max_ms']:.0f} "
             f"p95_vs_first={r['p95_ms'] / base:.1f} wall_s={r['wall_s']:.1f}"

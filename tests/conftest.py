@@ -122,14 +122,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def mlflow_server_argv(port: int, root: Path) -> list[str]:
-    """A local `mlflow server` on root/server.db that stores artifacts itself
-    (proxied uploads) under root/server_artifacts; without MLflow's GenAI job
-    runner, eight more processes a study never uses."""
+def mlflow_server_argv(port: int, root: Path, store: str | None = None) -> list[str]:
+    """A local `mlflow server` on store (default: root/server.db) that stores
+    artifacts itself (proxied uploads) under root/server_artifacts; without
+    MLflow's GenAI job runner, eight more processes a study never uses."""
     return [
         "env", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
         str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/server.db",
+        "--workers", "1", "--backend-store-uri", store or f"sqlite:///{root}/server.db",
         "--artifacts-destination", str(root / "server_artifacts"),
     ]  # fmt: skip
 
@@ -199,6 +199,36 @@ def stragglers() -> Iterator[Stragglers]:
     yield found
     late = found.still_running()
     assert not late, f"still running past their time: {late}"
+
+
+def benchmark_module(name: str):
+    """A script of benchmarks/ imported as a module (its siblings importable,
+    as when it runs as `python benchmarks/NAME.py`)."""
+    import importlib.util
+
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# set by .ci/run, where the server is installed: there a missing PostgreSQL
+# fails the tests that need it instead of skipping them
+REQUIRE_POSTGRES = "GENSTUDY_REQUIRE_POSTGRES"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Callable[[str], str]]:
+    """A PostgreSQL server for the session (benchmarks/postgres_server.py);
+    yields a maker of fresh databases: name -> SQLAlchemy URI."""
+    pg = benchmark_module("postgres_server")
+    if not pg.available():
+        (pytest.fail if os.environ.get(REQUIRE_POSTGRES) else pytest.skip)(pg.MISSING)
+    with pg.postgres_server(max_connections=100) as uri:
+        yield lambda name: pg.create_database(uri, name)
 
 
 def kill_matching(marker: str) -> None:

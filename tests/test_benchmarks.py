@@ -3,7 +3,6 @@ wall x slots lands in exactly one phase, and gaps land where they happened."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import tempfile
@@ -15,20 +14,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from study.trial.clock import PHASES
-from tests.conftest import ROOT
-
-
-def _benchmark(name: str):
-    """A script of benchmarks/ imported as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import ROOT, benchmark_module
 
 
 def _study_clock():
-    return _benchmark("study_clock")
+    return benchmark_module("study_clock")
 
 
 def _trial(entered: float, ended: float, process: float = 0.0, train: float = 0.0) -> dict:
@@ -58,18 +48,39 @@ def test_the_breakdown_adds_up_to_wall_times_slots_and_places_each_gap():
 
 
 def test_the_tracking_load_benchmark_counts_requests_and_finds_lost_points():
-    tl = _benchmark("tracking_load")
-    row = tl.load(2, epochs=2, workers=1)
-    # per logger: run, params, 2 metric batches, 1 PNG, final JSON, end
-    assert row["requests"] == 2 * 7 and row["errors"] == 0
-    assert row["lost_points"] == 0 and row["lost_files"] == 0
+    tl = benchmark_module("tracking_load")
     with tempfile.TemporaryDirectory() as d, tl.mlflow_server(Path(d), 1) as url:
+        row = tl.measure(url, Path(d), 2, epochs=2)
+        # per logger: run, params, 2 metric batches, 1 PNG, final JSON, end
+        assert row["requests"] == 2 * 7 and row["errors"] == 0
+        assert row["lost_points"] == 0 and row["lost_files"] == 0
         client = MlflowClient(url)
         run = client.create_run(client.create_experiment("x")).info.run_id
         client.log_batch(run, metrics=[Metric("metric_0", 1.0, 0, 1)])
         # a point and a file the server acknowledged that are not there
         claimed = {"run": run, "points": 2, "files": ["samples/missing.png"]}
         assert tl.lost(url, [claimed]) == (1, 1)
+
+
+def test_the_tracking_load_benchmark_runs_on_a_postgres_store(postgres):
+    """`--backend postgresql`: the same loggers against a server whose store
+    is a database on the benchmark's own PostgreSQL server (`postgres` only
+    skips this where PostgreSQL is missing), every write acknowledged and
+    read back, and there in PostgreSQL itself."""
+    from sqlalchemy import create_engine, text
+
+    tl = benchmark_module("tracking_load")
+    with (
+        tempfile.TemporaryDirectory() as d,
+        tl.backend_store(Path(d), "postgresql") as store,
+        tl.mlflow_server(Path(d), 1, store) as url,
+    ):
+        assert store.startswith("postgresql+psycopg://")
+        row = tl.measure(url, Path(d), 2, epochs=2)
+        with create_engine(store).connect() as db:
+            assert db.execute(text("select count(*) from metrics")).scalar() == 2 * 2 * 10
+    assert row["requests"] == 2 * 7 and row["errors"] == 0
+    assert row["lost_points"] == 0 and row["lost_files"] == 0
 
 
 # every benchmark's `--help`, run as its own __main__ in one process: the
