@@ -5,6 +5,7 @@ and the heartbeat that shows it."""
 from __future__ import annotations
 
 import heapq
+import io
 from types import SimpleNamespace
 
 import pytest
@@ -91,7 +92,41 @@ def test_the_heartbeat_names_each_running_trials_epoch_and_the_eta():
         trial("RUNNING", {"epoch": 5, "time_total_s": 50.0, "timestamp": now}),
         trial("RUNNING", {"epoch": 2, "time_total_s": 20.0, "timestamp": now}),
     ]
-    line = progress._status([ended, *running])
+    line = "{}/6 done{}".format(*progress._status([ended, *running]))
     assert "1/6 done (ok 1) | 2 running (epochs 5/10 2/10) | 3 left" in line
     # 50 s and 80 s left on the two places, then 3 trials of 100 s: 250 s
     assert line.endswith("| ETA 4m10s (from 3 trials)"), line
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_heartbeat_is_a_bar_redrawn_in_place(monkeypatch):
+    """A terminal gets the live bar, a log file or CI plain lines; the bar
+    redraws its one line (carriage returns), prints endings above it, and
+    is left out when Tune pickles the callback that holds it."""
+    import pickle
+
+    from study.runner import live
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert live.wanted(_Terminal()) and not live.wanted(io.StringIO())
+    monkeypatch.setenv("CI", "true")
+    assert not live.wanted(_Terminal())
+    screen = _Terminal()
+    bar = live.LiveBar(8, screen)
+    bar.show(2, " | 2 running | 4 left | ETA 1m40s")
+    bar.show(3, " | 1 running | 4 left | ETA 1m00s", now=False)  # too soon: not drawn
+    assert "3/8" not in screen.getvalue()
+    bar.write("           ok        fid=31.2")
+    bar.show(3, " | 1 running | 4 left | ETA 1m00s")
+    out = screen.getvalue()
+    assert "2/8 done | 2 running | 4 left | ETA 1m40s" in out
+    assert "ok        fid=31.2\n" in out and out.count("\r") >= 3
+    assert out.rindex("3/8 done | 1 running") > out.index("fid=31.2")  # redrawn below
+    copy = pickle.loads(pickle.dumps(bar))
+    assert copy.bar is None and copy.total == 8
+    bar.close()

@@ -17,6 +17,7 @@ from ray import tune
 
 from scoring.outcomes import RUNNING, SCORED, ended, seed_results
 from study.plan import Plan
+from study.runner import live
 from study.runner.eta import Running, describe, estimate
 from study.studies.defaults import HEARTBEAT_SECONDS
 from study.tracking.store import children, close_run, trial_runs
@@ -32,7 +33,7 @@ class Progress(tune.Callback):
     """Prints a line when a trial ends, and a heartbeat every `interval` seconds:
     trials done (by outcome) / running / left, the best score so far, elapsed,
     the epoch each running trial has reached and when the phase should end
-    (`eta`)."""
+    (`eta`). On a terminal the heartbeat is a live bar instead (`live`)."""
 
     def __init__(
         self, total: int, plan: Plan, phase: str, interval: float = HEARTBEAT_SECONDS, *,
@@ -53,8 +54,10 @@ class Progress(tune.Callback):
         self.resumed = False
         self.durations: list[float] = []  # of the trials that ended, in seconds
         self.ended_trials = 0
+        self.live = live.LiveBar(self.total) if live.wanted(sys.stdout) else None
 
-    def _status(self, trials: list, ended: Any = None) -> str:
+    def _status(self, trials: list, ended: Any = None) -> tuple[int, str]:
+        """(seeds ended, the rest of the line after "N/M done")."""
         done = sum(self.outcomes.values())
         under_way = [t for t in trials if t.status == "RUNNING" and t is not ended]
         running = self.pack * len(under_way)
@@ -65,8 +68,8 @@ class Progress(tune.Callback):
         epochs += " ..." if len(progress) > EPOCHS_SHOWN else ""
         queued = max(0, self.total // self.pack - self.ended_trials - len(under_way))
         when = describe(estimate(self.durations, progress, queued, self.slots))
-        return (
-            f"{done}/{self.total} done{f' ({counts})' if counts else ''} | {running} running"
+        return done, (
+            f"{f' ({counts})' if counts else ''} | {running} running"
             f"{f' (epochs {epochs})' if epochs else ''} | "
             f"{max(self.total - done - running, 0)} left{best} | {when}"
         )
@@ -79,9 +82,17 @@ class Progress(tune.Callback):
         return Running(seconds if r else 0.0, int(r.get("epoch", 0)), int(epochs))
 
     def _line(self, trials: list, event: str = "", ended: Any = None) -> None:
-        elapsed = int(time.monotonic() - self.start)
-        line = f"[{elapsed // 60:3d}m{elapsed % 60:02d}s] {self._status(trials, ended)}"
-        print(line + (f"\n           {event}" if event else ""), flush=True)
+        """The heartbeat: a line, or on a terminal the live bar redrawn; an
+        event (trials that ended) above it."""
+        done, rest = self._status(trials, ended)
+        if self.live:
+            if event:
+                self.live.write(f"           {event}")
+            self.live.show(done, rest)
+        else:
+            elapsed = int(time.monotonic() - self.start)
+            line = f"[{elapsed // 60:3d}m{elapsed % 60:02d}s] {done}/{self.total} done{rest}"
+            print(line + (f"\n           {event}" if event else ""), flush=True)
         self.last = time.monotonic()
 
     def _count(self, trial: Any) -> list[tuple[str, Any, Any]]:
@@ -131,8 +142,14 @@ class Progress(tune.Callback):
                 self._line(trials, f"resumed: {len(ended)} trials had ended before")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if time.monotonic() - self.last >= self.interval:
+        if self.live:
+            self.live.show(*self._status(trials), now=False)
+        elif time.monotonic() - self.last >= self.interval:
             self._line(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.live:  # the tables print below the bar's last state
+            self.live.close()
 
 
 class CloseRuns(tune.Callback):
