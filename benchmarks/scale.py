@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if any(n < 2 for n in args.trials):
         p.error("--trials: at least 2 each")
+    from study.runner.lean_start import skip_here
+
+    skip_here()  # as the CLI's driver: jsonschema without the IRI grammars
     from study.runner import api  # noqa: F401  (its imports before the first measurement)
 
     rss_before = rss_mb()

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from study.trial.clock import PHASES
-from tests.conftest import ROOT, benchmark_module
+from tests.conftest import ROOT, benchmark_module, in_process
 
 
 def _study_clock():
@@ -125,3 +125,38 @@ def test_every_benchmark_answers_help_with_its_usage_and_starts_nothing():
         name = Path(path).name
         assert code == 0 and stdout.startswith("usage:"), (name, code, stderr)
         assert "Traceback" not in stderr, name
+
+
+def test_the_scale_benchmark_places_each_gap_on_its_slot_and_rates_growth():
+    sc = benchmark_module("scale")
+    # two slots: [0, 10] and [1, 5]; [6, 12] takes the slot free since 5,
+    # [11, 20] the one free since 10
+    trials = pd.DataFrame({"entered_at": [0, 1, 6, 11], "ended_at": [10, 5, 12, 20]})
+    assert sc.gaps(trials, 2) == [1, 1]
+    rows = [
+        {"trials": 100, "peak_rss_mb": 300.0, "cpu_s_per_trial": 0.5, "gap_p50_s": 0.2,
+         "save_mean_s": 0.01, "state_kb": 4000.0, "end_tables_s": 2.0},
+        {"trials": 1000, "peak_rss_mb": 1200.0, "cpu_s_per_trial": 0.5, "gap_p50_s": 0.4,
+         "save_mean_s": 1.0, "state_kb": 40000.0, "end_tables_s": 20.0},
+    ]  # fmt: skip
+    grown = sc.growth(rows, rss_before=200.0)
+    # memory: 100 MB for 100 trials, 1000 MB for 1000: linear
+    assert grown["peak_rss_mb"] == pytest.approx(1.0)
+    assert grown["cpu_s_per_trial"] == pytest.approx(1.0)
+    assert grown["gap_p50_s"] == pytest.approx(2.0)  # the gap doubled: worse than linear
+    assert grown["save_mean_s"] == pytest.approx(10.0)  # a save costs 10x more per trial
+    assert grown["state_kb"] == pytest.approx(1.0) and grown["end_tables_s"] == pytest.approx(1.0)
+
+
+def test_the_scale_benchmark_measures_a_study_of_its_smallest_size(tmp_path, shared_ray):
+    """The benchmark itself, end to end on a few trials (no timing asserted)."""
+    sc = benchmark_module("scale")
+    args = ["--trials", "2", "--concurrent", "1", "--address", shared_ray.address]
+    done = in_process(sc.main, args, tmp_path, shared_ray.env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("trials=")]
+    figures = dict(pair.split("=") for pair in row.split())
+    assert figures["trials"] == "2"
+    assert float(figures["peak_rss_mb"]) > 0 and float(figures["cpu_s_per_trial"]) > 0
+    assert int(figures["state_saves"]) >= 1 and float(figures["state_kb"]) > 0
+    assert float(figures["end_tables_s"]) > 0
