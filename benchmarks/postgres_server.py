@@ -44,7 +44,7 @@ def available() -> bool:
     return all(pg_bin(name) for name in ("initdb", "pg_ctl"))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -65,7 +65,7 @@ def postgres_server(max_connections: int = 300) -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
         owner = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     options = (
         f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections={max_connections}"
     )

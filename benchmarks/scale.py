@@ -33,6 +33,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+import study_clock  # noqa: E402
+
 STUDY = "gan_stability"
 TINY = {"arch": "mlp", "epochs": "1", "eval_every": "1", "train_size": "256", "eval_samples": "100"}
 
@@ -88,20 +90,12 @@ def peak_rss() -> Iterator[Callable[[], float]]:
 
 
 def gaps(trials, slots: int) -> list[float]:
-    """Seconds from a trial's end to the next start on its slot (study_clock's
-    slot assignment: each trial on the slot that freed up last before it)."""
-    free: list[float] = []
-    out = []
-    for entered, ended in sorted(zip(trials["entered_at"], trials["ended_at"], strict=True)):
-        ready = [t for t in free if t <= entered]
-        if ready:
-            last = max(ready)
-            free.remove(last)
-            out.append(entered - last)
-        elif len(free) >= slots:  # overlapping clocks: take the earliest
-            free.remove(min(free))
-        free.append(ended)
-    return out
+    """Seconds from a trial's end to the next one's start on its slot."""
+    return [
+        cur["entered_at"] - prev["ended_at"]
+        for slot in study_clock.slots_of(trials, slots)
+        for prev, cur in zip(slot, slot[1:], strict=False)
+    ]
 
 
 def one_size(n: int, concurrent: int, root: Path, address: str | None = None) -> dict:

@@ -100,7 +100,9 @@ LABELS = {
 }
 
 
-def _slots(trials: pd.DataFrame, n: int) -> list[list[pd.Series]]:
+def slots_of(trials: pd.DataFrame, n: int) -> list[list[pd.Series]]:
+    """The trials on n slots in the order they ran: each on the slot that
+    freed up last before it entered (overlapping clocks: the earliest to end)."""
     slots: list[list[pd.Series]] = [[] for _ in range(n)]
     for _, t in trials.sort_values("entered_at").iterrows():
         free = [s for s in slots if not s or s[-1]["ended_at"] <= t["entered_at"]]
@@ -121,7 +123,7 @@ def breakdown(study: StudyRun) -> pd.DataFrame:
         v for k, v in secs.items() if k != "process_seconds"
     )
     secs["before"] = secs["between"] = secs["after"] = 0.0
-    for slot in _slots(t, study.slots):
+    for slot in slots_of(t, study.slots):
         if not slot:
             secs["after"] += study.wall
             continue

@@ -24,7 +24,6 @@ import argparse
 import io
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from postgres_server import MISSING as PG_MISSING  # noqa: E402
 from postgres_server import available as pg_available  # noqa: E402
-from postgres_server import postgres_server  # noqa: E402
+from postgres_server import free_port, postgres_server  # noqa: E402
 
 from study.tracking.store import FINAL_METRICS  # noqa: E402  (sets the retry settings)
 
@@ -148,9 +147,7 @@ def backend_store(root: Path, backend: str) -> Iterator[str]:
 def mlflow_server(root: Path, workers: int, store: str | None = None) -> Iterator[str]:
     """`mlflow server` on store (default: root/server.db), serving artifacts
     from root; yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",

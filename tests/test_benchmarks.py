@@ -62,11 +62,10 @@ def test_the_tracking_load_benchmark_counts_requests_and_finds_lost_points():
         assert tl.lost(url, [claimed]) == (1, 1)
 
 
-def test_the_tracking_load_benchmark_runs_on_a_postgres_store(postgres):
+def test_the_tracking_load_benchmark_runs_on_a_postgres_store(postgres_installed):
     """`--backend postgresql`: the same loggers against a server whose store
-    is a database on the benchmark's own PostgreSQL server (`postgres` only
-    skips this where PostgreSQL is missing), every write acknowledged and
-    read back, and there in PostgreSQL itself."""
+    is a database on the benchmark's own PostgreSQL server, every write
+    acknowledged and read back, and there in PostgreSQL itself."""
     from sqlalchemy import create_engine, text
 
     tl = benchmark_module("tracking_load")
