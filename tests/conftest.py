@@ -264,30 +264,43 @@ def ray_token_env(folder: Path) -> dict[str, str]:
     return {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
+@dataclass
+class RayNodes:
+    """Raylets started with `ray start` on loopback, sharing one temp folder."""
+
+    address: str
+    temp: str
+    cpus: int | None
+
+    def join(self, env: dict[str, str]) -> None:
+        """Start a worker node in env (a node stopped earlier, started again)."""
+        self.start([f"--address={self.address}"], env)
+
+    def start(self, where: list[str], env: dict[str, str]) -> None:
+        common = ["--disable-usage-stats", f"--temp-dir={self.temp}"]
+        common += [f"--num-cpus={self.cpus}"] if self.cpus else []
+        subprocess.run(
+            [str(BIN / "ray"), "start", *where, *common],
+            env={**env, **lean_changes(env)},  # as the CLI starts its own node
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+
 @contextmanager
-def ray_nodes(envs: list[dict[str, str]], cpus: int | None = None) -> Iterator[str]:
+def ray_nodes(envs: list[dict[str, str]], cpus: int | None = None) -> Iterator[RayNodes]:
     """Ray started with `ray start` on loopback: a head, then a worker node
-    for each further environment (each node starts in its own); yields the
-    head's address and kills every process of these nodes after."""
+    for each further environment (each node starts in its own); yields them
+    and kills every process of these nodes after."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit
     port = free_port()
-    common = ["--disable-usage-stats", f"--temp-dir={temp}"]
-    common += [f"--num-cpus={cpus}"] if cpus else []
+    nodes = RayNodes(f"127.0.0.1:{port}", temp, cpus)
     try:
-        for i, env in enumerate(envs):
-            where = (
-                ["--head", f"--port={port}", "--include-dashboard=false"]
-                if i == 0
-                else [f"--address=127.0.0.1:{port}"]
-            )
-            subprocess.run(
-                [str(BIN / "ray"), "start", *where, *common],
-                env={**env, **lean_changes(env)},  # as the CLI starts its own node
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
-        yield f"127.0.0.1:{port}"
+        nodes.start(["--head", f"--port={port}", "--include-dashboard=false"], envs[0])
+        for env in envs[1:]:
+            nodes.join(env)
+        yield nodes
     finally:
         kill_matching(temp)
         shutil.rmtree(temp, ignore_errors=True)
@@ -341,7 +354,7 @@ def pytest_configure(config: pytest.Config) -> None:
     address = ""  # without xdist: started by the first test that asks (`shared_ray`)
     if getattr(config.option, "numprocesses", None):
         nodes = ray_nodes([env], cpus=SHARED_CPUS)
-        address = nodes.__enter__()
+        address = nodes.__enter__().address
         config.add_cleanup(lambda: nodes.__exit__(None, None, None))
     os.environ[SHARED_RAY] = f"{address}|{env['RAY_AUTH_TOKEN_PATH']}"
 
@@ -357,8 +370,8 @@ def shared_ray() -> Iterator[RayHead]:
     if address:
         yield RayHead(address, env)
         return
-    with ray_nodes([env], cpus=SHARED_CPUS) as address:
-        yield RayHead(address, env)
+    with ray_nodes([env], cpus=SHARED_CPUS) as nodes:
+        yield RayHead(nodes.address, env)
 
 
 # one smoke run of each study into one store, shared by every test that reads
@@ -388,7 +401,7 @@ class SmokeStore:
 # none of them is the run's tail
 LONG = (
     "test_killed_driver_resumes", "test_an_outage_within", "test_confirm_reruns_the_best",
-    "test_killed_trial_resumes", "test_a_two_node_study", "test_the_tracking_load_benchmark",
+    "test_chaos_random_kills", "test_the_tracking_load_benchmark",
     "test_sqlite_store_holds_up", "test_gan_stabilisers_trains", "test_prdc_self_test",
 )  # fmt: skip
 

@@ -1,4 +1,5 @@
-"""A trial process killed mid-training is retried from its last checkpoint."""
+"""The driver killed or interrupted mid-study, and Tune's saved state. (Trial
+processes killed throughout a study: the chaos test in test_cluster.py.)"""
 
 import os
 import signal
@@ -34,87 +35,6 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
             out.append((child, cmd.decode(errors="replace")))
             todo.append(child)
     return out
-
-
-TRIAL_EPOCHS = 16  # evaluated every 2: the kill after the first finds most still to train
-
-
-def test_killed_trial_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_path):
-    """SIGKILL of the trial's process mid-training: Tune retries it from its
-    last checkpoint, in the same runs (one a seed of its pack), each epoch
-    once. A seed pack of 2 takes the path a lone seed's trial takes and more
-    (several runs to reopen); that a lone trial's retry continues exactly
-    where it stopped is tested in process (test_seed_sources)."""
-    pack = 2
-    uri = f"sqlite:///{tmp_path}/store.db"
-    args = [
-        "gan_stability",
-        "--smoke",
-        "--num-samples",
-        "1",
-        "--seeds",
-        str(pack),
-        "--pack",
-        str(pack),
-        "--tracking-uri",
-        uri,
-        "--set",
-        "arch=mlp",
-        "--set",
-        f"epochs={TRIAL_EPOCHS}",
-        "--set",
-        "eval_every=2",
-        "--set",
-        "eval_samples=100",
-        "--set",
-        "checkpoint_seconds=0",  # a checkpoint at every evaluation, to resume from
-    ]
-    cli = start_cli(args, tmp_path)
-    try:
-        deadline, run_ids, client, exp = time.monotonic() + 180, None, None, None
-        while time.monotonic() < deadline:  # wait for the first checkpoint's epochs in MLflow
-            # the store is opened (MlflowClient opens it at once) only when a
-            # trial has a checkpoint: the driver has built its schema by then,
-            # and two processes building a new sqlite store trip over each other
-            checkpoints = list((tmp_path / "runs").glob("*/train_*/checkpoint_*"))
-            if checkpoints and client is None:
-                client = MlflowClient(uri)
-            exp = client.get_experiment_by_name("gan_stability") if client else None
-            runs = (
-                [
-                    r
-                    for r in client.search_runs([exp.experiment_id])
-                    if "mlflow.parentRunId" in r.data.tags
-                ]
-                if exp
-                else []
-            )
-            if len(runs) == pack and checkpoints and steps(client, runs[0].info.run_id, "fid"):
-                run_ids = sorted(r.info.run_id for r in runs)
-                break
-            time.sleep(0.5)
-        assert run_ids, "the trial never reported a checkpoint"
-        workers = [p for p, cmd in _descendants(cli.pid) if "ImplicitFunc" in cmd]
-        assert len(workers) == 1, workers
-        os.kill(workers[0], signal.SIGKILL)
-        stdout, stderr = cli.communicate(timeout=300)
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-    assert cli.returncode == 0, stderr[-3000:]
-    runs = [
-        r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
-    ]
-    assert sorted(r.info.run_id for r in runs) == run_ids  # the retry re-opened the same runs
-    assert f"Outcomes: {pack} trial" in stdout
-    for run in runs:
-        assert run.info.status == "FINISHED" and run.data.tags["outcome"] in ("ok", "collapsed")
-        # every epoch exactly once, across the kill
-        assert steps(client, run.info.run_id, "d_loss") == list(range(1, TRIAL_EPOCHS + 1))
-        assert steps(client, run.info.run_id, "fid") == list(range(2, TRIAL_EPOCHS + 1, 2))
-        # it continued from a checkpoint: a restart from scratch would not say so
-        restored = int(run.data.tags["restored_from_epoch"])
-        assert restored % 2 == 0 and 2 <= restored < TRIAL_EPOCHS
 
 
 def _wait_gone(pids: list[int], seconds: float) -> None:
