@@ -7,6 +7,13 @@ process environment for one, in one module, checked at start-up.
   A driver killed then leaves the searcher's state of one moment beside the
   trials of another, and `--resume` ends short of its trials. Each save here
   waits for its own copy (milliseconds on a local or shared disk).
+- `keep_latest_checkpoints` (Ray Tune, private fields): a trial's older
+  checkpoints are deleted right after a save of Tune's state, which names its
+  latest, so a retry or `--resume` always finds the one it restores from.
+  Tune's own `num_to_keep` deletes them at once, and so forces a save of the
+  whole state (every trial's) after every trial checkpoint: n trials cost
+  n x n. Here Tune saves on its own clock (every 10 s, or 19 times the last
+  save's time), and a trial keeps at most the checkpoints it wrote since.
 - `autoscaler_ceiling` (Ray, `ray._private`): the largest node an
   autoscaler could add, so a trial too big for today's nodes waits with a
   warning instead of being refused.
@@ -120,6 +127,48 @@ def upload_whole() -> None:
     manager.sync_up_experiment_state = whole
 
 
+def _controller() -> Any:
+    from ray.tune.execution.tune_controller import TuneController
+
+    return TuneController
+
+
+def keep_latest_checkpoints() -> None:
+    """After each save of Tune's state in this process, delete every trial's
+    checkpoints older than its latest, the one that state names (once)."""
+    controller = _controller()
+    checkpoint = controller.checkpoint
+    if getattr(checkpoint, "keeps_latest", False):
+        return
+
+    @functools.wraps(checkpoint)
+    def pruning(self: Any, force: bool = False, wait: bool = False) -> None:
+        manager = self._checkpoint_manager
+        before = manager._last_save_time
+        checkpoint(self, force=force, wait=wait)
+        if manager._last_save_time != before:  # saved, not throttled
+            for trial in self._trials:
+                _drop_older_checkpoints(trial)
+
+    pruning.keeps_latest = True  # type: ignore[attr-defined]
+    controller.checkpoint = pruning
+
+
+def _drop_older_checkpoints(trial: Any) -> None:
+    from ray.train._internal.storage import _delete_fs_path
+
+    manager = trial.run_metadata.checkpoint_manager
+    latest = manager.latest_checkpoint_result if manager else None
+    if latest is None:
+        return
+    older = [r for r in manager._checkpoint_results if r.checkpoint.path != latest.checkpoint.path]
+    if older:
+        manager._checkpoint_results = [latest]
+        trial.run_metadata.invalidate_cache()
+        for result in older:
+            _delete_fs_path(fs=result.checkpoint.filesystem, fs_path=result.checkpoint.path)
+
+
 def _cluster_state() -> Any:
     from ray._private.state import state
 
@@ -157,6 +206,20 @@ def _has_upload_hook() -> bool:
     return {"save_fn", "force", "wait"} <= set(inspect.signature(save).parameters)
 
 
+def _has_pruning_hooks() -> bool:
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.storage import _delete_fs_path  # noqa: F401
+
+    parameters = set(inspect.signature(_controller().checkpoint).parameters)
+    sources = (
+        (_controller().__init__, "self._trials: "),
+        (_checkpoint_manager().__init__, "self._last_save_time = "),
+        (_CheckpointManager.__init__, "self._checkpoint_results: "),
+    )
+    found = all(text in inspect.getsource(fn) for fn, text in sources)
+    return {"force", "wait"} <= parameters and found
+
+
 def _has_cluster_config() -> bool:
     return callable(getattr(_cluster_state(), "get_cluster_config", None))
 
@@ -181,6 +244,13 @@ WORKAROUNDS = (
         "ray.tune.execution.experiment_state._ExperimentCheckpointManager"
         ".sync_up_experiment_state(save_fn, force, wait)",
         _has_upload_hook,
+    ),
+    Workaround(
+        "keep_latest_checkpoints",
+        "ray",
+        "ray.tune.execution.tune_controller.TuneController.checkpoint(force, wait), ._trials;"
+        " _ExperimentCheckpointManager._last_save_time; _CheckpointManager._checkpoint_results",
+        _has_pruning_hooks,
     ),
     Workaround(
         "autoscaler_ceiling",
@@ -224,6 +294,7 @@ __all__ = [
     "WORKAROUNDS",
     "autoscaler_ceiling",
     "check_internals",
+    "keep_latest_checkpoints",
     "mlflow_environment",
     "mlflow_settings",
     "upload_whole",

@@ -26,7 +26,10 @@ from tests.conftest import ROOT, cli_env, run_cli
 def test_the_pinned_libraries_have_what_every_workaround_needs():
     check_internals()  # raises on a moved internal
     names = {w.name for w in WORKAROUNDS}
-    assert names == {"upload_whole", "autoscaler_ceiling", "SeedRepeater", "SpreadOptunaSearch"}
+    assert names == {
+        "upload_whole", "keep_latest_checkpoints", "autoscaler_ceiling", "SeedRepeater",
+        "SpreadOptunaSearch",
+    }  # fmt: skip
 
 
 def test_a_moved_internal_is_one_line_naming_the_workaround(monkeypatch):
@@ -110,3 +113,28 @@ def test_the_drivers_model_check_builds_optimisers_without_importing_the_compile
                          text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_tune_keeps_each_trials_latest_checkpoint_without_a_save_per_checkpoint(
+    tmp_path, shared_ray, monkeypatch
+):
+    """A trial checkpointing at each of 8 evaluations: Tune saves its state on
+    its own clock, not after each checkpoint (which costs n x n over a study
+    of n trials), and the older checkpoints are gone after the saves, the
+    latest (which the saved state names) kept."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    saves = []
+    save = TuneController.save_to_dir
+    monkeypatch.setattr(TuneController, "save_to_dir", lambda self: saves.append(save(self)))
+    settings = {"arch": "mlp", "epochs": 8, "eval_every": 1, "checkpoint_seconds": 0,
+                "train_size": 256, "eval_samples": 100}  # fmt: skip
+    args = ["gan_stability", "--smoke", "--num-samples", "1", "--seeds", "1", "--name", "kept"]
+    args += [f"--set={k}={v}" for k, v in settings.items()]
+    out = shared_ray.run_study([*args, "--tracking-uri", f"sqlite:///{tmp_path}/s.db"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (trial,) = (tmp_path / "runs" / "kept").glob("train_*")
+    reports = (trial / "result.json").read_text().splitlines()
+    assert len(reports) == 8  # eight checkpoints
+    assert [p.name for p in trial.glob("checkpoint_*")] == ["checkpoint_000007"]
+    assert 1 <= len(saves) < 8, len(saves)

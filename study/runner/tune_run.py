@@ -17,7 +17,7 @@ from typing import Any
 from scoring.aggregate import per_configuration
 from scoring.outcomes import RUNNING, seed_results
 from study.errors import UsageError
-from study.internals import autoscaler_ceiling, upload_whole
+from study.internals import autoscaler_ceiling, keep_latest_checkpoints, upload_whole
 from study.plan import Plan
 from study.runner.lean_start import lean_children
 from study.runner.preflight import check_resources, resource_asks, trials_at_once
@@ -233,6 +233,7 @@ class Tuned:
         from ray import tune
 
         upload_whole()
+        keep_latest_checkpoints()
         try:
             if self.plan.request.resume and tune.Tuner.can_restore(str(where)):
                 tuner = tune.Tuner.restore(
@@ -265,7 +266,9 @@ class Tuned:
             storage_path=str(where.parent),
             callbacks=[*self.callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
             verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=d.CHECKPOINTS_KEPT),
+            # every checkpoint kept by Tune; all but each trial's latest deleted
+            # after each save of its state (keep_latest_checkpoints)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=d.MAX_FAILURES),
         )
         tune_config = tune.TuneConfig(

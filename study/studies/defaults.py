@@ -21,7 +21,6 @@ CONFIRM_SEEDS = 3  # fresh seeds per confirmed configuration
 
 MIN_FREE_MB = 500  # checkpoints, sample grids and the store of a default study fit easily
 MAX_FAILURES = 2  # Tune retries a failed trial this often, from its checkpoint
-CHECKPOINTS_KEPT = 1  # per trial: the latest is all a retry or --resume needs
 HEARTBEAT_SECONDS = 30.0  # progress line while no trial ends
 PENALTY = 1e6  # the searcher's objective for a diverged trial (sign by mode)
 TIMEOUT_SECONDS = 5.0  # to reach a tracking server or a Ray head
