@@ -44,6 +44,7 @@ somewhere else.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -166,7 +167,9 @@ def _drop_older_checkpoints(trial: Any) -> None:
         manager._checkpoint_results = [latest]
         trial.run_metadata.invalidate_cache()
         for result in older:
-            _delete_fs_path(fs=result.checkpoint.filesystem, fs_path=result.checkpoint.path)
+            # a state saved before an earlier deletion still lists it (--resume)
+            with contextlib.suppress(FileNotFoundError):
+                _delete_fs_path(fs=result.checkpoint.filesystem, fs_path=result.checkpoint.path)
 
 
 def _cluster_state() -> Any:

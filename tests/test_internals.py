@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -138,3 +140,28 @@ def test_tune_keeps_each_trials_latest_checkpoint_without_a_save_per_checkpoint(
     assert len(reports) == 8  # eight checkpoints
     assert [p.name for p in trial.glob("checkpoint_*")] == ["checkpoint_000007"]
     assert 1 <= len(saves) < 8, len(saves)
+
+
+def test_a_trials_older_checkpoints_go_even_where_a_resumed_state_lists_deleted_ones(tmp_path):
+    """After --resume, Tune's restored state can list a checkpoint deleted
+    after an earlier save: it is passed over; the others older than the
+    latest are deleted, the latest kept and alone in Tune's list."""
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    from study.internals import _drop_older_checkpoints
+
+    metadata = _TrainingRunMetadata()
+    metadata.checkpoint_manager = _CheckpointManager(CheckpointConfig())
+    folders = [tmp_path / f"checkpoint_00000{i}" for i in range(3)]
+    for folder in folders[1:]:  # checkpoint_000000: deleted after an earlier save
+        folder.mkdir()
+    for folder in folders:
+        result = _TrainingResult(Checkpoint(str(folder)), {})
+        metadata.checkpoint_manager.register_checkpoint(result)
+    _drop_older_checkpoints(SimpleNamespace(run_metadata=metadata))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002"]
+    kept = metadata.checkpoint_manager.best_checkpoint_results
+    assert [Path(r.checkpoint.path).name for r in kept] == ["checkpoint_000002"]
