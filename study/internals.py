@@ -149,13 +149,14 @@ def keep_latest_checkpoints() -> None:
         checkpoint(self, force=force, wait=wait)
         if manager._last_save_time != before:  # saved, not throttled
             for trial in self._trials:
-                _drop_older_checkpoints(trial)
+                drop_older_checkpoints(trial)
 
     pruning.keeps_latest = True  # type: ignore[attr-defined]
     controller.checkpoint = pruning
 
 
-def _drop_older_checkpoints(trial: Any) -> None:
+def drop_older_checkpoints(trial: Any) -> None:
+    """Delete the trial's checkpoints older than its latest, and forget them."""
     from ray.train._internal.storage import _delete_fs_path
 
     manager = trial.run_metadata.checkpoint_manager
@@ -297,6 +298,7 @@ __all__ = [
     "WORKAROUNDS",
     "autoscaler_ceiling",
     "check_internals",
+    "drop_older_checkpoints",
     "keep_latest_checkpoints",
     "mlflow_environment",
     "mlflow_settings",

@@ -151,7 +151,7 @@ def test_a_trials_older_checkpoints_go_even_where_a_resumed_state_lists_deleted_
     from ray.train._internal.session import _TrainingResult
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 
-    from study.internals import _drop_older_checkpoints
+    from study.internals import drop_older_checkpoints
 
     metadata = _TrainingRunMetadata()
     metadata.checkpoint_manager = _CheckpointManager(CheckpointConfig())
@@ -161,7 +161,7 @@ def test_a_trials_older_checkpoints_go_even_where_a_resumed_state_lists_deleted_
     for folder in folders:
         result = _TrainingResult(Checkpoint(str(folder)), {})
         metadata.checkpoint_manager.register_checkpoint(result)
-    _drop_older_checkpoints(SimpleNamespace(run_metadata=metadata))
+    drop_older_checkpoints(SimpleNamespace(run_metadata=metadata))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002"]
     kept = metadata.checkpoint_manager.best_checkpoint_results
     assert [Path(r.checkpoint.path).name for r in kept] == ["checkpoint_000002"]
