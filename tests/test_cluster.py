@@ -86,13 +86,13 @@ def _node_processes(marker: bytes) -> list[int]:
     return pids
 
 
-EPOCHS = 16  # evaluated every 2, a checkpoint at each
+EPOCHS, EVERY = 16, 2  # evaluated (and checkpointed) every 2 epochs
 KILLS = 5  # trial processes killed at random times, besides the stopped node's
 GAP_S = (1.0, 3.0)  # seconds between kills, drawn uniformly
 # a trial reported past this may have ended since (its reports reach the
 # storage folder up to a second late), its process idle for the next trial:
 # no kill there, lest it count against another trial
-LATE = EPOCHS - 4
+LATE = EPOCHS - 2 * EVERY
 
 
 def _last_report(runs: Path, trial: str) -> dict:
@@ -134,7 +134,10 @@ def _reported(epoch: int | str) -> int:
 
 
 def _checkpointed(epoch: int | str) -> bool:
-    return _reported(epoch) >= 2  # it reported, with a checkpoint
+    """Tune has registered a checkpoint of the trial's: the driver logs a
+    report before it asks the trial for the report's checkpoint, and the
+    trial trains on to its next report only after that: so two reports."""
+    return _reported(epoch) >= 2 * EVERY
 
 
 @dataclass
@@ -268,7 +271,7 @@ def test_chaos_random_kills_and_a_node_stopped_and_started_lose_and_duplicate_no
     args = [
         "gan_stability", "--smoke", "--num-samples", "2", "--seeds", "4", "--pack", "2",
         "--address", ray_cluster.address, "--tracking-uri", uri, "--name", "chaos",
-        "--set", "arch=mlp", "--set", f"epochs={EPOCHS}", "--set", "eval_every=2",
+        "--set", "arch=mlp", "--set", f"epochs={EPOCHS}", "--set", f"eval_every={EVERY}",
         "--set", "train_size=2000", "--set", "eval_samples=100",
         "--set", "checkpoint_seconds=0",  # a checkpoint at every evaluation
     ]  # fmt: skip
@@ -301,7 +304,7 @@ def test_chaos_random_kills_and_a_node_stopped_and_started_lose_and_duplicate_no
     assert Counter(r.data.tags["trial_id"] for r in children) == dict.fromkeys(
         {r.data.tags["trial_id"] for r in children}, 2
     )
-    evaluated = list(range(2, EPOCHS + 1, 2))
+    evaluated = list(range(EVERY, EPOCHS + 1, EVERY))
     for run in children:  # every configuration's seeds ended, every epoch once
         assert run.info.status == "FINISHED" and run.data.tags["outcome"] in SCORED, told
         assert steps(client, run.info.run_id, "d_loss") == list(range(1, EPOCHS + 1)), told
@@ -315,7 +318,7 @@ def test_chaos_random_kills_and_a_node_stopped_and_started_lose_and_duplicate_no
     for run in children:
         if run.data.tags["trial_id"] in chaos.checkpointed:
             restored = int(run.data.tags["restored_from_epoch"])
-            assert restored >= 2 and restored % 2 == 0, told  # an evaluation's checkpoint
+            assert restored >= EVERY and restored % EVERY == 0, told  # an evaluation's
     _end_table_matches_mlflow(out, tmp_path / "runs" / "chaos" / "summary", children)
     # all scoring with the driver's classifier: each node's cache now holds
     # exactly its bytes, the worker's own replaced
