@@ -6,6 +6,7 @@ from models.dvae import DiscreteVAE
 from models.family import (
     Family,
     GenerativeFamily,
+    does_arithmetic,
     encodes,
     generates,
     has_latent_space,
@@ -33,5 +34,6 @@ __all__ = [
     "encodes",
     "generates",
     "has_latent_space",
+    "does_arithmetic",
     "reconstructs",
 ]

@@ -164,7 +164,13 @@ class LatentCoder(Family):
         return tuple(batched(self.encode_latent, self.test_x[i]) for i in idx)
 
     def decode_path(self, ends: tuple[Tensor, ...], t: Tensor) -> Tensor:
-        return batched(self.decode_latent, lerp(ends[0], ends[1], t))
+        return self.decode_codes(lerp(ends[0], ends[1], t))
+
+    def encode_codes(self, x: Tensor) -> Tensor:
+        return batched(self.encode_latent, x)
+
+    def decode_codes(self, z: Tensor) -> Tensor:
+        return batched(self.decode_latent, z)
 
 
 class EncoderDecoder(LatentCoder, GenerativeFamily):

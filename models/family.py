@@ -119,6 +119,22 @@ class Family(ABC):
         latent_ends); deterministic, so t and t + epsilon differ only by t."""
         raise NotImplementedError
 
+    # latent arithmetic: codes as the decoder takes them, from an encoder
+    # (encode_codes) or, for a family without one, from the prior (draw_codes)
+
+    def encode_codes(self, x: Tensor) -> Tensor | None:
+        """The codes of x that decode_codes turns back into data; None: no encoder."""
+        return None
+
+    def draw_codes(self, n: int, generator: torch.Generator) -> Tensor | None:
+        """n latent draws that decode_codes turns into samples, for a family
+        without an encoder (an unconditional GAN's z); None: none such."""
+        return None
+
+    def decode_codes(self, z: Tensor) -> Tensor:
+        """Data from codes (deterministic: the same code, the same data)."""
+        raise NotImplementedError
+
 
 class GenerativeFamily(Family):
     collapse_rules = (mode_rule,)
@@ -173,6 +189,11 @@ def has_latent_space(family: type[Family]) -> bool:
 
 def encodes(family: type[Family]) -> bool:
     return family.probe_codes is not Family.probe_codes
+
+
+def does_arithmetic(family: type[Family]) -> bool:
+    """Whether codes of the family can be shifted and decoded (latent arithmetic)."""
+    return family.decode_codes is not Family.decode_codes
 
 
 def reconstructs(family: type[Family]) -> bool:

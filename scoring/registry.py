@@ -37,6 +37,8 @@ NEEDS = {
     "codes": "an encoder: frozen codes of labelled training images and of the held-out split",
     "anomaly": "a reconstructing family trained without one class (anomaly_class): each "
     "held-out input's reconstruction error, and which inputs are of that class",
+    "shifts": "a latent space on labelled images: codes of one class moved along an "
+    "attribute vector toward another class, decoded, with the class aimed at",
 }
 
 
@@ -58,6 +60,17 @@ class AnomalyScores:
 
     scores: Tensor
     is_anomaly: Tensor
+
+
+@dataclass(frozen=True)
+class ShiftedImages:
+    """Latent arithmetic's decoded images (scoring.probes.attribute_shifts):
+    each with the class its shift aimed at and its pair, and the pairs scored."""
+
+    images: Tensor
+    targets: Tensor
+    pair: Tensor
+    n_pairs: int
 
 
 @dataclass(frozen=True)
@@ -113,11 +126,12 @@ class Scoring:
         codes: ProbeCodes | None = None,
         space: int = 0,
         anomaly: AnomalyScores | None = None,
+        shifts: ShiftedImages | None = None,
     ) -> None:
         self.samples, self.dataset, self.ref = samples, dataset, ref
         self.inception, self.seconds, self.labels = inception, seconds, labels
         self.paths, self.codes, self.space = paths, codes, space
-        self.anomaly = anomaly
+        self.anomaly, self.shifts = anomaly, shifts
         self.device = str(ref.data.test_x.device)
 
     @cached_property
@@ -189,6 +203,13 @@ class Scoring:
 
         a = self.anomaly
         return float(roc_auc_score(a.is_anomaly.cpu().numpy(), a.scores.cpu().numpy()))
+
+    def arithmetic_success(self) -> float:
+        sh = self.shifts
+        if not len(sh.images):  # every scored pair lacked a class mean
+            return 0.0 if sh.n_pairs else float("nan")
+        predicted = self.extractor.predict(sh.images)
+        return probes.shift_success(predicted, sh.targets, sh.pair, sh.n_pairs)
 
     def fid_inception(self) -> float:
         device = self.device
@@ -375,10 +396,21 @@ register(
     False,
     "ROC AUC of held-out reconstruction error as the score of the class left out of training",
 )
+register(
+    "arithmetic_success",
+    Scoring.arithmetic_success,
+    "shifts",
+    "max",
+    False,
+    "share of held-out codes of class a, plus the class-b-minus-class-a mean vector, "
+    "decoded to images the classifier calls b (pairs c -> c+1)",
+)
 register("sample_seconds", lambda s: s.seconds, "clock", "min", True, "wall time per 1000 samples")
 
 
-LATENT_NEEDS = frozenset({"paths", "codes", "anomaly"})  # scored by evaluate_latent, not on samples
+LATENT_NEEDS = frozenset(
+    {"paths", "codes", "anomaly", "shifts"}
+)  # scored by evaluate_latent, not on samples
 
 
 def needs_met(
@@ -437,21 +469,27 @@ def in_spaces(x: Tensor, dataset: str, spaces: int) -> dict[str, float]:
 
 
 def _latent_metrics(
-    is_image: bool, paths: bool, codes: bool, anomaly: bool = False
+    is_image: bool, paths: bool, codes: bool, anomaly: bool = False, shifts: bool = False
 ) -> list[SampleMetric]:
     """The latent-probe metrics scored for a latent space with paths (image
-    data only: path length is measured in image features), codes, and
-    reconstructions scored as anomaly detection."""
-    pieces = (("paths", paths and is_image), ("codes", codes), ("anomaly", anomaly))
+    data only: path length is measured in image features), codes,
+    reconstructions scored as anomaly detection, and shifted codes (latent
+    arithmetic; image data only: the classifier judges the decoded images)."""
+    pieces = (
+        ("paths", paths and is_image),
+        ("codes", codes),
+        ("anomaly", anomaly),
+        ("shifts", shifts and is_image),
+    )
     have = {k for k, on in pieces if on}
     return [m for m in METRICS.values() if m.needs & LATENT_NEEDS and m.needs <= have]
 
 
 def latent_metric_names(
-    is_image: bool, paths: bool, codes: bool, anomaly: bool = False
+    is_image: bool, paths: bool, codes: bool, anomaly: bool = False, shifts: bool = False
 ) -> list[str]:
     """The latent-probe metrics a family with such a latent space logs."""
-    return [m.name for m in _latent_metrics(is_image, paths, codes, anomaly)]
+    return [m.name for m in _latent_metrics(is_image, paths, codes, anomaly, shifts)]
 
 
 def split_sampler_metric(name: str) -> tuple[str, str] | None:
@@ -536,13 +574,15 @@ def evaluate_latent(
     codes: ProbeCodes | None = None,
     device: str = "cpu",
     anomaly: AnomalyScores | None = None,
+    shifts: ShiftedImages | None = None,
 ) -> dict[str, float]:
     """Score a latent space: with `paths` (images at t and t + PATH_EPSILON
     along latent paths; image data) path_length, with `codes`
-    probe_accuracy, with `anomaly` anomaly_auroc."""
+    probe_accuracy, with `anomaly` anomaly_auroc, with `shifts`
+    arithmetic_success."""
     ref = reference(dataset, device)
-    scoring = Scoring(None, dataset, ref, paths=paths, codes=codes, anomaly=anomaly)
-    have = (paths is not None, codes is not None, anomaly is not None)
+    scoring = Scoring(None, dataset, ref, paths=paths, codes=codes, anomaly=anomaly, shifts=shifts)
+    have = (paths is not None, codes is not None, anomaly is not None, shifts is not None)
     return {m.name: float(m.compute(scoring)) for m in _latent_metrics(ref.data.is_image, *have)}
 
 
@@ -553,6 +593,11 @@ def pixel_probe(dataset: str, n_labels: int, data_dir: str = "data") -> float:
     data = load_dataset(dataset, data_dir)
     train_x, train_y = data.train_x[:n_labels], data.train_y[:n_labels]
     return probes.linear_probe(train_x, train_y, data.test_x, data.test_y)
+
+
+def predict_classes(x: Tensor, dataset: str) -> Tensor:
+    """The dataset's classifier's class for each image of x (on x's device)."""
+    return extractor_for(dataset, str(x.device)).predict(x)
 
 
 def provenance(dataset: str, device: str = "cpu") -> dict[str, str]:

@@ -10,7 +10,15 @@ import traceback
 import pytest
 import torch
 
-from models import FAMILIES, Family, GenerativeFamily, encodes, generates, has_latent_space
+from models import (
+    FAMILIES,
+    Family,
+    GenerativeFamily,
+    does_arithmetic,
+    encodes,
+    generates,
+    has_latent_space,
+)
 from models.autoencoder import AEConfig
 from models.diffusion import DiffusionConfig
 from models.dvae import DVAEConfig
@@ -286,3 +294,18 @@ def test_latent_probes_keep_the_data_shape_and_are_deterministic(name):
         assert family.probe_codes(x[:5]).shape[0] == 5 and family.probe_codes(x[:5]).dim() == 2
         rows = family.reconstruction_rows(x[:4])
         assert torch.equal(rows[0], x[:4]) and all(r.shape == x[:4].shape for r in rows)
+    # latent arithmetic's codes: the encoder's, decoded by the decoder (what
+    # the reconstructions show), or a GAN's z draws (none when conditional)
+    assert does_arithmetic(cls) == has_latent_space(cls)
+    if encodes(cls):
+        decoded, rows = family.decode_codes(family.encode_codes(x[:4])), rows[1:]
+        assert decoded.shape == x[:4].shape
+        if len(rows) == 1:  # (a denoiser reconstructs its corrupted input)
+            assert torch.equal(decoded, rows[0])
+    else:
+        z = family.draw_codes(4, torch.Generator().manual_seed(1))
+        assert (z is None) == ("conditional" in name)
+        if z is not None:
+            decoded = family.decode_codes(z)
+            assert torch.equal(decoded, family.decode_codes(z))
+            assert decoded.shape == (4, *EXAMPLES[name][2])

@@ -11,7 +11,7 @@ from study.studies import STUDIES
 from study.studies.spec import Choice, resolve, settings_owner
 
 # metrics each family must log at every evaluation of a smoke run (epochs 1, 2)
-LATENT = ("path_length", "probe_accuracy")
+LATENT = ("path_length", "probe_accuracy", "arithmetic_success")
 FAMILY_METRICS = {
     "sparse_ae": ("recon_mse", "sparsity", "active_fraction", "sparsity_penalty", *LATENT),
     "denoising_ae": ("recon_mse", "recon_mse_train", "denoise_mse", *LATENT),
@@ -100,14 +100,16 @@ def test_smoke_study_logs_its_family_metrics(smoke_store, study):
 
 
 # the pictures each family's runs carry at every evaluation: (folder, rows of
-# the first picture); reconstructions are 16 inputs a row
+# the first picture; None: as many as the samples allow); reconstructions are
+# 16 inputs a row, latent arithmetic a row per class pair (an encoder's: all 10)
 PICTURES = {
-    "sparse_ae": {"reconstructions": 2, "interpolations": 8},
-    "denoising_ae": {"reconstructions": 3, "interpolations": 8},  # clean, corrupted, rebuilt
-    "vae_kl": {"reconstructions": 2, "interpolations": 8, "samples": 8},
-    "dvae_temperature": {"reconstructions": 2, "interpolations": 8, "samples": 8},
-    "vq_codebook": {"reconstructions": 2, "interpolations": 8, "samples": 8},
-    "gan_stability": {"interpolations": 8, "samples": 8},
+    "sparse_ae": {"reconstructions": 2, "interpolations": 8, "arithmetic": 10},
+    "denoising_ae": {"reconstructions": 3, "interpolations": 8, "arithmetic": 10},
+    "vae_kl": {"reconstructions": 2, "interpolations": 8, "samples": 8, "arithmetic": 10},
+    "dvae_temperature": {"reconstructions": 2, "interpolations": 8, "samples": 8, "arithmetic": 10},
+    "vq_codebook": {"reconstructions": 2, "interpolations": 8, "samples": 8, "arithmetic": 10},
+    # a GAN's pairs need classes among its samples' labels
+    "gan_stability": {"interpolations": 8, "samples": 8, "arithmetic": None},
     "diffusion_guidance": {"samples": 8},
 }
 
@@ -122,13 +124,15 @@ def test_runs_carry_their_pictures_at_every_evaluation(smoke_store, study, tmp_p
         r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
     )
     folders = {a.path for a in client.list_artifacts(run.info.run_id) if a.is_dir}
-    assert folders & {"samples", "reconstructions", "interpolations"} == set(PICTURES[study])
+    kinds = {"samples", "reconstructions", "interpolations", "arithmetic"}
+    assert folders & kinds == set(PICTURES[study])
     for folder, rows in PICTURES[study].items():
         pngs = [a.path for a in client.list_artifacts(run.info.run_id, folder)]
         assert pngs == [f"{folder}/{folder}_epoch{e:04d}.png" for e in (1, 2)]
         local = client.download_artifacts(run.info.run_id, pngs[0], str(tmp_path))
         side = 28 if study != "diffusion_guidance" else 8
-        assert Image.open(local).size[1] == rows * (side + 2) + 2  # torchvision's padding 2
+        if rows is not None:
+            assert Image.open(local).size[1] == rows * (side + 2) + 2  # torchvision's padding 2
     if "interpolations" in PICTURES[study]:  # a latent space: its path length is scored
         assert run.data.metrics["path_length"] > 0
 

@@ -290,6 +290,15 @@ class GAN(GenerativeFamily):
         noise = torch.Generator(device=self.device).manual_seed(0)
         return self._generate(slerp(ends[0], ends[1], t), y, None, noise)
 
+    def draw_codes(self, n: int, generator: torch.Generator) -> Tensor | None:
+        """z draws; None for a conditional GAN, whose class comes from its label."""
+        return None if self.y is not None else self._z(n, generator)
+
+    @torch.inference_mode()
+    def decode_codes(self, z: Tensor) -> Tensor:
+        noise = torch.Generator(device=self.device).manual_seed(0)  # as decode_path
+        return self._generate(z, None, None, noise)
+
     def _generate(
         self, z: Tensor, labels: Tensor | None, sampler: str | None, gen: torch.Generator | None
     ) -> Tensor:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from datasources import DATASETS, Dataset, load_dataset
-from models import FAMILIES, encodes, generates, has_latent_space, reconstructs
+from models import FAMILIES, does_arithmetic, encodes, generates, has_latent_space, reconstructs
 from models.config import ConfigError
 from scoring.features import InceptionError, inception_extractor
 from scoring.modes import DYNAMICS
@@ -265,6 +265,7 @@ def check_metric_names(study: Study, data: Dataset) -> None:
         known |= {drawn(m, s) for m in metric_names(data.is_image, clock=False) for s in DRAW_STATS}
         known |= {across_classifiers(m, s) for m in SPACE_METRICS for s in DRAW_STATS}
     latent = (has_latent_space(family), encodes(family), reconstructs(family))
+    latent += (does_arithmetic(family),)
     known |= set(latent_metric_names(data.is_image, *latent))
     for name in (study.metric, *study.table_metrics):
         split = split_sampler_metric(name)

@@ -1,7 +1,7 @@
 """The latent probes of one evaluation, for a family with a latent space:
-reconstructions beside their inputs, interpolation paths, path_length and
-the linear probe. The same held-out inputs and paths at every evaluation, so
-pictures and numbers compare over epochs."""
+reconstructions beside their inputs, interpolation paths, path_length, the
+linear probe and latent arithmetic. The same held-out inputs and paths at
+every evaluation, so pictures and numbers compare over epochs."""
 
 from __future__ import annotations
 
@@ -10,11 +10,22 @@ from torch import Tensor
 
 from datasources import Dataset
 from models import Family
-from scoring.probes import PATH_EPSILON
-from scoring.registry import AnomalyScores, ProbeCodes, evaluate_latent
+from scoring.probes import PATH_EPSILON, Shifts, attribute_shifts, class_pairs
+from scoring.registry import (
+    AnomalyScores,
+    ProbeCodes,
+    ShiftedImages,
+    evaluate_latent,
+    predict_classes,
+)
 
 RECON_SHOWN = 16  # held-out inputs in the reconstruction picture (one row each kind)
 PATHS_SHOWN, STEPS_SHOWN = 8, 10  # interpolation picture: a row per path
+# latent arithmetic: class means from this many encoded training images (about
+# 100 a class on digits) or, without an encoder, from half of twice as many
+# classified latent draws; each pair shifts up to PER_PAIR held-out codes
+ARITHMETIC_FIT, PER_PAIR = 1000, 50
+SHIFTS_SHOWN = 3  # arithmetic picture, a row per pair: the two means, 3 codes, 3 shifted
 
 
 @torch.inference_mode()
@@ -52,4 +63,50 @@ def latent_probes(
     anomaly = None
     if anomaly_class >= 0 and (scores := family.anomaly_scores(data.test_x)) is not None:
         anomaly = AnomalyScores(scores, data.test_y == anomaly_class)
-    return evaluate_latent(data.name, paths, codes, str(device), anomaly), pictures
+    shifts = latent_arithmetic(family, data, seed, pictures)
+    return evaluate_latent(data.name, paths, codes, str(device), anomaly, shifts), pictures
+
+
+def arithmetic_codes(
+    family: Family, data: Dataset, seed: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """(fit codes, their classes, held-out codes, their classes): an
+    encoder's codes of training images and of the held-out split with their
+    labels, or latent draws labelled by the classifier of what they decode
+    to; None without either."""
+    if (fit := family.encode_codes(data.train_x[:ARITHMETIC_FIT])) is not None:
+        return fit, data.train_y[:ARITHMETIC_FIT], family.encode_codes(data.test_x), data.test_y
+    gen = torch.Generator(device=data.test_x.device).manual_seed(seed + 3)
+    if (z := family.draw_codes(2 * ARITHMETIC_FIT, gen)) is None:
+        return None
+    y = predict_classes(family.decode_codes(z), data.name)
+    return z[:ARITHMETIC_FIT], y[:ARITHMETIC_FIT], z[ARITHMETIC_FIT:], y[ARITHMETIC_FIT:]
+
+
+def latent_arithmetic(
+    family: Family, data: Dataset, seed: int, pictures: dict[str, tuple[Tensor, int]]
+) -> ShiftedImages | None:
+    """Attribute vectors between class means added to held-out codes and
+    decoded (scoring.probes.attribute_shifts), and their picture; None for a
+    family whose codes cannot be shifted and decoded."""
+    if (found := arithmetic_codes(family, data, seed)) is None:
+        return None
+    pairs = class_pairs(data.n_classes)
+    shifts = attribute_shifts(*found, pairs, PER_PAIR)
+    images = family.decode_codes(shifts.codes) if len(shifts.codes) else data.test_x[:0]
+    if (picture := arithmetic_picture(family, shifts, images)) is not None:
+        pictures["arithmetic"] = (picture, 2 + 2 * SHIFTS_SHOWN)
+    return ShiftedImages(images, shifts.targets, shifts.pair, shifts.n_pairs)
+
+
+def arithmetic_picture(family: Family, shifts: Shifts, images: Tensor) -> Tensor | None:
+    """A row per pair with SHIFTS_SHOWN rows of its own: its source and
+    target class means decoded, SHIFTS_SHOWN held-out codes decoded, and the
+    same codes plus the attribute vector decoded (the chapter's figure)."""
+    rows = []
+    for p in shifts.pair.unique():
+        at = (shifts.pair == p).nonzero().flatten()[:SHIFTS_SHOWN]
+        if len(at) == SHIFTS_SHOWN:
+            means = family.decode_codes(shifts.means[p])
+            rows.append(torch.cat([means, family.decode_codes(shifts.originals[at]), images[at]]))
+    return torch.cat(rows) if rows else None
