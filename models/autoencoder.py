@@ -184,6 +184,12 @@ class Autoencoder(LatentCoder):
     def encode_latent(self, x: Tensor) -> Tensor:
         return self.codes(x)
 
+    def encoder_network(self) -> nn.Module:
+        net = self.net
+        if isinstance(net, TiedAE):  # its encoder's layers, shared with the decoder
+            return nn.Sequential(nn.Flatten(), net.enc1, nn.ReLU(), net.enc2)
+        return net.encode
+
     def decode_latent(self, z: Tensor) -> Tensor:
         return self.net.decode(z)
 

@@ -169,6 +169,9 @@ class LatentCoder(Family):
     def encode_codes(self, x: Tensor) -> Tensor:
         return batched(self.encode_latent, x)
 
+    def encoder_network(self) -> nn.Module:
+        return self.enc  # the VAEs' and the VQ-VAE's encoder
+
     def decode_codes(self, z: Tensor) -> Tensor:
         return batched(self.decode_latent, z)
 

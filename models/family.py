@@ -104,6 +104,11 @@ class Family(ABC):
         """Frozen codes of x, (N, D), for the linear probe; None: no encoder."""
         return None
 
+    def encoder_network(self) -> torch.nn.Module | None:
+        """The trained module from inputs to codes, for a classifier that
+        reuses it (fine-tuned with few labels); None: no encoder."""
+        return None
+
     def anomaly_scores(self, x: Tensor) -> Tensor | None:
         """Each input's anomaly score, (N,): its reconstruction error (mean
         squared, per pixel); None: the family does not reconstruct."""

@@ -165,6 +165,9 @@ class LatentDiffusion(Diffusion, LatentCoder):
     def decode_latent(self, z: Tensor) -> Tensor:
         return self.first.decode_latent(z)
 
+    def encoder_network(self) -> nn.Module:
+        return self.first.encoder_network()
+
     @torch.inference_mode()
     def evaluate(self) -> dict[str, float]:
         """The first stage's held-out metrics (reconstruction, KL, active

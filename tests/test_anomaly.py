@@ -45,12 +45,13 @@ def test_anomaly_auroc_is_roc_auc_of_the_reconstruction_errors():
 
 def test_a_trial_with_anomaly_class_trains_without_it_and_logs_its_auroc(tmp_path):
     """In a real trial: the setting is a param, the metric is logged at every
-    evaluation; the training split the family saw lacks the class (it holds
+    evaluation (and, asked for, the few-label accuracies at the last); the
+    training split the family saw lacks the class (it holds
     the smoke split's other images, and the linear probe, fitted on training
     codes, never predicts the class)."""
     client, exp, parent = _store(tmp_path, "anomaly")
     uri = client.tracking_uri
-    settings = {"anomaly_class": LEFT_OUT, "noise": "gaussian"}
+    settings = {"anomaly_class": LEFT_OUT, "noise": "gaussian", "finetune_labels": 100}
     plan = local_plan("denoising_ae", tmp_path, uri, exp, parent, settings)
     run_trial({}, plan, "search", LocalSession("anomaly-trial"))
     run = find_trial_run(client, exp, parent, "anomaly-trial")
@@ -58,6 +59,9 @@ def test_a_trial_with_anomaly_class_trains_without_it_and_logs_its_auroc(tmp_pat
     smoke = load_dataset("digits").subset(plan.resolved.fixed["train_size"])
     assert run.data.params["train_samples"] == str(int((smoke.train_y != LEFT_OUT).sum()))
     assert steps(client, run.info.run_id, "anomaly_auroc") == [1, 2]
+    # few labels: at the final evaluation only, on the trial's own training split
+    assert steps(client, run.info.run_id, "finetune_accuracy") == [2]
+    assert 0.1 < run.data.metrics["scratch_accuracy"] <= 1
     # (after 2 smoke epochs on 512 images the unseen 0s reconstruct no worse than
     # the rest: the auroc is not judged here, only logged)
     assert 0 <= run.data.metrics["anomaly_auroc"] <= 1

@@ -365,6 +365,8 @@ BAD = [
     # anomaly detection needs a family that reconstructs, and a class the data has
     (["gan_stability", "--set", "anomaly_class=3"], _nothing, "family gan does not reconstruct"),
     (["sparse_ae", "--set", "anomaly_class=10"], _nothing, "mnist5k has classes 0..9"),
+    (["gan_stability", "--set", "finetune_labels=100"], _nothing, "no encoder to fine-tune"),
+    (["sparse_ae", "--set", "finetune_labels=9000"], _nothing, "needs that many labelled"),
     (
         ["gan_modes", "--set", "pac=2", "--num-samples", "2"],
         _nothing,

@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from datasources import load_dataset
 from models import FAMILIES, generates
 from scoring.aggregate import per_configuration, per_group
+from scoring.few_labels import FEW_LABEL_METRICS
 from scoring.outcomes import seed_results
 from scoring.ranking import confirmation_table
 from scoring.registry import prepare_reference
@@ -166,7 +167,8 @@ def phases(plan: Plan, run_phase: Callable[..., Any]) -> tuple[Any, Any, bool]:
     return results, confirmed, confirmed is None
 
 
-SETTING_METRICS = ("anomaly_auroc",)  # logged only when a trial setting asks
+# logged only when a trial setting asks (anomaly_class, finetune_labels)
+SETTING_METRICS = ("anomaly_auroc", *FEW_LABEL_METRICS)
 
 
 def summarise(plan: Plan, client: MlflowClient, results, confirmed=None) -> StudyResult:

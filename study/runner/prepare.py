@@ -15,6 +15,7 @@ from datasources import DATASETS, Dataset, load_dataset
 from models import FAMILIES, does_arithmetic, encodes, generates, has_latent_space, reconstructs
 from models.config import ConfigError
 from scoring.features import InceptionError, inception_extractor
+from scoring.few_labels import FEW_LABEL_METRICS
 from scoring.modes import DYNAMICS
 from scoring.registry import (
     DRAW_STATS,
@@ -232,7 +233,22 @@ def _check_builds(study: Study, resolved: Resolved, data: Dataset) -> None:
         for extra in variants:
             trial, cfg = split_settings(study, {**resolved.fixed, **base, **extra})
             on = anomaly_data(study, trial.anomaly_class, data)
+            check_few_labels(study, trial.finetune_labels, on)
             FAMILIES[study.family](cfg, on.train_x, on.test_x, on.train_y)
+
+
+def check_few_labels(study: Study, n: int, data: Dataset) -> None:
+    """finetune_labels=n needs an encoder and n labelled training images."""
+    if n and not encodes(FAMILIES[study.family]):
+        those = ", ".join(k for k, f in FAMILIES.items() if encodes(f))
+        raise ConfigError(
+            f"finetune_labels: family {study.family} has no encoder to fine-tune ({those} have)"
+        )
+    if n and (not data.is_image or n > len(data.train_x)):
+        raise ConfigError(
+            f"finetune_labels={n} needs that many labelled training images; {data.name} "
+            + (f"has {len(data.train_x)} here" if data.is_image else "holds points")
+        )
 
 
 def anomaly_data(study: Study, k: int, data: Dataset) -> Dataset:
@@ -264,6 +280,8 @@ def check_metric_names(study: Study, data: Dataset) -> None:
         known |= set(metric_names(data.is_image)) | set(DYNAMICS)
         known |= {drawn(m, s) for m in metric_names(data.is_image, clock=False) for s in DRAW_STATS}
         known |= {across_classifiers(m, s) for m in SPACE_METRICS for s in DRAW_STATS}
+    if encodes(family):
+        known |= set(FEW_LABEL_METRICS)
     latent = (has_latent_space(family), encodes(family), reconstructs(family))
     latent += (does_arithmetic(family),)
     known |= set(latent_metric_names(data.is_image, *latent))

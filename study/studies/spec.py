@@ -146,6 +146,14 @@ class TrialConfig:
         help="leave this class out of training and log anomaly_auroc, the held-out "
         "reconstruction error as its anomaly score (-1: off; reconstructing families)",
     )
+    finetune_labels: int = param(
+        0,
+        low=0,
+        high=10**7,
+        help="at the final evaluation, fine-tune the encoder with a linear head on the first N "
+        "labelled training images, and train the same network from scratch on them: "
+        "finetune_accuracy, scratch_accuracy (0: off; encoder families)",
+    )
     max_loss: float = param(1e5, low=1e-12, high=1e30, help="|loss| above this counts as diverged")
     seed: int = param(0, low=0, high=2**31 - 1, help="base seed; repeat i uses seed + i")
     # SEED_SOURCES; -1: follows seed

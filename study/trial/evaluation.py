@@ -12,6 +12,7 @@ from torch import Tensor
 
 from datasources import Dataset
 from models import Family, generates
+from scoring.few_labels import few_label_accuracies
 from scoring.modes import ModeCounts
 from scoring.registry import METRICS, drawn, in_spaces, score_samples
 from scoring.spectral import TopSingular
@@ -41,7 +42,8 @@ def evaluate(
     at the `final` evaluation its final stage and that stage's samplers,
     their noise over cfg.eval_draws draws and fid
     and modes_covered in cfg.eval_classifiers classifiers' spaces; for one
-    with a latent space its probes; sigma0 of every network (`spectral`
+    with a latent space its probes, and at the `final` one, with
+    cfg.finetune_labels, an encoder's few-label accuracies; sigma0 of every network (`spectral`
     keeps the seed's power-iteration vectors between evaluations). `seed`:
     the eval seed, which draws the samples scored."""
     metrics = dict(family.evaluate())
@@ -63,6 +65,12 @@ def evaluate(
         if final and cfg.eval_classifiers > 1 and data.is_image:
             samples, _ = out.pictures["samples"]
             out.metrics |= in_spaces(samples, data.name, cfg.eval_classifiers)
+    if final and cfg.finetune_labels and (encoder := family.encoder_network()) is not None:
+        n = cfg.finetune_labels  # checked by the driver: an encoder, labelled images, N of them
+        few = (data.train_x[:n], data.train_y[:n])
+        out.metrics |= few_label_accuracies(
+            encoder, few, (data.test_x, data.test_y), data.n_classes, seed
+        )
     return out
 
 
