@@ -20,15 +20,16 @@ FEW_LABEL_STEPS = 500
 FEW_LABEL_BATCH = 64
 # Adam's rates. From scratch: every layer at SCRATCH_LR for all the steps.
 # Fine-tuning, as the chapter advises for very few labels (freeze the
-# pretrained layers) and as linear probing then fine-tuning does it (Kumar
-# et al. 2022): the head alone on the frozen encoder for the first half, at
-# a linear probe's rate, then every layer, the encoder at a tenth of the
-# head's rate, so that the few labels adjust its features instead of
-# overwriting them (Adam moves every weight at about its rate whatever the
-# gradient's size: tuned at once at 1e-3, an encoder whose codes separate
-# the classes fits 30 images by their noise, measured: 18 % held out)
-SCRATCH_LR = 1e-3
-PROBE_LR, FINETUNE_LR = 1e-2, 1e-4
+# pretrained layers first) and as linear probing then fine-tuning does it
+# (Kumar et al. 2022): the head alone on the frozen encoder for the first
+# half at a linear probe's rate, then every layer at SCRATCH_LR. Tuned at
+# once from a fresh head, the encoder's features are overwritten before the
+# head has learnt to read them (measured: an encoder whose codes separate
+# the classes, tuned at 1e-3 from the first step on 30 noisy images, 18 %
+# held out; probed first, 79 %). On a denoising autoencoder's encoder and
+# 500 digits, tuning the encoder at a tenth of this rate scored 0.84 against
+# 0.86: too timid to be the default.
+SCRATCH_LR, PROBE_LR = 1e-3, 1e-2
 Phases = list[tuple[int, float, float]]  # (steps, encoder's rate, head's rate)
 
 
@@ -91,10 +92,10 @@ def few_label_accuracies(
     seed: int,
 ) -> dict[str, float]:
     """finetune_accuracy (the pretrained encoder: its head probed, then both
-    fine-tuned) and scratch_accuracy (the same network re-initialised, then
+    fine-tuned at the scratch rate) and scratch_accuracy (the same network re-initialised, then
     trained on the same images in the same order for as many steps)."""
     half = FEW_LABEL_STEPS // 2
-    tune = [(half, 0.0, PROBE_LR), (FEW_LABEL_STEPS - half, FINETUNE_LR, SCRATCH_LR)]
+    tune = [(half, 0.0, PROBE_LR), (FEW_LABEL_STEPS - half, SCRATCH_LR, SCRATCH_LR)]
     with torch.inference_mode(False), torch.enable_grad():
         tuned = classifier_accuracy(encoder, train, test, n_classes, seed, tune)
         scratch = classifier_accuracy(
