@@ -64,8 +64,8 @@ def test_arithmetic_success_is_one_for_a_decoder_of_the_class_asked_for_and_chan
     shifted = latent_arithmetic(space, space.data, seed=0, pictures=pictures)
     success = evaluate_latent(DATASET, shifts=shifted)["arithmetic_success"]
     assert success == 1.0
-    images, per_row = pictures["arithmetic"]
-    assert per_row == 8 and images.shape == (10 * 8, 1, 8, 8)
+    images, per_row = pictures["arithmetic"]  # a column per pair, 8 rows
+    assert per_row == 10 and images.shape == (10 * 8, 1, 8, 8)
     held = space.data.test_y if encoder else None
     if held is not None:  # each pair shifts up to PER_PAIR held-out codes of its source
         assert len(shifted.images) == sum(min(PER_PAIR, int((held == a).sum())) for a in range(10))

@@ -100,15 +100,15 @@ def test_smoke_study_logs_its_family_metrics(smoke_store, study):
 
 
 # the pictures each family's runs carry at every evaluation: (folder, rows of
-# the first picture; None: as many as the samples allow); reconstructions are
-# 16 inputs a row, latent arithmetic a row per class pair (an encoder's: all 10)
+# the first picture; None: only when the samples allow); reconstructions are
+# 16 inputs a row, latent arithmetic a column per class pair (8 rows)
 PICTURES = {
-    "sparse_ae": {"reconstructions": 2, "interpolations": 8, "arithmetic": 10},
-    "denoising_ae": {"reconstructions": 3, "interpolations": 8, "arithmetic": 10},
-    "vae_kl": {"reconstructions": 2, "interpolations": 8, "samples": 8, "arithmetic": 10},
-    "dvae_temperature": {"reconstructions": 2, "interpolations": 8, "samples": 8, "arithmetic": 10},
-    "vq_codebook": {"reconstructions": 2, "interpolations": 8, "samples": 8, "arithmetic": 10},
-    # a GAN's pairs need classes among its samples' labels
+    "sparse_ae": {"reconstructions": 2, "interpolations": 8, "arithmetic": 8},
+    "denoising_ae": {"reconstructions": 3, "interpolations": 8, "arithmetic": 8},
+    "vae_kl": {"reconstructions": 2, "interpolations": 8, "samples": 8, "arithmetic": 8},
+    "dvae_temperature": {"reconstructions": 2, "interpolations": 8, "samples": 8, "arithmetic": 8},
+    "vq_codebook": {"reconstructions": 2, "interpolations": 8, "samples": 8, "arithmetic": 8},
+    # a GAN's pairs need their classes among its samples (2 epochs: rarely all)
     "gan_stability": {"interpolations": 8, "samples": 8, "arithmetic": None},
     "diffusion_guidance": {"samples": 8},
 }
@@ -125,10 +125,14 @@ def test_runs_carry_their_pictures_at_every_evaluation(smoke_store, study, tmp_p
     )
     folders = {a.path for a in client.list_artifacts(run.info.run_id) if a.is_dir}
     kinds = {"samples", "reconstructions", "interpolations", "arithmetic"}
-    assert folders & kinds == set(PICTURES[study])
+    always = {k for k, rows in PICTURES[study].items() if rows is not None}
+    assert always <= folders and folders & kinds <= set(PICTURES[study])
     for folder, rows in PICTURES[study].items():
+        if rows is None and folder not in folders:
+            continue
         pngs = [a.path for a in client.list_artifacts(run.info.run_id, folder)]
-        assert pngs == [f"{folder}/{folder}_epoch{e:04d}.png" for e in (1, 2)]
+        every = [f"{folder}/{folder}_epoch{e:04d}.png" for e in (1, 2)]
+        assert pngs == every if rows is not None else set(pngs) <= set(every)
         local = client.download_artifacts(run.info.run_id, pngs[0], str(tmp_path))
         side = 28 if study != "diffusion_guidance" else 8
         if rows is not None:

@@ -27,7 +27,7 @@ PATHS_SHOWN, STEPS_SHOWN = 8, 10  # interpolation picture: a row per path
 # the classifier reads each: about 0.5 s of CPU a thousand); each pair shifts
 # up to PER_PAIR held-out codes
 ARITHMETIC_FIT, ARITHMETIC_DRAWS, PER_PAIR = 1000, 500, 50
-SHIFTS_SHOWN = 3  # arithmetic picture, a row per pair: the two means, 3 codes, 3 shifted
+SHIFTS_SHOWN = 3  # arithmetic picture, a column per pair: the two means, 3 codes, 3 shifted
 
 
 @torch.inference_mode()
@@ -98,18 +98,21 @@ def latent_arithmetic(
     shifts = attribute_shifts(*found, pairs, PER_PAIR)
     images = family.decode_codes(shifts.codes) if len(shifts.codes) else data.test_x[:0]
     if (picture := arithmetic_picture(family, shifts, images)) is not None:
-        pictures["arithmetic"] = (picture, 2 + 2 * SHIFTS_SHOWN)
+        pictures["arithmetic"] = picture
     return ShiftedImages(images, shifts.targets, shifts.pair, shifts.n_pairs)
 
 
-def arithmetic_picture(family: Family, shifts: Shifts, images: Tensor) -> Tensor | None:
-    """A row per pair with SHIFTS_SHOWN rows of its own: its source and
-    target class means decoded, SHIFTS_SHOWN held-out codes decoded, and the
-    same codes plus the attribute vector decoded (the chapter's figure)."""
-    rows = []
+def arithmetic_picture(family: Family, shifts: Shifts, images: Tensor) -> tuple[Tensor, int] | None:
+    """(images, images per row): a column per pair with SHIFTS_SHOWN rows
+    of its own, 8 rows in all: its source and target class means decoded,
+    SHIFTS_SHOWN held-out codes decoded, and the same codes plus the
+    attribute vector decoded (the chapter's figure, one pair a column)."""
+    columns = []
     for p in shifts.pair.unique():
         at = (shifts.pair == p).nonzero().flatten()[:SHIFTS_SHOWN]
         if len(at) == SHIFTS_SHOWN:
-            means = family.decode_codes(shifts.means[p])
-            rows.append(torch.cat([means, family.decode_codes(shifts.originals[at]), images[at]]))
-    return torch.cat(rows) if rows else None
+            means, codes = family.decode_codes(shifts.means[p]), shifts.originals[at]
+            columns.append(torch.cat([means, family.decode_codes(codes), images[at]]))
+    if not columns:
+        return None
+    return torch.stack(columns, 1).flatten(0, 1), len(columns)  # row by row
