@@ -17,7 +17,7 @@ from scoring.modes import ModeCounts
 from scoring.registry import METRICS, drawn, in_spaces, score_samples
 from scoring.spectral import TopSingular
 from study.studies import TrialConfig
-from study.trial.probes import latent_probes
+from study.trial.probes import arithmetic_probe, latent_probes
 from study.trial.seeds import stream_seed
 
 
@@ -42,7 +42,8 @@ def evaluate(
     at the `final` evaluation its final stage and that stage's samplers,
     their noise over cfg.eval_draws draws and fid
     and modes_covered in cfg.eval_classifiers classifiers' spaces; for one
-    with a latent space its probes, and at the `final` one, with
+    with a latent space its probes (at the `final` evaluation latent
+    arithmetic too), and at the `final` one, with
     cfg.finetune_labels, an encoder's few-label accuracies; sigma0 of every network (`spectral`
     keeps the seed's power-iteration vectors between evaluations). `seed`:
     the eval seed, which draws the samples scored."""
@@ -51,6 +52,10 @@ def evaluate(
         family, data, cfg.eval_samples, cfg.probe_labels, seed, cfg.anomaly_class
     )
     out = Evaluation(metrics | probed, pictures)
+    if final:
+        arithmetic, picture = arithmetic_probe(family, data, seed)
+        out.metrics |= arithmetic
+        out.pictures |= picture
     for net, module in family.networks().items():
         sigma, layer = spectral.top(net, module)
         if layer:
