@@ -1,7 +1,9 @@
 """The top singular value (sigma0) of a network's weights, as BigGAN tracks
 it (Brock et al. 2019, section 4): by power iteration, each weight keeping
 its vector from one measurement to the next, so a warm measurement
-(weights that moved little) converges in a few matrix-vector products. A
+(weights that moved little) converges in a few matrix-vector products. The
+first measurement, and one whose weight moved too far to converge in
+MAX_ITERS, takes an SVD instead. A
 weight of more than two dimensions (a convolution's) is read as its output
 dimension by the rest, as torch.nn.utils.spectral_norm reads it."""
 
@@ -10,8 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-MAX_ITERS = 200  # power iterations at most per measurement
-TOLERANCE = 1e-5  # stop once sigma moves less than this share between iterations
+MAX_ITERS = 200  # warm power iterations before falling back to an SVD
+# Stop once v is (nearly) a right singular vector: ||W^T u - sigma v|| at most
+# this share of sigma. Sigma's own change between iterations is no test: with
+# two close top singular values it creeps by less than any tolerance while
+# still a percent off.
+TOLERANCE = 1e-4
 
 
 def as_matrix(module: nn.Module, w: Tensor) -> Tensor:
@@ -25,29 +31,33 @@ def as_matrix(module: nn.Module, w: Tensor) -> Tensor:
 class TopSingular:
     """Persistent power iteration over the weights of networks."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self) -> None:
         self.vectors: dict[str, Tensor] = {}
-        self.generator = torch.Generator().manual_seed(seed)
+        self.svds = 0  # measurements that needed a full SVD
 
     @torch.no_grad()
     def sigma(self, key: str, w: Tensor) -> float:
         """sigma0 of the matrix w; `key` names its persistent vector."""
         w = w.detach().float()
         v = self.vectors.get(key)
-        if v is None or v.shape != (w.shape[1],):
-            v = torch.randn(w.shape[1], generator=self.generator).to(w.device)
-        v = v / v.norm().clamp_min(1e-12)
-        sigma = 0.0
-        for _ in range(MAX_ITERS):
-            u = w @ v
-            u = u / u.norm().clamp_min(1e-12)
-            v = w.T @ u
-            last, sigma = sigma, float(v.norm())  # = u^T W v, the Rayleigh estimate
-            v = v / max(sigma, 1e-12)
-            if abs(sigma - last) <= TOLERANCE * sigma:
-                break
-        self.vectors[key] = v
-        return sigma
+        if v is not None and v.shape == (w.shape[1],):
+            for _ in range(MAX_ITERS):
+                u = w @ v
+                u = u / u.norm().clamp_min(1e-12)
+                x = w.T @ u
+                sigma = float(x.norm())  # = u^T W v, the Rayleigh estimate
+                residual = float((x - sigma * v).norm())
+                v = x / max(sigma, 1e-12)
+                if residual <= TOLERANCE * sigma:
+                    self.vectors[key] = v
+                    return sigma
+        # Cold, or the weight moved too far for the warm vector: one SVD.
+        # From a random vector power iteration needs thousands of steps when
+        # the top two singular values are close, as in a fresh layer.
+        _, s, vh = torch.linalg.svd(w, full_matrices=False)
+        self.svds += 1
+        self.vectors[key] = vh[0]
+        return float(s[0])
 
     def top(self, prefix: str, net: nn.Module) -> tuple[float, str]:
         """(the largest sigma0 of any weight of `net`, that weight's name);

@@ -31,7 +31,7 @@ class Course:
     spectral: TopSingular = field(init=False)
 
     def __post_init__(self) -> None:
-        self.spectral = TopSingular(self.seed)
+        self.spectral = TopSingular()
 
     def modes_seen(self, epoch: int, counts: ModeCounts, dataset: str, device: str) -> dict:
         """The metrics of this evaluation's mode histogram: each mode's share
