@@ -17,6 +17,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from analysis.course_plots import indicators_at_collapse, mode_heatmap, survival_by_setting
+from analysis.front import quality_speed_front
 from analysis.stats import bin_values, budget_curve, config_stats, knobs, stability_map
 from models import FAMILIES, Family
 from models.config import ConfigError
@@ -149,7 +150,7 @@ def metric_by_knob(view: View) -> Figure | None:
 
 COMMON: list[Callable[[View], Figure | None]] = [
     outcome_rates, metric_by_knob, budget, survival_by_setting, mode_heatmap,
-    indicators_at_collapse,
+    indicators_at_collapse, quality_speed_front,
 ]  # fmt: skip
 
 

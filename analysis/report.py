@@ -22,6 +22,7 @@ import matplotlib
 import pandas as pd
 
 from analysis.confirm import search_phase
+from analysis.front import family_samplers
 from analysis.runs import AnalysisError, load_history, load_runs
 from scoring.outcomes import OUTCOMES
 from scoring.ranking import rank_table
@@ -360,6 +361,22 @@ def _course_sections(
     return sections
 
 
+def _sampler_section(runs: pd.DataFrame, out: Path) -> list[str]:
+    """A study spanning families: a row per family and sampler."""
+    if "family" not in runs or runs["family"].nunique() < 2:
+        return []
+    table = family_samplers(search_phase(runs))
+    table.to_csv(out / "by_sampler.csv", index=False)
+    shown = table[["family", "sampler", "seeds"]].copy()
+    for col in (c[: -len("_mean")] for c in table if c.endswith("_mean")):
+        pairs = zip(table[f"{col}_mean"], table[f"{col}_std"].fillna(0), strict=True)
+        shown[col] = [f"{m:.3g} ± {s:.2g}" for m, s in pairs]
+    return [
+        "<h2>By family and sampler</h2><p>mean ± std over seeds, in one classifier's feature "
+        "space; sample_seconds: seconds per 1000 samples (by_sampler.csv).</p>" + _table_html(shown)
+    ]
+
+
 def build_report(study_name: str, tracking_uri: str | None, experiment: str | None,
                  out: Path, survival_by: str = "") -> tuple[Path, str, dict]:  # fmt: skip
     """Write report.html and its CSVs into out; return (html path, the parent
@@ -393,6 +410,7 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
         f"<p>mean ± std [min, max] over seeds; {len(stats)} configurations, "
         f"{len(runs)} trials.</p>" + _table_html(best_table(stats, knob_cols, metrics))
     )
+    sections += _sampler_section(runs, out)
     sections += _ranking_sections(study, runs, knob_cols, out)
     sections += _what_matters(study, search_phase(runs), knob_cols, out)
     sections += _course_sections(study_name, runs, history, out, survival_by)

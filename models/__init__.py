@@ -10,6 +10,7 @@ from models.family import (
     encodes,
     generates,
     has_latent_space,
+    main_sampler,
     reconstructs,
 )
 from models.gan import GAN
@@ -35,5 +36,6 @@ __all__ = [
     "generates",
     "has_latent_space",
     "does_arithmetic",
+    "main_sampler",
     "reconstructs",
 ]

@@ -182,6 +182,13 @@ def generates(family: type[Family]) -> bool:
     return issubclass(family, GenerativeFamily)
 
 
+def main_sampler(family: Family) -> str:
+    """The sampler a model's unsuffixed sample metrics are of ("": its one
+    unnamed sampler, or none at all)."""
+    named = family.samplers() if isinstance(family, GenerativeFamily) else ()
+    return named[0] if named else ""
+
+
 def balanced_labels(n: int, n_classes: int, device: torch.device) -> Tensor:
     """What a conditional model's samples are asked for: sample i is class
     i mod n_classes, so every class is scored alike."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from scoring.outcomes import OUTCOMES
+from scoring.registry import split_sampler_metric
 
 
 def per_configuration(
@@ -46,6 +47,31 @@ def per_configuration(
     if key is not None:
         out = out.sort_values(f"{key}_mean", ascending=mode == "min", na_position="last")
     return out.reset_index()
+
+
+def per_sampler(
+    trials: pd.DataFrame, knobs: Sequence[str], metrics: Sequence[str], mode: str = "min"
+) -> pd.DataFrame:
+    """per_configuration with one row per configuration and sampler: a
+    trial's unsuffixed metrics are its main sampler's (column `sampler`), and
+    its METRIC_SAMPLER columns (`metrics` holds those wanted) become rows of
+    that sampler, under the metric's own name, for every configuration that
+    scored it; a metric without per-sampler columns (train_seconds) keeps
+    the trial's value. Keyed `config_id/sampler`."""
+    keyed = trials.dropna(subset=["config_id"])
+    base = [m for m in metrics if split_sampler_metric(m) is None and m in keyed]
+    extra = sorted({s[1] for m in metrics if (s := split_sampler_metric(m)) and m in keyed})
+    keyed = keyed.assign(sampler=keyed["sampler"].fillna("") if "sampler" in keyed else "")
+    parts = [keyed]
+    for name in extra:
+        cols = {f"{m}_{name}": m for m in base if f"{m}_{name}" in keyed}
+        scored = keyed.groupby("config_id")[list(cols)].transform("count").sum(axis=1) > 0
+        scored &= keyed["sampler"] != name  # the main sampler's row is there already
+        part = keyed[scored].drop(columns=list(cols.values())).rename(columns=cols)
+        parts.append(part.assign(sampler=name))
+    rows = pd.concat(parts, ignore_index=True)
+    rows["config_id"] = rows["config_id"].astype(str) + "/" + rows["sampler"]
+    return per_configuration(rows, [*knobs, "sampler"], base, mode)
 
 
 def per_group(

@@ -372,6 +372,17 @@ BAD = [
         _nothing,
         "nothing is searched (every axis is fixed)",
     ),
+    # a study spanning families: each family's settings scoped, and given to it alone
+    (["trilemma", "--set", "vae.lr_g=0.001"], _nothing, "lr_g is a setting of gan, not of vae"),
+    (["gan_stability", "--set", "kl_weight=2"], _nothing, "kl_weight is a setting of vae"),
+    (["trilemma", "--set", "kl_weight=2"], _nothing, "spans families, so give it as vae.kl_weight"),
+    (["trilemma", "--set", "dvae.tau=1"], _nothing, "trilemma trains vae, gan, diffusion, vqvae"),
+    (["trilemma", "--set", "family=dvae"], _nothing, "family 'dvae' is not trained by study"),
+    (
+        ["trilemma", "--sweep", "gan.lr_g=0.001,0.002"],
+        _nothing,
+        "add --set family=gan to sweep it",
+    ),
 ]
 
 

@@ -20,11 +20,11 @@ from mlflow.exceptions import MlflowException
 
 from datasources import load_dataset
 from models import FAMILIES, generates
-from scoring.aggregate import per_configuration, per_group
+from scoring.aggregate import per_configuration, per_group, per_sampler
 from scoring.few_labels import FEW_LABEL_METRICS
 from scoring.outcomes import seed_results
 from scoring.ranking import confirmation_table
-from scoring.registry import prepare_reference
+from scoring.registry import prepare_reference, split_sampler_metric
 from study.errors import StorageError
 from study.internals import check_internals, mlflow_environment
 from study.plan import Plan
@@ -58,6 +58,8 @@ class StudyResult:
     confirmation: pd.DataFrame = field(default_factory=pd.DataFrame)
     # per value of the study's group_by axis, over the rest of the grid
     groups: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # a study spanning families: a row per family and sampler (empty otherwise)
+    samplers: pd.DataFrame = field(default_factory=pd.DataFrame)
     interrupted: bool = False
 
     @property
@@ -99,7 +101,8 @@ def execute(plan: Plan) -> StudyResult:
     quiet_libraries()
     threading.Thread(target=import_store, args=(plan.tracking_uri,), daemon=True).start()
     shipped = {}
-    if generates(FAMILIES[plan.study.family]) and load_dataset(plan.dataset).is_image:
+    generating = any(generates(FAMILIES[f]) for f in plan.study.families)
+    if generating and load_dataset(plan.dataset).is_image:
         # the feature classifier, trained once before any trial, goes to every trial
         shipped = prepare_reference(plan.dataset, plan.classifier_spaces)
     with ray_cluster(plan) as concurrent:
@@ -182,6 +185,10 @@ def summarise(plan: Plan, client: MlflowClient, results, confirmed=None) -> Stud
     # setting switches on (anomaly_class) is one when some trial reported it
     wanted = dict.fromkeys((*(study.table_metrics or (study.metric,)), *SETTING_METRICS))
     metrics = tuple(m for m in wanted if m == study.metric or m in reported)
+    if study.spans:  # each family's other samplers: rows of their own in `samplers`
+        metrics += tuple(
+            k for k in sorted(reported) if (s := split_sampler_metric(k)) and s[0] in metrics
+        )
     trials = pd.concat(
         [trial_rows(grid, plan.searched, metrics).assign(phase=name) for name, grid in phases],
         ignore_index=True,
@@ -190,6 +197,9 @@ def summarise(plan: Plan, client: MlflowClient, results, confirmed=None) -> Stud
     table = per_configuration(searched, plan.knobs, metrics, study.mode, study.metric)
     confirmation = confirmation_table(trials, plan.knobs, study.metric, study.mode)
     groups = _groups(plan, searched, metrics)
+    samplers = None
+    if study.spans:  # with each trial's training time beside the sampling time
+        samplers = per_sampler(searched, plan.knobs, (*metrics, "train_seconds"), study.mode)
     out = plan.summary_dir
     out.mkdir(exist_ok=True)
     trials.to_csv(out / "trials.csv", index=False)
@@ -198,6 +208,8 @@ def summarise(plan: Plan, client: MlflowClient, results, confirmed=None) -> Stud
         confirmation.to_csv(out / "confirmation.csv", index=False)
     if len(groups):
         groups.to_csv(out / f"by_{study.group_by}.csv", index=False)
+    if samplers is not None:
+        samplers.to_csv(out / "by_sampler.csv", index=False)
     parent = plan.parent_run_id
     log_params(client, parent, {"trials": len(trials)})
     if plan.optuna_url:
@@ -206,6 +218,7 @@ def summarise(plan: Plan, client: MlflowClient, results, confirmed=None) -> Stud
     return StudyResult(
         plan=plan, experiment_id=plan.experiment_id, parent_run_id=parent, trials=trials,
         table=table, metrics=metrics, confirmation=confirmation, groups=groups,
+        samplers=pd.DataFrame() if samplers is None else samplers,
     )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from scoring.outcomes import RUNNING, SCORED, ended, seed_results
 from study.plan import Plan
 from study.runner import live
 from study.runner.eta import Running, describe, estimate
+from study.studies import TrialConfig, own_settings
 from study.studies.defaults import HEARTBEAT_SECONDS
 from study.tracking.store import children, close_run, trial_runs
 
@@ -77,7 +78,8 @@ class Progress(tune.Callback):
     def _running(self, trial: Any) -> Running:
         """How far a running trial is: its last report, and the time since."""
         r = trial.last_result or {}
-        epochs = trial.config.get("epochs", self.plan.resolved.fixed.get("epochs", 1))
+        values = own_settings(self.plan.study, {**self.plan.resolved.fixed, **trial.config})
+        epochs = values.get("epochs", TrialConfig().epochs)
         seconds = r.get("time_total_s", 0.0) + max(0.0, time.time() - r.get("timestamp", 0))
         return Running(seconds if r else 0.0, int(r.get("epoch", 0)), int(epochs))
 

@@ -139,13 +139,14 @@ def to_request(args: argparse.Namespace) -> StudyRequest:
 def print_end(result) -> None:
     study, out = result.plan.study, result.summary_dir
     better = "lower" if study.mode == "min" else "higher"
-    print(f"\nBest configurations by {study.metric} ({better} is better; mean ± std over seeds)")
-    table = result.table
-    print(
-        format_table(table, result.plan.knobs, result.metrics)
-        if len(table)
-        else "(no trial reported)"
-    )
+    by_sampler = len(result.samplers) > 0  # a study spanning families: a row per sampler
+    table = result.samplers if by_sampler else result.table
+    knobs = (*result.plan.knobs, "sampler") if by_sampler else result.plan.knobs
+    metrics = tuple(c[: -len("_mean")] for c in table if c.endswith("_mean"))
+    metrics = metrics if by_sampler else result.metrics
+    what = "configurations and samplers" if by_sampler else "configurations"
+    print(f"\nBest {what} by {study.metric} ({better} is better; mean ± std over seeds)")
+    print(format_table(table, knobs, metrics) if len(table) else "(no trial reported)")
     if len(result.groups):
         group = study.group_by
         print(
@@ -168,6 +169,7 @@ def print_end(result) -> None:
     print(f"\nOutcomes: {outcome_line(result.trials)}")
     tables = [
         "configurations.csv",
+        *(["by_sampler.csv"] if by_sampler else []),
         *([f"by_{study.group_by}.csv"] if len(result.groups) else []),
         *(["confirmation.csv"] if len(confirmation) else []),
         "trials.csv",

@@ -85,11 +85,12 @@ def _check_pack(r: StudyRequest, study: Study, resolved: Resolved, seeds: int) -
     seed alike) a pack size that divides the search's seeds."""
     if r.pack == 1:
         return
-    if not FAMILIES[study.family].packs:
-        raise UsageError(
-            f"--pack: family {study.family} (study {study.name}) does not train in seed "
-            "packs; run it without --pack"
-        )
+    for family in study.families:
+        if not FAMILIES[family].packs:
+            raise UsageError(
+                f"--pack: family {family} (study {study.name}) does not train in seed "
+                "packs; run it without --pack"
+            )
     if split_settings(study, resolved.fixed)[0].compile or "compile" in resolved.axes:
         raise UsageError("--pack does not combine with compile=true (compile one member alone)")
     k = min(r.pack, seeds)
@@ -231,18 +232,20 @@ def _check_builds(study: Study, resolved: Resolved, data: Dataset) -> None:
     base = {k: a.grid()[0] for k, a in resolved.axes.items()}
     with no_compiler_import():  # nothing here trains: 1.5 s of imports less
         for extra in variants:
-            trial, cfg = split_settings(study, {**resolved.fixed, **base, **extra})
-            on = anomaly_data(study, trial.anomaly_class, data)
-            check_few_labels(study, trial.finetune_labels, on)
-            FAMILIES[study.family](cfg, on.train_x, on.test_x, on.train_y)
+            values = {**resolved.fixed, **base, **extra}
+            family = study.family_of(values)
+            trial, cfg = split_settings(study, values)
+            on = anomaly_data(family, trial.anomaly_class, data)
+            check_few_labels(family, trial.finetune_labels, on)
+            FAMILIES[family](cfg, on.train_x, on.test_x, on.train_y)
 
 
-def check_few_labels(study: Study, n: int, data: Dataset) -> None:
+def check_few_labels(family: str, n: int, data: Dataset) -> None:
     """finetune_labels=n needs an encoder and n labelled training images."""
-    if n and not encodes(FAMILIES[study.family]):
+    if n and not encodes(FAMILIES[family]):
         those = ", ".join(k for k, f in FAMILIES.items() if encodes(f))
         raise ConfigError(
-            f"finetune_labels: family {study.family} has no encoder to fine-tune ({those} have)"
+            f"finetune_labels: family {family} has no encoder to fine-tune ({those} have)"
         )
     if n and (not data.is_image or n > len(data.train_x)):
         raise ConfigError(
@@ -251,15 +254,15 @@ def check_few_labels(study: Study, n: int, data: Dataset) -> None:
         )
 
 
-def anomaly_data(study: Study, k: int, data: Dataset) -> Dataset:
+def anomaly_data(family: str, k: int, data: Dataset) -> Dataset:
     """The training data with class k left out (k = -1: as it is); refused
     where anomaly detection cannot work."""
     if k < 0:
         return data
-    if not reconstructs(FAMILIES[study.family]):
+    if not reconstructs(FAMILIES[family]):
         those = ", ".join(n for n, f in FAMILIES.items() if reconstructs(f))
         raise ConfigError(
-            f"anomaly_class: family {study.family} does not reconstruct its inputs; "
+            f"anomaly_class: family {family} does not reconstruct its inputs; "
             f"anomaly detection needs one that does ({those})"
         )
     if not data.is_image or k >= data.n_classes:
@@ -271,10 +274,29 @@ def anomaly_data(study: Study, k: int, data: Dataset) -> Dataset:
 
 
 def check_metric_names(study: Study, data: Dataset) -> None:
-    """The study's objective and table columns must be metrics its family or
-    the sample-metric registry produce on this data: a typo would otherwise
-    give every trial the penalty."""
-    family = FAMILIES[study.family]
+    """The study's objective and table columns must be metrics each of its
+    families or the sample-metric registry produce on this data: a typo
+    would otherwise give every trial the penalty."""
+    for name in study.families:
+        family = FAMILIES[name]
+        known = logged_metrics(family, data)
+        for metric in (study.metric, *study.table_metrics):
+            split = split_sampler_metric(metric)
+            per_sampler = split and split[0] in known and family.is_sampler(split[1])
+            other_family = (
+                study.spans
+                and split
+                and any(FAMILIES[f].is_sampler(split[1]) for f in study.families)
+            )  # a sampler of one family in a study that spans several: its column
+            if metric not in known and not per_sampler and not other_family:
+                raise UsageError(
+                    f"study {study.name}: metric '{metric}' is not logged by family "
+                    f"{name} on {data.name}; it logs: {', '.join(sorted(known))}"
+                )
+
+
+def logged_metrics(family: type, data: Dataset) -> set[str]:
+    """What a family's trials log on this data (per-sampler names aside)."""
     known = set(family.train_metrics | family.eval_metrics)
     if generates(family):
         known |= set(metric_names(data.is_image)) | set(DYNAMICS)
@@ -284,15 +306,7 @@ def check_metric_names(study: Study, data: Dataset) -> None:
         known |= set(FEW_LABEL_METRICS)
     latent = (has_latent_space(family), encodes(family), reconstructs(family))
     latent += (does_arithmetic(family),)
-    known |= set(latent_metric_names(data.is_image, *latent))
-    for name in (study.metric, *study.table_metrics):
-        split = split_sampler_metric(name)
-        per_sampler = split and split[0] in known and family.is_sampler(split[1])
-        if name not in known and not per_sampler:
-            raise UsageError(
-                f"study {study.name}: metric '{name}' is not logged by family "
-                f"{study.family} on {data.name}; it logs: {', '.join(sorted(known))}"
-            )
+    return known | set(latent_metric_names(data.is_image, *latent))
 
 
 def resumed_request(request: StudyRequest) -> StudyRequest:

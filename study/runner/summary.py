@@ -35,6 +35,7 @@ def trial_rows(results: Any, searched: tuple[str, ...], metrics: tuple[str, ...]
                 # the course: NaN collapse_epoch never collapsed (or failed)
                 "collapse_epoch": last.get("collapse_epoch", math.nan),
                 "hopping": last.get("hopping", math.nan),
+                "sampler": last.get("sampler", ""),  # the one the unsuffixed metrics are of
             }
             for m in metrics:
                 v = last.get(m)

@@ -22,8 +22,8 @@ from study.plan import Plan
 from study.runner.lean_start import lean_children
 from study.runner.preflight import check_resources, resource_asks, trials_at_once
 from study.runner.summary import trial_rows
+from study.studies import FAMILY, split_settings
 from study.studies import defaults as d
-from study.studies import split_settings
 from study.tracking import optuna_store
 from study.tracking.store import recorded_ends
 from study.trial.trainable import tracking_client, train
@@ -152,7 +152,8 @@ def _scheduler(plan: Plan) -> Any:
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    epochs = split_settings(plan.study, plan.resolved.fixed)[0].epochs
+    study, fixed = plan.study, plan.resolved.fixed
+    epochs = max(split_settings(study, fixed | {FAMILY: f})[0].epochs for f in study.families)
     return ASHAScheduler(
         time_attr="epoch",
         metric="objective",

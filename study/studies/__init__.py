@@ -6,6 +6,7 @@ of axes and seeds). `spec.py` holds the axes, the harness's trial settings
 
 from study.studies.catalog import STUDIES, register
 from study.studies.spec import (
+    FAMILY,
     Axis,
     Bundles,
     Choice,
@@ -18,12 +19,13 @@ from study.studies.spec import (
     axis_labels,
     config_id,
     describe_study,
+    own_settings,
     resolve,
     split_settings,
 )
 
 __all__ = [
-    "STUDIES", "Axis", "Bundles", "Choice", "LogUniform", "Resolved", "Study", "Tied",
-    "TrialConfig", "Uniform", "axis_labels", "config_id", "describe_study", "register",
-    "resolve", "split_settings",
+    "FAMILY", "STUDIES", "Axis", "Bundles", "Choice", "LogUniform", "Resolved", "Study", "Tied",
+    "TrialConfig", "Uniform", "axis_labels", "config_id", "describe_study", "own_settings",
+    "register", "resolve", "split_settings",
 ]  # fmt: skip

@@ -545,3 +545,50 @@ register(
         ),
     )
 )
+
+
+# The chapters' trilemma: four families on 8x8 digits, one classifier's
+# feature space. Each family keeps its own settings (scoped FAMILY.key) at a
+# budget sized for it: the DDPM is diffusion_schedule's.
+register(
+    Study(
+        name="trilemma",
+        description="the generative trilemma on 8x8 digits: a conv VAE, a DCGAN, a DDPM "
+        "sampled with DDIM at 10 and 50 steps, and a VQ-VAE with a learned prior, scored in "
+        "one feature space for quality (fid, precision), coverage (recall, coverage, modes) "
+        "and speed (seconds per 1000 samples, training seconds)",
+        dataset="digits",
+        metric="fid",
+        mode="min",
+        axes={"family": Choice(("vae", "gan", "diffusion", "vqvae"))},
+        # every family 200 epochs at batch 64 (4,400 steps on digits' 1,400
+        # training images); the DDPM is diffusion_schedule's, evaluated once
+        # (its three samplers of 1000 images cost 15 s)
+        fixed={
+            "epochs": 200,
+            "eval_every": 100,
+            "vae.arch": "conv",
+            "vae.batch_size": 64,
+            "gan.arch": "dcgan",
+            "gan.channels": 32,
+            **{f"diffusion.{k}": v for k, v in DIGITS_DDPM.items() if k != "epochs"},
+            "diffusion.eval_every": 200,
+            "diffusion.samplers": "ddim50_eta0,ddim10_eta0,ddim20_eta1",
+            "vqvae.prior_epochs": 30,
+            "vqvae.batch_size": 64,
+        },
+        num_samples=4,
+        seeds=3,
+        confirm=0,
+        search="grid",
+        smoke={
+            **SMOKE,
+            "eval_samples": 100,
+            "diffusion.channels": 8,
+            "diffusion.T": 100,
+            "diffusion.samplers": "ddim5_eta0,ddim10_eta0",
+            "vqvae.prior_epochs": 1,
+        },
+        table_metrics=("fid", "precision", "recall", "coverage", "modes_covered", "sample_seconds"),
+    )
+)

@@ -4,6 +4,11 @@ A study is code (as in disentanglement_lib): a sweep over a product of axes and
 seeds. `resolve` turns a study plus the user's `--set` overrides into the
 validated fixed settings and the axes still searched; a key set by the user is
 fixed, so `--set loss=hinge` takes loss out of the search.
+
+A study may span families: its axis `family` chooses each trial's family, and
+a key scoped `FAMILY.key` (`gan.lr_g`) holds one family's setting. Each
+trial sees the unscoped settings with its own family's scoped ones on top;
+the other families' are not its settings at all.
 """
 
 from __future__ import annotations
@@ -114,6 +119,7 @@ class Tied(_Discrete):
 
 
 Axis = LogUniform | Uniform | Choice | Bundles | Tied
+FAMILY = "family"  # the axis of a study that spans families
 DERIVED = (Bundles, Tied)  # axes that stand for settings of other keys
 
 
@@ -183,7 +189,7 @@ class TrialConfig:
 class Study:
     name: str
     description: str
-    family: str
+    family: str = ""  # every trial's family; "" in a study with a `family` axis
     dataset: str
     metric: str  # the searcher's objective and the table's sort key
     mode: str  # "min" or "max"
@@ -201,8 +207,21 @@ class Study:
     group_by: str = ""
 
     @property
-    def family_config(self) -> type:
-        return FAMILIES[self.family].Config
+    def spans(self) -> bool:
+        """Whether the study's trials train several families (a `family` axis)."""
+        return FAMILY in self.axes
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(self.axes[FAMILY].values) if self.spans else (self.family,)
+
+    def family_of(self, values: dict[str, Any]) -> str:
+        """The family of a trial with these settings."""
+        return str(values.get(FAMILY, self.families[0])) if self.spans else self.family
+
+
+def config_of(family: str) -> type:
+    return FAMILIES[family].Config
 
 
 @dataclass(frozen=True)
@@ -212,18 +231,58 @@ class Resolved:
     axes: dict[str, Axis]  # the axes still searched
 
 
+def scope_of(key: str) -> tuple[str | None, str]:
+    """'gan.lr_g' -> ('gan', 'lr_g'); 'epochs' -> (None, 'epochs')."""
+    family, dot, name = key.partition(".")
+    return (family, name) if dot else (None, key)
+
+
 def settings_owner(study: Study, key: str) -> type:
-    """The config class a key belongs to (trial settings or the family config)."""
-    if key in keys(TrialConfig):
+    """The config class a key belongs to (trial settings or a family's
+    config); a key of a family the study does not train, or of another
+    family than its scope, is refused with a line that names both."""
+    family, name = scope_of(key)
+    if family is not None and family not in study.families:
+        trains = f"study {study.name} trains {', '.join(study.families)}"
+        if family not in FAMILIES:
+            raise ConfigError(f"unknown family '{family}' in {key}; {trains}")
+        raise ConfigError(f"{key}: {trains}, not {family}")
+    if name in keys(TrialConfig):
         return TrialConfig
-    if key in keys(study.family_config):
-        return study.family_config
-    accepted = sorted(keys(TrialConfig) | keys(study.family_config))
-    if key.endswith("_seed"):  # a seed source misspelt or invented: name the real ones
+    own = family or (None if study.spans else study.family)
+    if own is not None and name in keys(config_of(own)):
+        return config_of(own)
+    owners = [f for f in FAMILIES if name in keys(config_of(f))]
+    if owners and own is not None:
+        raise ConfigError(f"{name} is a setting of {', '.join(owners)}, not of {own}")
+    trained = [f for f in owners if f in study.families]
+    if trained:
+        raise ConfigError(
+            f"{name} is a setting of {', '.join(trained)}: study {study.name} spans families, "
+            f"so give it as {trained[0]}.{name}"
+        )
+    if owners:
+        raise ConfigError(
+            f"{name} is a setting of {', '.join(owners)}, which study {study.name} does not train"
+        )
+    if name.endswith("_seed"):  # a seed source misspelt or invented: name the real ones
         raise ConfigError(f"unknown seed source '{key}'; the sources: {', '.join(SEED_SOURCES)}")
+    accepted = sorted(keys(TrialConfig) | set().union(*(_scoped(study, f) for f in study.families)))
     raise ConfigError(
         f"unknown key '{key}' for study {study.name}; accepted: {', '.join(accepted)}"
     )
+
+
+def _scoped(study: Study, family: str) -> set[str]:
+    """A family's keys as a study takes them: scoped where it spans families."""
+    own = keys(config_of(family))
+    return {f"{family}.{k}" for k in own} if study.spans else set(own)
+
+
+def _unscoped(study: Study, key: str) -> str:
+    """A single-family study takes its own family's scope and drops it."""
+    family, name = scope_of(key)
+    return name if family == study.family and not study.spans else key
 
 
 def resolve(
@@ -234,30 +293,64 @@ def resolve(
 ) -> Resolved:
     """Settings and axes of one invocation: --set fixes a key (it leaves the
     search), --sweep makes any key an axis over the values given."""
-    sweeps = sweeps or {}
+    overrides = {_unscoped(study, k): v for k, v in overrides.items()}
+    sweeps = {_unscoped(study, k): v for k, v in (sweeps or {}).items()}
     both = sorted(set(sweeps) & set(overrides))
     if both:
         raise ConfigError(f"{', '.join(both)} given to both --set and --sweep")
-    values = {**study.fixed, **(study.smoke if smoke else {}), **overrides}
+    values = _layered(study.fixed, study.smoke if smoke else {}, overrides, dict.fromkeys(sweeps))
     fixed = {k: _typed(study, k, v) for k, v in values.items() if k not in sweeps}
     axes = {k: a for k, a in study.axes.items() if k not in overrides}
     for key, given in sweeps.items():
         if isinstance(study.axes.get(key), DERIVED):
             raise ConfigError(f"{key} stands for several settings; --sweep its keys instead")
-        axes[key] = Choice(tuple(coerce(settings_owner(study, key), key, v) for v in given))
+        axes[key] = Choice(tuple(_typed(study, key, v) for v in given))
+    _check_family_sweeps(study, axes)
     for key, axis in axes.items():  # a study's own axes must fit its config's ranges
         for v in axis.extremes():
             for k, setting in expand(study, {key: v}).items():
-                coerce(settings_owner(study, k), k, setting)
+                _typed(study, k, setting)
     return Resolved(study, fixed, axes)
+
+
+def _layered(*layers: dict[str, Any]) -> dict[str, Any]:
+    """The study's settings, then --smoke's, then the user's: a later layer
+    wins, and its unscoped key (epochs) also wins over an earlier layer's
+    scoped ones (vae.epochs), which are dropped."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        plain = {k for k in layer if scope_of(k)[0] is None}
+        out = {k: v for k, v in out.items() if scope_of(k)[1] not in plain} | layer
+    return out
+
+
+def _check_family_sweeps(study: Study, axes: dict[str, Axis]) -> None:
+    """One family's knob swept while several families train would retrain
+    every other family once per value: refused."""
+    family_axis = axes.get(FAMILY)
+    if family_axis is None or len(family_axis.grid()) < 2:
+        return
+    scoped = sorted(k for k in axes if scope_of(k)[0] is not None)
+    if scoped:
+        raise ConfigError(
+            f"--sweep {scoped[0]}: study {study.name} trains several families, and each would "
+            f"train again at every value; add --set family={scope_of(scoped[0])[0]} to sweep it"
+        )
 
 
 def _typed(study: Study, key: str, value: Any) -> Any:
     """A fixed setting checked and typed; a derived axis's value (--set
     technique=nadam) is checked through the settings it stands for."""
+    if key == FAMILY and study.spans:
+        if value not in study.families:
+            raise ConfigError(
+                f"family '{value}' is not trained by study {study.name}; its families: "
+                + ", ".join(study.families)
+            )
+        return value
     axis = study.axes.get(key)
     if not isinstance(axis, DERIVED):
-        return coerce(settings_owner(study, key), key, value)
+        return coerce(settings_owner(study, key), scope_of(key)[1], value)
     if isinstance(axis, Bundles):
         axis.settings(value)  # a known name
         return value
@@ -276,16 +369,28 @@ def expand(study: Study, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def axis_labels(study: Study, values: dict[str, Any]) -> dict[str, Any]:
-    """The derived axes' own values (a technique's name), for the params."""
-    return {k: values[k] for k, a in study.axes.items() if isinstance(a, DERIVED) and k in values}
+    """The derived axes' own values (a technique's name) and the family of a
+    study that spans families, for the params and the configuration's id."""
+    labels = {k: values[k] for k, a in study.axes.items() if isinstance(a, DERIVED) and k in values}
+    return labels | ({FAMILY: study.family_of(values)} if study.spans else {})
+
+
+def own_settings(study: Study, values: dict[str, Any]) -> dict[str, Any]:
+    """The settings of one trial: the unscoped ones, its family's scoped
+    ones on top (unscoped), no other family's; derived axes expanded."""
+    family = study.family_of(values)
+    own = {k: v for k, v in values.items() if scope_of(k)[0] is None and k != FAMILY}
+    own |= {scope_of(k)[1]: v for k, v in values.items() if scope_of(k)[0] == family}
+    return expand(study, own)
 
 
 def split_settings(study: Study, values: dict[str, Any]) -> tuple[TrialConfig, Any]:
     """Typed (TrialConfig, family config) from one flat dict of settings."""
-    values = expand(study, values)
+    config = config_of(study.family_of(values))
+    values = own_settings(study, values)
     trial = {k: v for k, v in values.items() if k in keys(TrialConfig)}
     family = {k: v for k, v in values.items() if k not in trial}
-    return build(TrialConfig, trial), build(study.family_config, family)
+    return build(TrialConfig, trial), build(config, family)
 
 
 # seeds (every source of one), checkpoints, extra evaluation draws and
@@ -303,15 +408,24 @@ def config_id(values: dict[str, Any]) -> str:
 def describe_study(study: Study) -> str:
     """What `--list STUDY` prints: the study, its axes, and every setting
     --set accepts with its default (the study's own where it fixes one),
-    accepted values and meaning."""
-    lines = [f"{study.name}: {study.description}", f"  family {study.family} on {study.dataset}"]
+    accepted values and meaning; scoped FAMILY.key where it spans families."""
+    where = f"families {', '.join(study.families)}" if study.spans else f"family {study.family}"
+    lines = [f"{study.name}: {study.description}", f"  {where} on {study.dataset}"]
     lines += [f"  axis {k}: {a}" for k, a in study.axes.items()]
-    for title, cls in (
-        ("trial settings", TrialConfig),
-        (f"{study.family} settings", study.family_config),
-    ):
+    sections = [("trial settings", TrialConfig, "")]
+    sections += [
+        (f"{f} settings", config_of(f), f"{f}." if study.spans else "") for f in study.families
+    ]
+    for title, cls, prefix in sections:
         lines.append(f"\n{title} (--set key=value):")
         for key, default, accepted, help_ in describe(cls):
+            key = prefix + key
             shown = f"{study.fixed[key]!r} (study)" if key in study.fixed else default
             lines.append(f"  {key:18s} {shown:15s} {accepted:30s} {help_}")
+        trial_keys = keys(TrialConfig)
+        for key in (k for k in study.fixed if prefix and k.startswith(prefix)):
+            if scope_of(key)[1] in trial_keys:  # the study's own budget for this family
+                lines.append(f"  {key:18s} {study.fixed[key]!r} (study)")
+    if study.spans:
+        lines.append("\n(a trial setting scoped FAMILY.key applies to that family alone)")
     return "\n".join(lines)

@@ -112,6 +112,11 @@ class TrialRun:
             self._logged[key] = {m.step for m in history}
         return step in self._logged[key]
 
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params known only after the run opened (logging the same value
+        again, as a retry does, is allowed)."""
+        log_params(self.client, self.run_id, params)
+
     def tag(self, tags: dict[str, str]) -> None:
         """Tags to write with the next flush (no request of their own)."""
         self._pending_tags |= tags

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from datasources import Dataset
-from models import Family
+from models import Family, main_sampler
 from models.pack import Pack
 from scoring.outcomes import RUNNING, divergence
 from study.studies import Study, TrialConfig
@@ -115,11 +115,15 @@ class Trial:
             "objective": objective(self.study, m.last_eval, outcome),
             "config_id": self.cid,
             "seed": m.seed,
+            "sampler": main_sampler(m.family),
         }
         # MLflow first, then the report: a retry never finds epochs missing
         # from MLflow (those it redoes are there already and not written again)
         with self.clock.phase("log_seconds"):
             if ends:
+                # the trial's training time (a pack's members share it), as a metric
+                # beside sample_seconds: the trilemma's other speed
+                m.run.add(epoch, {"train_seconds": self.clock.seconds["train_seconds"]})
                 m.run.log_json(m.result, FINAL_METRICS)
                 m.run.finish(outcome, m.reason, tags=m.course.tags(epoch))
                 m.ended = True

@@ -24,7 +24,7 @@ from ray.tune.search.repeater import TRIAL_INDEX
 
 from datasources import Dataset, load_dataset
 from datasources.cache import install
-from models import FAMILIES, Family, encodes, generates
+from models import FAMILIES, Family, encodes, generates, main_sampler
 from models.pack import Pack, fuse
 from scoring.registry import pixel_probe, provenance
 from study.internals import mlflow_environment
@@ -107,6 +107,7 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
     clock.seconds["process_seconds"] = session.process_seconds
     study = plan.study
     values = {**plan.resolved.fixed, **{k: v for k, v in config.items() if k != TRIAL_INDEX}}
+    family = study.family_of(values)
     trial_cfg, family_cfg = split_settings(study, values)
     members = plan.phase(phase).members(int(config.get(TRIAL_INDEX, 0)))
     seeds = [trial_cfg.seed + i for i in members]
@@ -129,11 +130,11 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
         if trial_cfg.anomaly_class >= 0:  # checked by the driver: a reconstructing family
             data = data.without_class(trial_cfg.anomaly_class)
         data = data.to(device)
-        scored_in = scored_with(study.family, data, plan, trial_cfg.probe_labels, device)
+        scored_in = scored_with(family, data, plan, trial_cfg.probe_labels, device)
     params = {
         **resolved,
         "config_id": cid,
-        "family": study.family,
+        "family": family,
         "device": str(device),
         "threads": plan.threads,
         "train_samples": len(data.train_x),  # after train_size and anomaly_class
@@ -145,12 +146,17 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
         runs = open_runs(plan, phase, session, params, named, sources)
     try:
         with clock.phase("model_seconds"):
-            pack = build(study.family, family_cfg, data, list(sources.values()))
+            pack = build(family, family_cfg, data, list(sources.values()))
             autocast = speed_ups(pack.leader, trial_cfg, device)
+        built = {"param_count": param_count(pack.members[0])}
+        if main_sampler(pack.leader):  # the one the unsuffixed sample metrics are of
+            built["sampler"] = main_sampler(pack.leader)
+        for run in runs:  # known once built: one member's size, the main sampler's name
+            run.log_params(built)
         members = [
-            Member(index=i, family=family, seed=seed, eval_seed=sources[seed].eval_seed, run=run,
+            Member(index=i, family=member, seed=seed, eval_seed=sources[seed].eval_seed, run=run,
                    course=Course(sources[seed].eval_seed))
-            for i, (family, seed, run) in enumerate(zip(pack.members, seeds, runs, strict=True))
+            for i, (member, seed, run) in enumerate(zip(pack.members, seeds, runs, strict=True))
         ]  # fmt: skip
         trial = Trial(
             study=study, cfg=trial_cfg, data=data, cid=cid, pack=pack, members=members,
@@ -198,6 +204,12 @@ def open_runs(
         )
         for i, (seed, name) in enumerate(names.items())
     ]
+
+
+def param_count(member: Family) -> int:
+    """The parameters of a model's networks (a GAN's G and D together)."""
+    nets = member.networks().values()
+    return sum(p.numel() for net in nets for p in net.parameters())
 
 
 def build(family: str, cfg: Any, data: Dataset, sources: list[SeedSources]) -> Pack:
