@@ -14,6 +14,7 @@ nothing below it imports analysis.
 
 from analysis.confirm import confirmation, rank_confidence, search_phase
 from analysis.few_runs import iqm, performance_profiles, probability_of_improvement
+from analysis.front import family_samplers
 from analysis.importance import importance, optuna_importance
 from analysis.plots import PLOTS, View, figures, sampler_table
 from analysis.runs import AnalysisError, load_history, load_modes, load_runs
@@ -46,6 +47,7 @@ __all__ = [
     "probability_of_improvement",
     "rank_confidence",
     "sampler_table",
+    "family_samplers",
     "search_phase",
     "stability_map",
     "survival",

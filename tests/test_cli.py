@@ -41,6 +41,7 @@ def test_list_shows_every_study_with_a_description(tmp_path):
 
 def test_list_with_a_study_documents_every_setting_it_accepts():
 
+    from models import FAMILIES
     from models.config import keys
     from study.runner.cli import main
     from study.studies import STUDIES
@@ -53,7 +54,7 @@ def test_list_with_a_study_documents_every_setting_it_accepts():
     study = STUDIES["gan_stabilisers"]
     rows = [line for line in text.splitlines() if line.startswith("  ")]
     listed = {line.split()[0] for line in rows if not line.startswith("  axis")}
-    assert keys(TrialConfig) | keys(study.family_config) <= listed
+    assert keys(TrialConfig) | keys(FAMILIES[study.family].Config) <= listed
     assert "axis technique: {baseline, nadam" in text and "lr_g = lr_d in" in text
     assert "'dcgan' (study)" in text and "adam | nadam | rmsprop | sgd" in text
 
