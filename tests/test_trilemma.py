@@ -123,6 +123,7 @@ def test_a_2d_front_is_the_staircase_of_running_minima():
 def test_the_trilemma_runs_four_families_in_one_feature_space(tmp_path, shared_ray):
     uri = f"sqlite:///{tmp_path}/store.db"
     args = ["trilemma", "--smoke", "--seeds", "1", "--num-samples", "4", "--max-concurrent", "1"]
+    args += ["--set", "epochs=1"]  # one epoch and one evaluation each: every path runs
     out = shared_ray.run_study([*args, "--tracking-uri", uri, "--name", "t"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Best configurations and samplers by fid" in out.stdout

@@ -254,7 +254,10 @@ def settings_owner(study: Study, key: str) -> type:
         return config_of(own)
     owners = [f for f in FAMILIES if name in keys(config_of(f))]
     if owners and own is not None:
-        raise ConfigError(f"{name} is a setting of {', '.join(owners)}, not of {own}")
+        accepted = ", ".join(sorted(keys(TrialConfig) | keys(config_of(own))))
+        raise ConfigError(
+            f"{name} is a setting of {', '.join(owners)}, not of {own}; accepted: {accepted}"
+        )
     trained = [f for f in owners if f in study.families]
     if trained:
         raise ConfigError(
