@@ -1,8 +1,9 @@
-"""The chapters' trilemma as a figure: in a study that spans families, each
-family and sampler's mean quality (fid) against its speed (seconds per 1000
-samples), coloured by coverage, the Pareto front drawn through the points no
-other beats on both. Takes a `View` (analysis.plots); None when the runs
-hold one family or lack the metrics."""
+"""Fronts. The chapters' trilemma as a figure: in a study that spans
+families, each family and sampler's mean quality (fid) against its speed
+(seconds per 1000 samples), coloured by coverage, the Pareto front drawn
+through the points no other beats on both (a `View`, analysis.plots; None
+when the runs hold one family or lack the metrics). And the front of a
+search on several objectives (--objectives): its table and figure."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from models import FAMILIES
-from scoring.aggregate import per_sampler
-from scoring.pareto import non_dominated
+from scoring.aggregate import per_configuration, per_sampler
+from scoring.pareto import non_dominated, on_front
 from scoring.registry import split_sampler_metric
 
 if TYPE_CHECKING:
@@ -63,4 +64,44 @@ def quality_speed_front(view: View) -> Figure | None:
            ylabel="fid (lower is better)")  # fmt: skip
     ax.set_title("Quality against sampling speed, coverage as colour (means over seeds)")
     ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def parse_objectives(text: str) -> list[tuple[str, str]]:
+    """The parent run's `objectives` param, 'fid:min,recall:max', as pairs."""
+    return [tuple(item.split(":", 1)) for item in text.split(",") if ":" in item]  # type: ignore[misc]
+
+
+def front_table(
+    runs: pd.DataFrame, objectives: list[tuple[str, str]], knobs: list[str]
+) -> pd.DataFrame:
+    """Per configuration (search trials): mean and std over seeds of each
+    objective, and `pareto`, whether no other beats it on every one."""
+    names = [m for m, _ in objectives if m in runs]
+    if len(names) < len(objectives):
+        return pd.DataFrame()
+    table = per_configuration(runs, knobs, names, objectives[0][1])
+    table = table.dropna(subset=[f"{m}_mean" for m in names])
+    table["pareto"] = on_front(table, objectives)
+    return table
+
+
+def objective_front(table: pd.DataFrame, objectives: list[tuple[str, str]]) -> Figure | None:
+    """The first two objectives' configuration means with their seed spread,
+    the front's members joined (a Pareto search, --objectives)."""
+    if table.empty or len(objectives) < 2:
+        return None
+    (x, dx), (y, dy) = objectives[:2]
+    fig, ax = plt.subplots(figsize=(7, 4.6), layout="constrained")
+    for on, colour, label in ((False, "grey", "beaten on every objective"), (True, "C3", "front")):
+        part = table[table["pareto"] == on]
+        ax.errorbar(part[f"{x}_mean"], part[f"{y}_mean"], xerr=part[f"{x}_std"].fillna(0),
+                    yerr=part[f"{y}_std"].fillna(0), fmt="o", capsize=2, color=colour,
+                    label=label)  # fmt: skip
+    front = table[table["pareto"]].sort_values(f"{x}_mean")
+    ax.plot(front[f"{x}_mean"], front[f"{y}_mean"], color="C3", lw=1, ls="--")
+    better = {"min": "lower", "max": "higher"}
+    ax.set(xlabel=f"{x} ({better[dx]} is better)", ylabel=f"{y} ({better[dy]} is better)")
+    ax.set_title("Pareto front of the search: configuration means, bars one std over seeds")
+    ax.legend(fontsize=8)
     return fig

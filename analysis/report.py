@@ -22,7 +22,7 @@ import matplotlib
 import pandas as pd
 
 from analysis.confirm import search_phase
-from analysis.front import family_samplers
+from analysis.front import family_samplers, front_table, objective_front, parse_objectives
 from analysis.runs import AnalysisError, load_history, load_runs
 from scoring.outcomes import OUTCOMES
 from scoring.ranking import rank_table
@@ -276,6 +276,38 @@ def _profile_section(
     ]
 
 
+def _front_section(
+    runs: pd.DataFrame, uri: str | None, knob_cols: list[str], out: Path
+) -> list[str]:
+    """A search on several objectives (--objectives, recorded on its parent
+    run; the latest invocation's): the Pareto front's members and figure."""
+    from mlflow import MlflowClient
+
+    latest = runs.loc[runs["start_time"].idxmax(), "parent_run_id"]
+    text = MlflowClient(resolve_tracking_uri(uri)).get_run(latest).data.params.get("objectives")
+    objectives = parse_objectives(text or "")
+    table = front_table(runs[runs["parent_run_id"] == latest], objectives, knob_cols)
+    fig = objective_front(table, objectives)
+    if fig is None:
+        return []
+    table.to_csv(out / "pareto.csv", index=False)
+    front = table[table["pareto"]]
+    shown = front[["config_id", *knob_cols, "seeds"]].copy()
+    for m, _ in objectives:
+        shown[m] = [
+            f"{a:.3g} ± {b:.2g}"
+            for a, b in zip(front[f"{m}_mean"], front[f"{m}_std"].fillna(0), strict=True)
+        ]
+    names = ", ".join(f"{m} ({d})" for m, d in objectives)
+    return [
+        f"<h2>Pareto front</h2><p>The latest search's objectives, {html.escape(names)}: "
+        f"{len(front)} of {len(table)} configurations are beaten by no other on every "
+        "objective (means over seeds; pareto.csv marks every configuration).</p>"
+        + _table_html(shown)
+        + f'<figure><img alt="pareto_front" src="data:image/png;base64,{_png(fig)}"></figure>'
+    ]
+
+
 def _spaces_section(runs: pd.DataFrame, out: Path) -> list[str]:
     """With eval_classifiers > 1: each configuration's fid in every classifier
     space, and how far the ranking moves from the shipped classifier's."""
@@ -411,6 +443,7 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
         f"{len(runs)} trials.</p>" + _table_html(best_table(stats, knob_cols, metrics))
     )
     sections += _sampler_section(runs, out)
+    sections += _front_section(search_phase(runs), tracking_uri, knob_cols, out)
     sections += _ranking_sections(study, runs, knob_cols, out)
     sections += _what_matters(study, search_phase(runs), knob_cols, out)
     sections += _course_sections(study_name, runs, history, out, survival_by)

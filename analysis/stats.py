@@ -12,12 +12,13 @@ import pandas as pd
 from scoring.aggregate import per_configuration
 from study.studies.spec import SEED_SOURCES
 
-# columns of load_runs that describe a trial rather than configure it
+# columns of load_runs that describe a trial rather than configure it (the
+# family does configure a study that spans families: there it varies)
 NOT_KNOBS = {
     "run_id", "parent_run_id", "study_run", "run_name", "status", "outcome", "outcome_reason",
     "trial_id", "ray_node", "restored_from_epoch", "seed", "config_id", "device", "threads",
-    "train_samples", "start_time", "phase", "pack", "member",
-    "dataset", "family", *SEED_SOURCES,
+    "train_samples", "start_time", "phase", "pack", "member", "param_count", "sampler",
+    "dataset", *SEED_SOURCES,
 }  # fmt: skip
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import pandas as pd
 
 
 def non_dominated(values: np.ndarray, modes: list[str]) -> np.ndarray:
@@ -20,3 +23,10 @@ def non_dominated(values: np.ndarray, modes: list[str]) -> np.ndarray:
         beaten = (others <= v[i]).all(axis=1) & (others < v[i]).any(axis=1)
         front[i] = not beaten.any()
     return front
+
+
+def on_front(table: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.Series:
+    """Per row of a per-configuration table (`METRIC_mean` columns), whether
+    its means are on the Pareto front of these (metric, direction) pairs."""
+    means = table[[f"{m}_mean" for m, _ in objectives]].to_numpy(float)
+    return pd.Series(non_dominated(means, [d for _, d in objectives]), index=table.index)

@@ -492,6 +492,14 @@ def latent_metric_names(
     return [m.name for m in _latent_metrics(is_image, paths, codes, anomaly, shifts)]
 
 
+def direction(name: str) -> str | None:
+    """A registered metric's direction ("min" or "max"), per-sampler names
+    (fid_ddim10_eta0) included; None for a name the registry lacks."""
+    split = split_sampler_metric(name)
+    metric = METRICS.get(split[0] if split else name)
+    return metric.mode if metric else None
+
+
 def split_sampler_metric(name: str) -> tuple[str, str] | None:
     """'fid_ddim10_eta0' -> ('fid', 'ddim10_eta0') for per-sampler metrics;
     None for a metric's own name (fid_inf is not fid of a sampler 'inf')."""

@@ -36,6 +36,9 @@ process environment for one, in one module, checked at start-up.
   Optuna trial as user attributes. Repeater keeps a configuration's trials in
   `_trial_id_to_group`, OptunaSearch its Optuna trials in `_ot_trials`, and
   an Optuna trial takes attributes only until OptunaSearch tells it its value.
+  With several objectives SeedRepeater averages each over a group's trials
+  itself, through the group's `report`, `finished_reporting` and `scores`
+  (Ray's private `_TrialGroup`).
 
 `check_internals()` runs before Ray starts: a Ray or Optuna whose internals
 moved ends the study with one line naming the workaround, not a traceback
@@ -229,9 +232,12 @@ def _has_cluster_config() -> bool:
 
 
 def _has_repeater_groups() -> bool:
-    from ray.tune.search.repeater import Repeater
+    from ray.tune.search import repeater
 
-    return "self._trial_id_to_group = " in inspect.getsource(Repeater.__init__)
+    group = getattr(repeater, "_TrialGroup", None)  # what a multi-objective mean reads
+    methods = ("report", "finished_reporting", "scores", "primary_trial_id")
+    found = group is not None and all(m in inspect.getsource(group) for m in methods)
+    return found and "self._trial_id_to_group = " in inspect.getsource(repeater.Repeater.__init__)
 
 
 def _has_optuna_trials() -> bool:
@@ -265,7 +271,7 @@ WORKAROUNDS = (
     Workaround(
         "SeedRepeater",
         "ray",
-        "ray.tune.search.repeater.Repeater._trial_id_to_group",
+        "ray.tune.search.repeater.Repeater._trial_id_to_group, _TrialGroup.report/.scores",
         _has_repeater_groups,
     ),
     Workaround(

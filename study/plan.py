@@ -20,6 +20,11 @@ from study.studies.spec import SEED_SOURCES
 PHASES = ("search", "confirm")  # the search, then its best on fresh seeds
 
 
+def objective_key(metric: str) -> str:
+    """The Tune result key of one of several objectives."""
+    return f"objective_{metric}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Phase:
     """The seeds one phase trains: indices `seed_base` .. `seed_base + seeds
@@ -63,6 +68,8 @@ class Plan:
     parent_run_id: str | None = None
     experiment_id: str | None = None
     optuna_url: str | None = None  # the searcher's history; None when nothing is searched
+    # --objectives: (metric, "min" or "max") each, searched at once; () for the study's metric
+    objectives: tuple[tuple[str, str], ...] = ()
     # the driver's MLflow client settings (retries), which its trials take
     tracking_env: tuple[tuple[str, str], ...] = ()
 
@@ -117,6 +124,11 @@ class Plan:
     def summary_dir(self) -> Path:
         """The end-of-study tables, beside Tune's state."""
         return self.run_dir / "summary"
+
+    @property
+    def objective_keys(self) -> tuple[str, ...]:
+        """What a trial reports to Tune per objective (its mean over a pack)."""
+        return tuple(objective_key(m) for m, _ in self.objectives)
 
     def resume_hint(self) -> str:
         return (

@@ -23,6 +23,7 @@ class StudyRequest:
     epochs: int | None = None  # shorthand for sets["epochs"]
     sets: dict[str, str] = field(default_factory=dict)  # --set KEY=VALUE
     sweeps: dict[str, list[str]] = field(default_factory=dict)  # --sweep KEY=V1,V2
+    objectives: list[str] = field(default_factory=list)  # --objectives M1,M2: a Pareto search
     search: str | None = None  # None: the study's
     scheduler: str = d.SCHEDULER
     cpus_per_trial: float = d.CPUS_PER_TRIAL
@@ -51,7 +52,9 @@ class StudyRequest:
         defaults = StudyRequest(self.study)
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("study", "sets", "sweeps") or value == getattr(defaults, f.name):
+            if f.name in ("study", "sets", "sweeps", "objectives"):
+                continue
+            if value == getattr(defaults, f.name):
                 continue
             flag = "--" + f.name.replace("_", "-")
             argv += [flag] if value is True else [flag, str(value)]
@@ -59,4 +62,6 @@ class StudyRequest:
             argv += ["--set", f"{k}={v}"]
         for k, values in self.sweeps.items():
             argv += ["--sweep", f"{k}={','.join(values)}"]
+        if self.objectives:
+            argv += ["--objectives", ",".join(self.objectives)]
         return argv

@@ -18,6 +18,7 @@ from study.errors import UsageError
 from study.runner.lean_start import SKIPPED, lean_changes
 from study.runner.preflight import check_resources, trials_at_once
 from study.runner.tune_run import start_ray
+from study.studies.defaults import PENALTY
 from study.tracking.store import FINAL_METRICS
 from tests.conftest import cli_env, in_process, run_cli, steps
 from tests.test_clients import assert_optuna_matches_mlflow
@@ -235,13 +236,16 @@ def _nothing(tmp: Path) -> dict[str, str]:
 
 
 # (arguments, set-up of the bad state returning extra environment, the message)
-def test_a_study_in_seed_packs_logs_every_seed_and_prints_its_tables(tmp_path, shared_ray):
+def test_a_pareto_search_in_seed_packs_logs_every_seed_and_prints_its_front(tmp_path, shared_ray):
     """--pack 3: the search's 2 seeds a configuration train as packs of 2,
     the confirmation's 3 fresh seeds as one pack of 3; every seed is a run of
-    its own, and the tables count seeds, as without packs."""
+    its own, and the tables count seeds, as without packs. --objectives
+    fid,recall: Optuna gets both means over a configuration's seeds, in
+    their directions, and the front's member is what is confirmed."""
     uri = f"sqlite:///{tmp_path}/store.db"
     args = ["gan_stability", "--smoke", "--pack", "3", "--confirm", "1", "--confirm-seeds", "3"]
     args += ["--max-concurrent", "1"]  # one trial process a phase, seconds of CPU less
+    args += ["--objectives", "fid,recall"]
     out = shared_ray.run_study([*args, "--tracking-uri", uri, "--name", "packed"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4 seeds in 2 trials (seed packs of 2)" in out.stdout
@@ -249,19 +253,42 @@ def test_a_study_in_seed_packs_logs_every_seed_and_prints_its_tables(tmp_path, s
     assert "4/4 done" in out.stdout and "3/3 done" in out.stdout
     assert "Best configurations by fid" in out.stdout and "Outcomes: 7 trials" in out.stdout
     assert "modes_covered" in out.stdout  # every table column, read from the seeds' results
+    assert "Pareto front of fid (lower is better), recall (higher is better)" in out.stdout
     client, parents, children = _children(uri)
     assert len(parents) == 1 and len(children) == 7
+    assert parents[0].data.params["objectives"] == "fid:min,recall:max"
     seeds: dict[tuple, set] = {}
+    finals: dict[str, list] = {}
     for run in children:
         tags, params = run.data.tags, run.data.params
         assert run.info.status == "FINISHED" and tags["outcome"] in {"ok", "collapsed", "diverged"}
         seeds.setdefault((tags["phase"], tags["pack"]), set()).add(int(params["seed"]))
         if tags["outcome"] != "diverged":
             assert steps(client, run.info.run_id, "fid") == [1, 2]
+        if tags["phase"] == "search":  # what the searcher sees of a seed; diverged: the penalty
+            m = run.data.metrics
+            seen = (m["fid"], m["recall"]) if tags["outcome"] != "diverged" else (PENALTY, -PENALTY)
+            finals.setdefault(params["config_id"], []).append(seen)
     assert seeds[("search", "2")] == {0, 1}
     assert seeds[("confirm", "3")] == {2, 3, 4}
-    trials = pd.read_csv(tmp_path / "runs" / "packed" / "summary" / "trials.csv")
+    folder = tmp_path / "runs" / "packed"
+    trials = pd.read_csv(folder / "summary" / "trials.csv")
     assert len(trials) == 7 and trials["trial_id"].nunique() == 3
+    # Optuna holds each configuration's two means over its seeds, as MLflow has them
+    import optuna
+
+    study = optuna.load_study(study_name="packed", storage=f"sqlite:///{folder}/optuna.db")
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    means = {tuple(round(v, 6) for v in pd.DataFrame(f).mean()) for f in finals.values()}
+    assert {tuple(round(v, 6) for v in t.values) for t in study.trials} == means
+    assert all("objective_fid_std" in t.user_attrs for t in study.trials)
+    # the front by hand: a configuration is on it unless another is no worse on both
+    table = pd.read_csv(folder / "summary" / "configurations.csv", dtype={"config_id": str})
+    points = list(zip(table["fid_mean"], -table["recall_mean"], strict=True))
+    by_hand = [not any(q != p and q[0] <= p[0] and q[1] <= p[1] for q in points) for p in points]
+    assert table["pareto"].tolist() == by_hand
+    confirmed = {r.data.params["config_id"] for r in children if r.data.tags["phase"] == "confirm"}
+    assert confirmed <= set(table.loc[table["pareto"], "config_id"])
 
 
 BAD = [
@@ -379,6 +406,15 @@ BAD = [
     (["trilemma", "--set", "kl_weight=2"], _nothing, "spans families, so give it as vae.kl_weight"),
     (["trilemma", "--set", "dvae.tau=1"], _nothing, "trilemma trains vae, gan, diffusion, vqvae"),
     (["trilemma", "--set", "family=dvae"], _nothing, "family 'dvae' is not trained by study"),
+    # a Pareto search: registered metrics with a direction, logged by the family, two or more
+    (["gan_stability", "--objectives", "fid"], _nothing, "--objectives needs two different"),
+    (["gan_stability", "--objectives", "fid,fidd"], _nothing, "'fidd' is not a registered"),
+    (["sparse_ae", "--objectives", "fid,recall"], _nothing, "'fid' is not logged by family"),
+    (
+        ["gan_stability", "--objectives", "fid,recall", "--scheduler", "asha"],
+        _nothing,
+        "--objectives does not combine with --scheduler asha",
+    ),
     (
         ["trilemma", "--sweep", "gan.lr_g=0.001,0.002"],
         _nothing,

@@ -23,6 +23,7 @@ from models import FAMILIES, generates
 from scoring.aggregate import per_configuration, per_group, per_sampler
 from scoring.few_labels import FEW_LABEL_METRICS
 from scoring.outcomes import seed_results
+from scoring.pareto import on_front
 from scoring.ranking import confirmation_table
 from scoring.registry import prepare_reference, split_sampler_metric
 from study.errors import StorageError
@@ -183,8 +184,11 @@ def summarise(plan: Plan, client: MlflowClient, results, confirmed=None) -> Stud
     reported = {k for _, grid in phases for r in grid for s in seed_results(r.metrics) for k in s}
     # a sampler left out by --set samplers=... is no column; a metric a trial
     # setting switches on (anomaly_class) is one when some trial reported it
-    wanted = dict.fromkeys((*(study.table_metrics or (study.metric,)), *SETTING_METRICS))
-    metrics = tuple(m for m in wanted if m == study.metric or m in reported)
+    objectives = tuple(m for m, _ in plan.objectives)
+    wanted = (*objectives, *(study.table_metrics or (study.metric,)), *SETTING_METRICS)
+    metrics = tuple(
+        m for m in dict.fromkeys(wanted) if m in (study.metric, *objectives) or m in reported
+    )
     if study.spans:  # each family's other samplers: rows of their own in `samplers`
         metrics += tuple(
             k for k in sorted(reported) if (s := split_sampler_metric(k)) and s[0] in metrics
@@ -195,6 +199,8 @@ def summarise(plan: Plan, client: MlflowClient, results, confirmed=None) -> Stud
     )
     searched = trials[trials["phase"] == "search"]
     table = per_configuration(searched, plan.knobs, metrics, study.mode, study.metric)
+    if plan.objectives and len(table):  # a Pareto search: which configurations no other beats
+        table["pareto"] = on_front(table, plan.objectives)
     confirmation = confirmation_table(trials, plan.knobs, study.metric, study.mode)
     groups = _groups(plan, searched, metrics)
     samplers = None
@@ -291,8 +297,11 @@ def print_confirm_header(plan: Plan, configs: int) -> None:
     """Why a second phase: the search's best is partly its luckiest."""
     base = int(plan.resolved.fixed.get("seed", 0))
     fresh, last = base + plan.seeds, base + plan.seeds + plan.confirm_seeds - 1
+    which = (
+        f"Pareto front's {configs} (at most --confirm)" if plan.objectives else f"best {configs}"
+    )
     print(
-        f"\nConfirming the search's best {configs} on {plan.confirm_seeds} fresh seeds each "
+        f"\nConfirming the search's {which} on {plan.confirm_seeds} fresh seeds each "
         f"(seeds {fresh}..{last}; the search used {base}..{fresh - 1})",
         flush=True,
     )
@@ -319,6 +328,12 @@ def parent_record(plan: Plan) -> tuple[dict[str, str], dict[str, object]]:
         "scheduler": plan.request.scheduler,
         "metric": study.metric,
         "mode": study.mode,
+        # --objectives, as `fid:min,sample_seconds:min` (the report draws their front)
+        **(
+            {"objectives": ",".join(f"{m}:{d}" for m, d in plan.objectives)}
+            if plan.objectives
+            else {}
+        ),
         **{f"space.{k}": str(a) for k, a in plan.resolved.axes.items()},
         **{f"fixed.{k}": v for k, v in plan.resolved.fixed.items()},
     }

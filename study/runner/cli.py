@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="search any setting over these values (repeatable; grid-friendly)",
     )
     add("--search", choices=d.SEARCHES, help="search algorithm (default: the study's)")
+    add(
+        "--objectives",
+        metavar="M1,M2,...",
+        help="search several registered metrics at once, each in its registered direction "
+        "(Optuna's multi-objective sampler); the end table prints the Pareto front",
+    )
     add("--scheduler", choices=d.SCHEDULERS, default=d.SCHEDULER)
     add("--cpus-per-trial", type=float, default=d.CPUS_PER_TRIAL)
     add("--gpus-per-trial", type=float, default=d.GPUS_PER_TRIAL)
@@ -132,8 +138,12 @@ def to_request(args: argparse.Namespace) -> StudyRequest:
         if len(values) < 2:
             raise UsageError(f"--sweep {key} needs at least two values, got '{value}'")
         sweeps[key] = values
-    plain = {k: v for k, v in vars(args).items() if k not in ("list", "set", "sweep")}
-    return StudyRequest(**plain, sets=_pairs(args.set, "--set"), sweeps=sweeps)
+    skip = ("list", "set", "sweep", "objectives")
+    plain = {k: v for k, v in vars(args).items() if k not in skip}
+    objectives = [m.strip() for m in (args.objectives or "").split(",") if m.strip()]
+    return StudyRequest(
+        **plain, sets=_pairs(args.set, "--set"), sweeps=sweeps, objectives=objectives
+    )
 
 
 def print_end(result) -> None:
@@ -147,6 +157,8 @@ def print_end(result) -> None:
     what = "configurations and samplers" if by_sampler else "configurations"
     print(f"\nBest {what} by {study.metric} ({better} is better; mean ± std over seeds)")
     print(format_table(table, knobs, metrics) if len(table) else "(no trial reported)")
+    if "pareto" in result.table:
+        print_front(result.table, result.plan)
     if len(result.groups):
         group = study.group_by
         print(
@@ -182,6 +194,19 @@ def print_end(result) -> None:
     print(f"  open {ui_url(uri, result.experiment_id)}")
     if result.plan.optuna_url:
         print(f"  optuna-dashboard {result.plan.optuna_url}")
+
+
+def print_front(table, plan) -> None:
+    """--objectives: the configurations no other beats on every objective."""
+    (first, mode), *_ = plan.objectives
+    front = table[table["pareto"]].sort_values(f"{first}_mean", ascending=mode == "min")
+    names = ", ".join(f"{m} ({'lower' if d == 'min' else 'higher'} is better)"
+                      for m, d in plan.objectives)  # fmt: skip
+    print(
+        f"\nPareto front of {names}: {len(front)} of {len(table)} configurations, none of them "
+        "beaten on every objective by another (mean ± std over seeds)"
+    )
+    print(format_table(front, plan.knobs, tuple(m for m, _ in plan.objectives), len(front)))
 
 
 def main(argv: list[str] | None = None) -> int:

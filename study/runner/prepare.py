@@ -19,8 +19,10 @@ from scoring.few_labels import FEW_LABEL_METRICS
 from scoring.modes import DYNAMICS
 from scoring.registry import (
     DRAW_STATS,
+    METRICS,
     SPACE_METRICS,
     across_classifiers,
+    direction,
     drawn,
     latent_metric_names,
     metric_names,
@@ -160,6 +162,7 @@ def prepare(request: StudyRequest) -> Plan:
     search = r.search or study.search
     configs, seeds = _budget(r, study, resolved, search)
     confirm, confirm_seeds = _confirm_budget(r, study, configs)
+    objectives = _objectives(r)
     _check_pack(r, study, resolved, seeds)
     tracking_uri = resolve_tracking_uri(r.tracking_uri)
     check_tracking_uri(tracking_uri)
@@ -190,9 +193,34 @@ def prepare(request: StudyRequest) -> Plan:
         parent_run_id=parent,
         optuna_url=(r.optuna_storage or default_url(run_dir)) if resolved.axes else None,
         tracking_env=mlflow_settings(),
+        objectives=objectives,
     )
     _check_model(plan, r.data_dir)
     return plan
+
+
+def _objectives(r: StudyRequest) -> tuple[tuple[str, str], ...]:
+    """--objectives: two or more registered metrics, each with its direction;
+    a search on several objectives has no single metric for ASHA to stop on."""
+    if not r.objectives:
+        return ()
+    names = list(r.objectives)
+    if len(names) < 2 or len(set(names)) < len(names):
+        raise UsageError(
+            f"--objectives needs two different metrics or more, got '{','.join(names)}' (one "
+            "objective is the study's own metric)"
+        )
+    for name in names:
+        if direction(name) is None:
+            raise UsageError(
+                f"--objectives: '{name}' is not a registered metric with a direction; "
+                f"registered: {', '.join(METRICS)}"
+            )
+    if r.scheduler == "asha":
+        raise UsageError(
+            "--objectives does not combine with --scheduler asha (it stops on one metric)"
+        )
+    return tuple((name, str(direction(name))) for name in names)
 
 
 def _run_dir(r: StudyRequest, study: Study, storage: Path) -> tuple[Path, str | None]:
@@ -220,7 +248,7 @@ def _check_model(plan: Plan, data_dir: str) -> None:
         _check_builds(plan.study, plan.resolved, data)
     except ConfigError as e:
         raise UsageError(f"study {plan.study.name} on {plan.dataset}: {e}") from None
-    check_metric_names(plan.study, data)
+    check_metric_names(plan.study, data, tuple(m for m, _ in plan.objectives))
 
 
 def _check_builds(study: Study, resolved: Resolved, data: Dataset) -> None:
@@ -273,14 +301,14 @@ def anomaly_data(family: str, k: int, data: Dataset) -> Dataset:
     return data.without_class(k)
 
 
-def check_metric_names(study: Study, data: Dataset) -> None:
-    """The study's objective and table columns must be metrics each of its
-    families or the sample-metric registry produce on this data: a typo
-    would otherwise give every trial the penalty."""
+def check_metric_names(study: Study, data: Dataset, objectives: tuple[str, ...] = ()) -> None:
+    """The study's objective and table columns (and --objectives) must be
+    metrics each of its families or the sample-metric registry produce on
+    this data: a typo would otherwise give every trial the penalty."""
     for name in study.families:
         family = FAMILIES[name]
         known = logged_metrics(family, data)
-        for metric in (study.metric, *study.table_metrics):
+        for metric in (study.metric, *study.table_metrics, *objectives):
             split = split_sampler_metric(metric)
             per_sampler = split and split[0] in known and family.is_sampler(split[1])
             other_family = (

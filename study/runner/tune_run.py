@@ -16,6 +16,7 @@ from typing import Any
 
 from scoring.aggregate import per_configuration
 from scoring.outcomes import RUNNING, seed_results
+from scoring.pareto import on_front
 from study.errors import UsageError
 from study.internals import autoscaler_ceiling, keep_latest_checkpoints, upload_whole
 from study.plan import Plan
@@ -124,10 +125,11 @@ def _searcher(plan: Plan) -> Any:
         ),
     }
     space = {k: a.optuna() for k, a in axes.items()}
+    many = bool(plan.objectives)  # a Pareto search: a value per objective, each its direction
     searcher = SpreadOptunaSearch(
         space,
-        metric="objective",
-        mode=plan.study.mode,
+        metric=list(plan.objective_keys) if many else "objective",
+        mode=[mode for _, mode in plan.objectives] if many else plan.study.mode,
         sampler=samplers[plan.search](),
         study_name=plan.run_dir.name,
         storage=optuna_store.storage(plan.optuna_url),
@@ -194,16 +196,21 @@ def fit_confirm(
 
 def confirm_points(plan: Plan, results: Any) -> list[dict]:
     """The confirmation trials: the search's best `plan.confirm`
-    configurations by mean metric (ones with no value on any seed left out),
+    configurations by mean metric (ones with no value on any seed left out;
+    with --objectives, the Pareto front's, best on the first objective first),
     each on `plan.confirm_seeds` seed indices after the search's, so no seed
     repeats (the trial context's seed_base); seed (or seed pack) by seed, so
     an interrupted phase leaves them even."""
     from ray.tune.search.repeater import TRIAL_INDEX
 
     study = plan.study
-    trials = trial_rows(results, (), (study.metric,))
-    table = per_configuration(trials, (), (study.metric,), study.mode)
-    best = table.dropna(subset=[f"{study.metric}_mean"])["config_id"].head(plan.confirm)
+    goals = plan.objectives or ((study.metric, study.mode),)  # --objectives: the front's
+    names = tuple(m for m, _ in goals)
+    table = per_configuration(trial_rows(results, (), names), (), names, goals[0][1])
+    table = table.dropna(subset=[f"{m}_mean" for m in names])
+    if plan.objectives:
+        table = table[on_front(table, plan.objectives)]
+    best = table["config_id"].head(plan.confirm)
     values: dict[str, dict] = {}
     for r in results:  # the searched values as Tune drew them, not as a table holds them
         cid = (r.metrics or {}).get("config_id")

@@ -21,6 +21,7 @@ from datasources import Dataset
 from models import Family, main_sampler
 from models.pack import Pack
 from scoring.outcomes import RUNNING, divergence
+from study.plan import objective_key
 from study.studies import Study, TrialConfig
 from study.studies.defaults import PENALTY
 from study.tracking.store import FINAL_METRICS, SHARES_ARTIFACT
@@ -64,6 +65,7 @@ class Trial:
     clock: Clock
     # evaluation.evaluate: (family, data, cfg, eval seed, spectral, final) -> Evaluation
     evaluate: Evaluate
+    objectives: tuple[tuple[str, str], ...] = ()  # --objectives: (metric, direction) each
     _checkpointed: float = field(default=0.0, init=False)  # monotonic time of the last
 
     def run(self, autocast: Any) -> None:
@@ -112,7 +114,11 @@ class Trial:
             **m.course.summary(),
             "epoch": epoch,
             "outcome": outcome,
-            "objective": objective(self.study, m.last_eval, outcome),
+            "objective": objective(self.study.metric, self.study.mode, m.last_eval, outcome),
+            **{
+                objective_key(name): objective(name, mode, m.last_eval, outcome)
+                for name, mode in self.objectives
+            },
             "config_id": self.cid,
             "seed": m.seed,
             "sampler": main_sampler(m.family),
@@ -157,12 +163,19 @@ class Trial:
         return {
             "epoch": max(r.get("epoch", 0) for r in results),
             "outcome": PACK_ENDED if final else RUNNING,
-            "objective": sum(r.get("objective", penalty(self.study)) for r in results)
-            / len(results),
+            **{
+                key: sum(r.get(key, penalty(mode)) for r in results) / len(results)
+                for key, mode in self._objective_modes()
+            },
             "config_id": self.cid,
             "seed": self.members[0].seed,
             "members": results,
         }
+
+    def _objective_modes(self) -> list[tuple[str, str]]:
+        """(Tune key, direction) of the study's objective and of --objectives."""
+        named = [(objective_key(name), mode) for name, mode in self.objectives]
+        return [("objective", self.study.mode), *named]
 
     def _report(self, epoch: int, final: bool) -> None:
         """Report to Tune, with a checkpoint at the end and whenever
@@ -248,9 +261,9 @@ def read_scalars(metrics: dict[Any, Any]) -> dict[Any, float]:
     return out
 
 
-def penalty(study: Study) -> float:
+def penalty(mode: str) -> float:
     """The objective of a seed that diverged: the worst a search can see."""
-    return PENALTY if study.mode == "min" else -PENALTY
+    return PENALTY if mode == "min" else -PENALTY
 
 
 def read_members(metrics: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -259,8 +272,8 @@ def read_members(metrics: list[dict[str, Any]]) -> list[dict[str, float]]:
     return [{k: flat[(i, k)] for k in m} for i, m in enumerate(metrics)]
 
 
-def objective(study: Study, last_eval: dict[str, float], outcome: str) -> float:
-    """What the searcher sees of one seed: the study's metric, or the penalty
-    when it diverged or the metric is missing or not finite."""
-    score = last_eval.get(study.metric, penalty(study))
-    return score if outcome != "diverged" and math.isfinite(score) else penalty(study)
+def objective(metric: str, mode: str, last_eval: dict[str, float], outcome: str) -> float:
+    """What the searcher sees of one seed: the metric, or the penalty when it
+    diverged or the metric is missing or not finite."""
+    score = last_eval.get(metric, penalty(mode))
+    return score if outcome != "diverged" and math.isfinite(score) else penalty(mode)

@@ -160,7 +160,7 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
         ]  # fmt: skip
         trial = Trial(
             study=study, cfg=trial_cfg, data=data, cid=cid, pack=pack, members=members,
-            session=session, clock=clock, evaluate=evaluate,
+            session=session, clock=clock, evaluate=evaluate, objectives=plan.objectives,
         )  # fmt: skip
         trial.run(autocast)
     except MlflowException:
