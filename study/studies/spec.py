@@ -252,26 +252,33 @@ def settings_owner(study: Study, key: str) -> type:
     own = family or (None if study.spans else study.family)
     if own is not None and name in keys(config_of(own)):
         return config_of(own)
+    raise _not_a_setting(study, key, own)
+
+
+def _not_a_setting(study: Study, key: str, own: str | None) -> ConfigError:
+    """Why `key` is no setting of `own` (the study's family, or the key's
+    scope): another family's (named with the one to give it to), or none."""
+    name = scope_of(key)[1]
     owners = [f for f in FAMILIES if name in keys(config_of(f))]
     if owners and own is not None:
         accepted = ", ".join(sorted(keys(TrialConfig) | keys(config_of(own))))
-        raise ConfigError(
+        return ConfigError(
             f"{name} is a setting of {', '.join(owners)}, not of {own}; accepted: {accepted}"
         )
     trained = [f for f in owners if f in study.families]
     if trained:
-        raise ConfigError(
+        return ConfigError(
             f"{name} is a setting of {', '.join(trained)}: study {study.name} spans families, "
             f"so give it as {trained[0]}.{name}"
         )
     if owners:
-        raise ConfigError(
+        return ConfigError(
             f"{name} is a setting of {', '.join(owners)}, which study {study.name} does not train"
         )
     if name.endswith("_seed"):  # a seed source misspelt or invented: name the real ones
-        raise ConfigError(f"unknown seed source '{key}'; the sources: {', '.join(SEED_SOURCES)}")
+        return ConfigError(f"unknown seed source '{key}'; the sources: {', '.join(SEED_SOURCES)}")
     accepted = sorted(keys(TrialConfig) | set().union(*(_scoped(study, f) for f in study.families)))
-    raise ConfigError(
+    return ConfigError(
         f"unknown key '{key}' for study {study.name}; accepted: {', '.join(accepted)}"
     )
 
