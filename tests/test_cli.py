@@ -289,6 +289,10 @@ def test_a_pareto_search_in_seed_packs_logs_every_seed_and_prints_its_front(tmp_
     assert table["pareto"].tolist() == by_hand
     confirmed = {r.data.params["config_id"] for r in children if r.data.tags["phase"] == "confirm"}
     assert confirmed <= set(table.loc[table["pareto"], "config_id"])
+    printed = out.stdout.split("Pareto front of")[1].split("\n\n")[0].splitlines()[2:]
+    assert len(printed) == table["pareto"].sum() and "NaN" not in "".join(printed)
+    for row, (_, member) in zip(printed, table[table["pareto"]].iterrows(), strict=False):
+        assert member["loss"] in row.split()  # each member with its own settings
 
 
 BAD = [

@@ -200,6 +200,7 @@ def print_front(table, plan) -> None:
     """--objectives: the configurations no other beats on every objective."""
     (first, mode), *_ = plan.objectives
     front = table[table["pareto"]].sort_values(f"{first}_mean", ascending=mode == "min")
+    front = front.reset_index(drop=True)  # format_table aligns its columns on the index
     names = ", ".join(f"{m} ({'lower' if d == 'min' else 'higher'} is better)"
                       for m, d in plan.objectives)  # fmt: skip
     print(
