@@ -78,7 +78,7 @@ def front_table(
     """Per configuration (search trials): mean and std over seeds of each
     objective, and `pareto`, whether no other beats it on every one."""
     names = [m for m, _ in objectives if m in runs]
-    if len(names) < len(objectives):
+    if len(objectives) < 2 or len(names) < len(objectives):  # no Pareto search, or unlogged
         return pd.DataFrame()
     table = per_configuration(runs, knobs, names, objectives[0][1])
     table = table.dropna(subset=[f"{m}_mean" for m in names])

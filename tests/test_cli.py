@@ -293,6 +293,14 @@ def test_a_pareto_search_in_seed_packs_logs_every_seed_and_prints_its_front(tmp_
     assert len(printed) == table["pareto"].sum() and "NaN" not in "".join(printed)
     for row, (_, member) in zip(printed, table[table["pareto"]].iterrows(), strict=False):
         assert member["loss"] in row.split()  # each member with its own settings
+    from analysis.report import build_report
+
+    path, _, _ = build_report("gan_stability", uri, None, tmp_path / "report")
+    assert '<img alt="pareto_front"' in path.read_text()
+    drawn = pd.read_csv(tmp_path / "report" / "pareto.csv", dtype={"config_id": str})
+    assert dict(zip(drawn["config_id"], drawn["pareto"], strict=True)) == dict(
+        zip(table["config_id"], table["pareto"], strict=True)
+    )
 
 
 BAD = [

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from study.runner.eta import Running, describe, estimate
+from study.studies import STUDIES
 
 EPOCHS = 10
 
@@ -76,7 +77,7 @@ def test_the_heartbeat_names_each_running_trials_epoch_and_the_eta():
     from study.runner.callbacks import Progress
 
     plan = SimpleNamespace(
-        study=SimpleNamespace(metric="fid", mode="min"),
+        study=STUDIES["gan_stability"],  # fid, lower is better
         phase=lambda name: SimpleNamespace(pack=1),
         resolved=SimpleNamespace(fixed={"epochs": EPOCHS}),
     )
