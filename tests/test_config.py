@@ -73,7 +73,10 @@ def test_resume_reads_the_saved_request_and_refuses_a_folder_it_cannot_read(tmp_
     again = resumed_request(StudyRequest("gan_stability", storage=str(tmp_path), resume=True))
     assert (again.seeds, again.sets, again.smoke) == (5, {"loss": "hinge"}, True)
     assert (again.name, again.tracking_uri, again.experiment) == (run.name, "sqlite:///x.db", "e")
-    assert again.to_argv()[:3] == ["gan_stability", "--seeds", "5"]
+    assert again.to_argv()[:3] == ["gan_stability", "--seeds", "5"] and again.address is None
+    # where it runs is the new invocation's: --address with --resume is kept
+    cluster = StudyRequest("gan_stability", storage=str(tmp_path), resume=True, address="h:6379")
+    assert resumed_request(cluster).address == "h:6379"
     old = {k: v for k, v in info.items() if k != "request"} | {"argv": ["gan_stability"]}
     (run / INVOCATION_FILE).write_text(json.dumps(old))  # an earlier version's folder
     with pytest.raises(UsageError, match="written by an earlier genstudy"):

@@ -374,6 +374,8 @@ def resumed_request(request: StudyRequest) -> StudyRequest:
         storage=str(storage),
         tracking_uri=info["tracking_uri"],
         experiment=info["experiment"],
+        # where to run is this invocation's: a study begun on a laptop resumes on a cluster
+        address=request.address or original.address,
     )
 
 
