@@ -277,14 +277,13 @@ def _profile_section(
 
 
 def _front_section(
-    runs: pd.DataFrame, uri: str | None, knob_cols: list[str], out: Path
+    runs: pd.DataFrame, uri: str, latest: str, knob_cols: list[str], out: Path
 ) -> list[str]:
     """A search on several objectives (--objectives, recorded on its parent
     run; the latest invocation's): the Pareto front's members and figure."""
     from mlflow import MlflowClient
 
-    latest = runs.loc[runs["start_time"].idxmax(), "parent_run_id"]
-    text = MlflowClient(resolve_tracking_uri(uri)).get_run(latest).data.params.get("objectives")
+    text = MlflowClient(uri).get_run(latest).data.params.get("objectives")
     objectives = parse_objectives(text or "")
     table = front_table(runs[runs["parent_run_id"] == latest], objectives, knob_cols)
     fig = objective_front(table, objectives)
@@ -442,16 +441,16 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
         f"<p>mean ± std [min, max] over seeds; {len(stats)} configurations, "
         f"{len(runs)} trials.</p>" + _table_html(best_table(stats, knob_cols, metrics))
     )
+    parent = runs.loc[runs["start_time"].idxmax(), "parent_run_id"]  # the latest invocation
+    uri = resolve_tracking_uri(tracking_uri)
     sections += _sampler_section(runs, out)
-    sections += _front_section(search_phase(runs), tracking_uri, knob_cols, out)
+    sections += _front_section(search_phase(runs), uri, parent, knob_cols, out)
     sections += _ranking_sections(study, runs, knob_cols, out)
     sections += _what_matters(study, search_phase(runs), knob_cols, out)
     sections += _course_sections(study_name, runs, history, out, survival_by)
     sections += _spaces_section(runs, out)
     figure_sections = _figures(study, runs, history, metrics, knob_cols, survival_by)
     sections += figure_sections
-    parent = runs.loc[runs["start_time"].idxmax(), "parent_run_id"]  # the latest invocation
-    uri = resolve_tracking_uri(tracking_uri)
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{study_name} report"
         f"</title><style>{CSS}</style></head><body><h1>{html.escape(study_name)}</h1>"

@@ -65,6 +65,8 @@ def per_sampler(
     parts = [keyed]
     for name in extra:
         cols = {f"{m}_{name}": m for m in base if f"{m}_{name}" in keyed}
+        if not cols:  # none of `metrics` own names has a column for this sampler
+            continue
         scored = keyed.groupby("config_id")[list(cols)].transform("count").sum(axis=1) > 0
         scored &= keyed["sampler"] != name  # the main sampler's row is there already
         part = keyed[scored].drop(columns=list(cols.values())).rename(columns=cols)

@@ -152,8 +152,10 @@ def print_end(result) -> None:
     by_sampler = len(result.samplers) > 0  # a study spanning families: a row per sampler
     table = result.samplers if by_sampler else result.table
     knobs = (*result.plan.knobs, "sampler") if by_sampler else result.plan.knobs
-    metrics = tuple(c[: -len("_mean")] for c in table if c.endswith("_mean"))
-    metrics = metrics if by_sampler else result.metrics
+    if by_sampler:  # its metrics with the trials' train_seconds
+        metrics = tuple(c[: -len("_mean")] for c in table if c.endswith("_mean"))
+    else:
+        metrics = result.metrics
     what = "configurations and samplers" if by_sampler else "configurations"
     print(f"\nBest {what} by {study.metric} ({better} is better; mean ± std over seeds)")
     print(format_table(table, knobs, metrics) if len(table) else "(no trial reported)")

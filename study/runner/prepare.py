@@ -210,8 +210,9 @@ def _objectives(r: StudyRequest) -> tuple[tuple[str, str], ...]:
             f"--objectives needs two different metrics or more, got '{','.join(names)}' (one "
             "objective is the study's own metric)"
         )
-    for name in names:
-        if direction(name) is None:
+    directions = {name: direction(name) for name in names}
+    for name, way in directions.items():
+        if way is None:
             raise UsageError(
                 f"--objectives: '{name}' is not a registered metric with a direction; "
                 f"registered: {', '.join(METRICS)}"
@@ -220,7 +221,7 @@ def _objectives(r: StudyRequest) -> tuple[tuple[str, str], ...]:
         raise UsageError(
             "--objectives does not combine with --scheduler asha (it stops on one metric)"
         )
-    return tuple((name, str(direction(name))) for name in names)
+    return tuple((name, str(way)) for name, way in directions.items())
 
 
 def _run_dir(r: StudyRequest, study: Study, storage: Path) -> tuple[Path, str | None]:

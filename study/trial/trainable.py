@@ -148,9 +148,9 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
         with clock.phase("model_seconds"):
             pack = build(family, family_cfg, data, list(sources.values()))
             autocast = speed_ups(pack.leader, trial_cfg, device)
-        built = {"param_count": param_count(pack.members[0])}
-        if main_sampler(pack.leader):  # the one the unsuffixed sample metrics are of
-            built["sampler"] = main_sampler(pack.leader)
+        built: dict[str, Any] = {"param_count": param_count(pack.members[0])}
+        if sampler := main_sampler(pack.leader):  # the one the unsuffixed metrics are of
+            built["sampler"] = sampler
         for run in runs:  # known once built: one member's size, the main sampler's name
             run.log_params(built)
         members = [
