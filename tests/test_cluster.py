@@ -278,7 +278,8 @@ def test_chaos_random_kills_and_a_node_stopped_and_started_lose_and_duplicate_no
     # Tune copies each trial's result.json to the storage folder when it saves
     # its state: here every second (Tune's own setting; by default every 10 s
     # or more), so the chaos follows the trials' reports nearly live
-    env = {**ray_env, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    # a crash in Ray's C++ core prints where Python was (faulthandler)
+    env = {**ray_env, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONFAULTHANDLER": "1"}
     cli = subprocess.Popen(
         [sys.executable, "-m", "study.run", *args],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
