@@ -37,7 +37,7 @@ class AEConfig:
     penalty: str = param("none", choices=("none", "l1", "kl"), help="sparsity penalty")
     sparsity_weight: float = param(1e-3, low=0.0, high=100.0, help="weight of the penalty")
     target_sparsity: float = param(0.1, low=1e-3, high=0.5, help="p of the kl penalty")
-    lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate")
+    lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate", mutable=True)
     batch_size: int = param(128, low=2, high=65536)
 
 

@@ -23,10 +23,18 @@ def param(
     high: float | None = None,
     choices: tuple[Any, ...] | None = None,
     help: str = "",
+    mutable: bool = False,
 ) -> Any:
-    """A dataclass field with its accepted values attached (bounds inclusive)."""
-    meta = {"low": low, "high": high, "choices": choices, "help": help}
+    """A dataclass field with its accepted values attached (bounds inclusive).
+    `mutable`: the setting may change mid-training (population-based
+    training perturbs it): it shapes no weight, only how they are updated."""
+    meta = {"low": low, "high": high, "choices": choices, "help": help, "mutable": mutable}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def mutable_keys(cls: type) -> tuple[str, ...]:
+    """The fields of a config that may change mid-training (`param(mutable=True)`)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("mutable"))
 
 
 _TRUE = {"true", "1", "yes", "on"}

@@ -101,7 +101,7 @@ class DiffusionConfig:
     schedule: str = param("cosine", choices=tuple(SCHEDULES), help="noise schedule")
     T: int = param(1000, low=2, high=100_000, help="diffusion steps")
     loss: str = param("mse", choices=tuple(LOSSES), help="loss on the predicted noise")
-    lr: float = param(1e-3, low=1e-7, high=1.0, help="Adam learning rate")
+    lr: float = param(1e-3, low=1e-7, high=1.0, help="Adam learning rate", mutable=True)
     channels: int = param(32, low=8, high=1024, help="U-Net base channels")
     attention: bool = param(False, help="self-attention at the lowest resolution")
     batch_size: int = param(128, low=2, high=65536)

@@ -37,7 +37,7 @@ class DVAEConfig:
     rate: float = param(1e-3, low=0.0, high=1.0, help="exponential decay per step")
     anneal_every: int = param(100, low=1, high=10**7, help="steps between exponential updates")
     anneal_epochs: float = param(20.0, low=0.01, high=10**6, help="linear: epochs to tau_min")
-    lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate")
+    lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate", mutable=True)
     batch_size: int = param(128, low=2, high=65536)
     prior_epochs: int = param(
         0,

@@ -55,7 +55,7 @@ class LatentDiffusionConfig:
     schedule: str = param("cosine", choices=tuple(SCHEDULES), help="noise schedule")
     T: int = param(1000, low=2, high=100_000, help="diffusion steps")
     loss: str = param("mse", choices=tuple(LOSSES), help="loss on the predicted noise")
-    lr: float = param(1e-3, low=1e-7, high=1.0, help="denoiser's Adam learning rate")
+    lr: float = param(1e-3, low=1e-7, high=1.0, help="denoiser's Adam learning rate", mutable=True)
     width: int = param(256, low=8, high=8192, help="denoiser's hidden units")
     depth: int = param(3, low=1, high=64, help="denoiser's residual blocks")
     batch_size: int = param(128, low=2, high=65536, help="both stages' batch size")

@@ -414,6 +414,19 @@ class Pack:
             "fused": self.engine.state_dict(),
         }
 
+    def take_over(self, state: dict) -> None:
+        """Another pack's state (a clone, under population-based training):
+        its weights and optimiser moments, with this pack's own optimiser
+        settings (learning rates, betas), which its config may have changed."""
+        own = {
+            k: [{h: v for h, v in g.items() if h != "params"} for g in o.param_groups]
+            for k, o in self.engine.optimizers.items()
+        }
+        self.load_state_dict(state)
+        for k, o in self.engine.optimizers.items():
+            for group, settings in zip(o.param_groups, own[k], strict=True):
+                group.update(settings)
+
     def data_streams(self) -> list[torch.Generator]:
         """The members' own data-order generators (none unless seeded apart):
         checkpointed beside the global stream, so a retry draws on."""

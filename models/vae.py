@@ -32,7 +32,7 @@ class VAEConfig:
         "constant", choices=("constant", "linear", "cyclical"), help="KL weight schedule"
     )
     warmup_epochs: float = param(5.0, low=0.01, high=10_000.0, help="epochs of each ramp")
-    lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate")
+    lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate", mutable=True)
     batch_size: int = param(128, low=2, high=65536)
 
 

@@ -48,7 +48,7 @@ class VQVAEConfig:
     decay: float = param(0.99, low=0.0, high=0.99999, help="EMA decay of the codebook")
     restart_dead: bool = param(False, help="re-seed entries unused in an epoch")
     width: int = param(32, low=2, high=4096, help="channels of the conv networks")
-    lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate")
+    lr: float = param(1e-3, low=1e-6, high=1.0, help="Adam learning rate", mutable=True)
     batch_size: int = param(128, low=2, high=65536)
     prior_epochs: int = param(
         0,

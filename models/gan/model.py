@@ -37,13 +37,18 @@ class GANConfig:
     optimizer_d: str = param(
         "same", choices=("same", *OPTIMIZERS), help="optimiser of D (same: as optimizer)"
     )
-    lr_g: float = param(2e-4, low=1e-8, high=1.0, help="generator learning rate")
-    lr_d: float = param(2e-4, low=1e-8, high=1.0, help="discriminator learning rate")
-    beta1: float = param(0.5, low=0.0, high=0.999, help="Adam/NAdam beta1 for both networks")
+    lr_g: float = param(2e-4, low=1e-8, high=1.0, help="generator learning rate", mutable=True)
+    lr_d: float = param(2e-4, low=1e-8, high=1.0, help="discriminator learning rate", mutable=True)
+    beta1: float = param(
+        0.5, low=0.0, high=0.999, help="Adam/NAdam beta1 for both networks", mutable=True
+    )
     beta2: float = param(0.999, low=0.0, high=0.9999, help="Adam/NAdam beta2 for both networks")
     rms_alpha: float = param(0.99, low=0.0, high=0.9999, help="RMSProp smoothing constant")
     momentum: float = param(0.0, low=0.0, high=0.999, help="RMSProp and SGD momentum")
-    n_disc: int = param(1, low=1, high=20, help="discriminator steps per generator step")
+    # read every epoch, so population-based training may change it mid-training
+    n_disc: int = param(
+        1, low=1, high=20, help="discriminator steps per generator step", mutable=True
+    )
     gp_weight: float = param(10.0, low=0.0, high=1e4, help="gradient penalty (wgan_gp loss)")
     replay: bool = param(False, help="show the discriminator past fakes again")
     replay_fraction: float = param(0.5, low=0.0, high=1.0, help="share of a fake batch replayed")

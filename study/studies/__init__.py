@@ -19,6 +19,7 @@ from study.studies.spec import (
     axis_labels,
     config_id,
     describe_study,
+    mutable_axes,
     own_settings,
     resolve,
     split_settings,
@@ -26,6 +27,6 @@ from study.studies.spec import (
 
 __all__ = [
     "FAMILY", "STUDIES", "Axis", "Bundles", "Choice", "LogUniform", "Resolved", "Study", "Tied",
-    "TrialConfig", "Uniform", "axis_labels", "config_id", "describe_study", "own_settings",
-    "register", "resolve", "split_settings",
+    "TrialConfig", "Uniform", "axis_labels", "config_id", "describe_study", "mutable_axes",
+    "own_settings", "register", "resolve", "split_settings",
 ]  # fmt: skip

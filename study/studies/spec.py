@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 
 from models import FAMILIES
-from models.config import ConfigError, build, coerce, describe, keys, param
+from models.config import ConfigError, build, coerce, describe, keys, mutable_keys, param
 from study.studies import defaults as d
 
 # --- axes -------------------------------------------------------------------
@@ -35,6 +35,12 @@ class LogUniform:
 
     def optuna(self) -> optuna.distributions.BaseDistribution:
         return optuna.distributions.FloatDistribution(self.low, self.high, log=True)
+
+    def tune(self) -> Any:
+        """Ray Tune's domain: what population-based training draws and resamples."""
+        from ray import tune
+
+        return tune.loguniform(self.low, self.high)
 
     def grid(self) -> list[Any]:
         return [float(v) for v in np.geomspace(self.low, self.high, 3)]
@@ -54,6 +60,11 @@ class Uniform:
     def optuna(self) -> optuna.distributions.BaseDistribution:
         return optuna.distributions.FloatDistribution(self.low, self.high)
 
+    def tune(self) -> Any:
+        from ray import tune
+
+        return tune.uniform(self.low, self.high)
+
     def grid(self) -> list[Any]:
         return [float(v) for v in np.linspace(self.low, self.high, 3)]
 
@@ -71,6 +82,11 @@ class _Discrete:
 
     def optuna(self) -> optuna.distributions.BaseDistribution:
         return optuna.distributions.CategoricalDistribution(self.values)
+
+    def tune(self) -> Any:
+        from ray import tune
+
+        return tune.choice(list(self.values))
 
     def grid(self) -> list[Any]:
         return list(self.values)
@@ -229,6 +245,24 @@ class Resolved:
     study: Study
     fixed: dict[str, Any]  # every setting not searched, validated and typed
     axes: dict[str, Axis]  # the axes still searched
+
+
+def mutable_axes(study: Study, axes: dict[str, Axis]) -> tuple[str, ...]:
+    """The searched axes that may change mid-training: each key they set is
+    a `mutable` setting of its config (learning rates, beta1, what a family
+    marks). A technique (Bundles) or the family is never one: it shapes the
+    networks."""
+
+    def sets(key: str, axis: Axis) -> tuple[str, ...]:
+        return axis.keys if isinstance(axis, Tied) else (key,)
+
+    def mutable(key: str) -> bool:
+        return key != FAMILY and scope_of(key)[1] in mutable_keys(settings_owner(study, key))
+
+    return tuple(
+        k for k, a in axes.items()
+        if not isinstance(a, Bundles) and all(mutable(x) for x in sets(k, a))
+    )  # fmt: skip
 
 
 def scope_of(key: str) -> tuple[str | None, str]:
