@@ -307,6 +307,31 @@ def _front_section(
     ]
 
 
+def _population_section(
+    study, runs: pd.DataFrame, history: pd.DataFrame, knob_cols: list[str], out: Path
+) -> list[str]:
+    """Population-based training: each final member's schedule of settings,
+    rebuilt from its lineage, and the population's metric over time."""
+    from analysis.population import changed_settings, is_population, schedule_figure, schedules
+
+    if not is_population(runs):
+        return []
+    table = schedules(runs, knob_cols)
+    table.to_csv(out / "schedules.csv", index=False)
+    changed = changed_settings(table, knob_cols)
+    clones = int((table["generation"] > 0).sum())
+    fig = schedule_figure(table, history, study.metric, changed)
+    return [
+        f"<h2>Population-based training</h2><p>{table['member'].nunique()} final members; "
+        f"{clones} stretches of their schedules began with a clone of another member. Each "
+        "member's settings over epochs, walked back through the runs it continues "
+        "(pbt_parent, pbt_epoch), are in schedules.csv; below, the population's "
+        f"{html.escape(study.metric)} along those lineages and the settings that changed "
+        f"({html.escape(', '.join(changed) or 'none')}).</p>"
+        f'<figure><img alt="pbt_schedules" src="data:image/png;base64,{_png(fig)}"></figure>'
+    ]
+
+
 def _spaces_section(runs: pd.DataFrame, out: Path) -> list[str]:
     """With eval_classifiers > 1: each configuration's fid in every classifier
     space, and how far the ranking moves from the shipped classifier's."""
@@ -445,6 +470,7 @@ def build_report(study_name: str, tracking_uri: str | None, experiment: str | No
     uri = resolve_tracking_uri(tracking_uri)
     sections += _sampler_section(runs, out)
     sections += _front_section(search_phase(runs), uri, parent, knob_cols, out)
+    sections += _population_section(study, runs, history, knob_cols, out)
     sections += _ranking_sections(study, runs, knob_cols, out)
     sections += _what_matters(study, search_phase(runs), knob_cols, out)
     sections += _course_sections(study_name, runs, history, out, survival_by)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from scoring.aggregate import per_configuration
 from study.studies.spec import SEED_SOURCES
+from study.tracking import FROM_EPOCH, GENERATION, PARENT, REPLACED_TRIAL
 
 # columns of load_runs that describe a trial rather than configure it (the
 # family does configure a study that spans families: there it varies)
@@ -18,7 +19,7 @@ NOT_KNOBS = {
     "run_id", "parent_run_id", "study_run", "run_name", "status", "outcome", "outcome_reason",
     "trial_id", "ray_node", "restored_from_epoch", "seed", "config_id", "device", "threads",
     "train_samples", "start_time", "phase", "pack", "member", "param_count", "sampler",
-    "dataset", *SEED_SOURCES,
+    "dataset", *SEED_SOURCES, PARENT, GENERATION, FROM_EPOCH, REPLACED_TRIAL,
 }  # fmt: skip
 
 

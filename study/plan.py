@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study.request import StudyRequest
-from study.studies import Resolved, Study
+from study.studies import FAMILY, Resolved, Study, split_settings
 from study.studies.spec import SEED_SOURCES
 
 PHASES = ("search", "confirm")  # the search, then its best on fresh seeds
+# the epoch of a result whose trial trains on (a last result has none):
+# population-based training's clock
+RUNNING_EPOCH = "running_epoch"
 
 
 def objective_key(metric: str) -> str:
@@ -70,6 +73,8 @@ class Plan:
     optuna_url: str | None = None  # the searcher's history; None when nothing is searched
     # --objectives: (metric, "min" or "max") each, searched at once; () for the study's metric
     objectives: tuple[tuple[str, str], ...] = ()
+    # --scheduler pbt: the searched settings it perturbs mid-training; () otherwise
+    population: tuple[str, ...] = ()
     # the driver's MLflow client settings (retries), which its trials take
     tracking_env: tuple[tuple[str, str], ...] = ()
 
@@ -91,6 +96,12 @@ class Plan:
         if axis is not None and hasattr(axis, "values"):
             return max(int(v) for v in axis.values)
         return int(self.resolved.fixed.get("eval_classifiers", 1))
+
+    @property
+    def eval_every(self) -> int:
+        """Epochs between evaluations: population-based training's interval."""
+        first = {FAMILY: self.study.families[0]}
+        return split_settings(self.study, self.resolved.fixed | first)[0].eval_every
 
     @property
     def threads(self) -> int:

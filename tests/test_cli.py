@@ -427,6 +427,23 @@ BAD = [
         _nothing,
         "--objectives does not combine with --scheduler asha",
     ),
+    # population-based training: something mutable searched, a population, nothing it undoes
+    (["vae_kl", "--scheduler", "pbt"], _nothing, "no searched setting may change mid-training"),
+    (
+        ["gan_stability", "--scheduler", "pbt", "--confirm", "1"],
+        _nothing,
+        "--scheduler pbt does not combine with --confirm: a member's result comes from",
+    ),
+    (
+        ["gan_stability", "--scheduler", "pbt", "--objectives", "fid,recall"],
+        _nothing,
+        "--scheduler pbt does not combine with --objectives",
+    ),
+    (
+        ["gan_stability", "--scheduler", "pbt", "--num-samples", "1", "--seeds", "1"],
+        _nothing,
+        "needs a population of two members or more",
+    ),
     (
         ["trilemma", "--sweep", "gan.lr_g=0.001,0.002"],
         _nothing,

@@ -254,8 +254,19 @@ def print_header(plan: Plan, concurrent: int) -> None:
         )
     print("  searched: " + ("; ".join(f"{k} {a}" for k, a in plan.resolved.axes.items()) or "-"))
     print("  fixed: " + " ".join(f"{k}={v}" for k, v in sorted(plan.resolved.fixed.items())))
-    if r.scheduler == "asha":
-        print(f"  ASHA: {asha_unit(plan)}")
+    scheduler = {"asha": lambda: f"ASHA: {asha_unit(plan)}", "pbt": lambda: pbt_line(plan)}
+    if r.scheduler in scheduler:
+        print(f"  {scheduler[r.scheduler]()}")
+
+
+def pbt_line(plan: Plan) -> str:
+    p, every = plan.phase("search"), plan.eval_every
+    unit = "a seed" if p.pack == 1 else f"a pack of {p.pack} seeds"
+    return (
+        f"PBT: a population of {plan.trials} members ({unit} each); every {every} epoch"
+        f"{'' if every == 1 else 's'} the worst quarter clones the best quarter and perturbs "
+        f"{', '.join(plan.population)}"
+    )
 
 
 def asha_unit(plan: Plan) -> str:

@@ -21,6 +21,7 @@ from study.runner import live
 from study.runner.eta import Running, describe, estimate
 from study.studies import TrialConfig, own_settings
 from study.studies.defaults import HEARTBEAT_SECONDS
+from study.tracking.lineage import REPLACED_TRIAL
 from study.tracking.store import children, close_run, trial_runs
 
 EPOCHS_SHOWN = 8  # running trials whose epoch the heartbeat names
@@ -203,7 +204,8 @@ class CloseRuns(tune.Callback):
         def delete_unknown(client: MlflowClient) -> None:
             for run in children(client, self.plan.experiment_id, self.plan.parent_run_id):
                 tags = run.data.tags
-                if tags.get("phase", "search") == self.phase and tags.get("trial_id") not in known:
+                trial = tags.get("trial_id") or tags.get(REPLACED_TRIAL)  # a PBT clone's past
+                if tags.get("phase", "search") == self.phase and trial not in known:
                     client.delete_run(run.info.run_id)
 
         self._tracked("delete the runs of trials Tune does not know", delete_unknown)

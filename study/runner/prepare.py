@@ -13,7 +13,7 @@ from pathlib import Path
 
 from datasources import DATASETS, Dataset, load_dataset
 from models import FAMILIES, does_arithmetic, encodes, generates, has_latent_space, reconstructs
-from models.config import ConfigError
+from models.config import ConfigError, mutable_keys
 from scoring.features import InceptionError, inception_extractor
 from scoring.few_labels import FEW_LABEL_METRICS
 from scoring.modes import DYNAMICS
@@ -40,8 +40,9 @@ from study.runner.preflight import (
     resource_asks,
     this_machine,
 )
-from study.studies import STUDIES, Resolved, Study, resolve, split_settings
+from study.studies import STUDIES, Resolved, Study, mutable_axes, resolve, split_settings
 from study.studies import defaults as d
+from study.studies.spec import config_of
 from study.tracking.optuna_store import check_url, default_url, resolve_url
 from study.tracking.store import check_tracking_uri, resolve_tracking_uri
 
@@ -161,7 +162,13 @@ def prepare(request: StudyRequest) -> Plan:
     resolved = resolve(study, sets, smoke=r.smoke, sweeps=r.sweeps)
     search = r.search or study.search
     configs, seeds = _budget(r, study, resolved, search)
-    confirm, confirm_seeds = _confirm_budget(r, study, configs)
+    population = _population(r, study, resolved)
+    search = "random" if population else search  # PBT draws its first population itself
+    if population:  # every report a checkpoint: a member is cloned from its latest
+        resolved = replace(resolved, fixed=resolved.fixed | {"checkpoint_seconds": 0.0})
+        _check_population(configs * math.ceil(seeds / max(1, min(r.pack, seeds))))
+    # a population's members are schedules of settings: none is confirmed
+    confirm, confirm_seeds = (0, 0) if population else _confirm_budget(r, study, configs)
     objectives = _objectives(r)
     _check_pack(r, study, resolved, seeds)
     tracking_uri = resolve_tracking_uri(r.tracking_uri)
@@ -191,12 +198,68 @@ def prepare(request: StudyRequest) -> Plan:
         experiment=r.experiment or study.name,
         run_dir=run_dir,
         parent_run_id=parent,
-        optuna_url=(r.optuna_storage or default_url(run_dir)) if resolved.axes else None,
+        optuna_url=(r.optuna_storage or default_url(run_dir))
+        if resolved.axes and not population
+        else None,
+        population=population,
         tracking_env=mlflow_settings(),
         objectives=objectives,
     )
     _check_model(plan, r.data_dir)
     return plan
+
+
+def _population(r: StudyRequest, study: Study, resolved: Resolved) -> tuple[str, ...]:
+    """--scheduler pbt: the searched settings it may change mid-training;
+    one line for what cannot work with it."""
+    if r.scheduler != "pbt":
+        return ()
+    clash = {
+        "--confirm": bool(r.confirm),  # a member's schedule is no configuration to re-run
+        "--objectives": bool(r.objectives),  # it clones the best by one metric
+        "--search": r.search not in (None, "random"),  # it draws its population at random
+        "--set checkpoint_seconds": float(resolved.fixed.get("checkpoint_seconds", 0)) > 0,
+        "--max-concurrent": r.max_concurrent is not None,
+    }
+    for flag, clashes in clash.items():
+        if clashes:
+            raise UsageError(f"--scheduler pbt does not combine with {flag}: {_PBT_CLASHES[flag]}")
+    mutable = mutable_axes(study, resolved.axes)
+    if not mutable:
+        searched = ", ".join(resolved.axes) or "nothing"
+        raise UsageError(
+            f"--scheduler pbt: no searched setting may change mid-training (searched: "
+            f"{searched}); PBT perturbs learning rates, beta1 and what a family marks "
+            f"mutable: --sweep one of {', '.join(_mutable_settings(study))}"
+        )
+    return mutable
+
+
+_PBT_CLASHES = {
+    "--confirm": "a member's result comes from a schedule of settings, which re-running "
+    "one configuration from scratch does not repeat",
+    "--objectives": "it clones the best members by the study's one metric",
+    "--search": "it draws its first population at random, then changes it itself",
+    "--set checkpoint_seconds": "it checkpoints every member at every evaluation, to clone it",
+    "--max-concurrent": "Tune's limit holds members back unmade, while PBT compares the whole "
+    "population (its members take the cluster's CPUs in turns)",
+}
+
+
+def _check_population(members: int) -> None:
+    if members < 2:
+        raise UsageError(
+            "--scheduler pbt needs a population of two members or more (--num-samples x "
+            f"seed packs), got {members}"
+        )
+
+
+def _mutable_settings(study: Study) -> list[str]:
+    """The settings PBT may perturb in this study's families, as --sweep takes them."""
+    return sorted(
+        {(f"{f}.{k}" if study.spans else k) for f in study.families
+         for k in mutable_keys(config_of(f))}
+    )  # fmt: skip
 
 
 def _objectives(r: StudyRequest) -> tuple[tuple[str, str], ...]:

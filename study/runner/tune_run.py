@@ -19,7 +19,7 @@ from scoring.outcomes import RUNNING, seed_results
 from scoring.pareto import on_front
 from study.errors import UsageError
 from study.internals import autoscaler_ceiling, keep_latest_checkpoints, upload_whole
-from study.plan import Plan
+from study.plan import RUNNING_EPOCH, Plan
 from study.runner.lean_start import lean_children
 from study.runner.preflight import check_resources, resource_asks, trials_at_once
 from study.runner.summary import trial_rows
@@ -140,22 +140,33 @@ def _searcher(plan: Plan) -> Any:
 
 def _space(plan: Plan) -> tuple[dict[str, Any], Any]:
     """(param_space, searcher): the searcher draws the configurations; with
-    nothing to search, the one configuration's seeds are a grid instead."""
-    if plan.searched:
-        return {}, _searcher(plan)
+    nothing to search, the one configuration's seeds are a grid instead.
+    Population-based training draws its population itself (Tune's own
+    random draws: its scheduler changes configurations no searcher made)."""
     from ray import tune
     from ray.tune.search.repeater import TRIAL_INDEX
 
-    return {TRIAL_INDEX: tune.grid_search(list(range(plan.phase("search").packs)))}, None
+    packs = {TRIAL_INDEX: tune.grid_search(list(range(plan.phase("search").packs)))}
+    if plan.population:  # each configuration's packs drawn apart, from the study's seed
+        from ray.tune.search import BasicVariantGenerator
+
+        seed = int(plan.resolved.fixed.get("seed", 0))
+        space = {k: a.tune() for k, a in plan.resolved.axes.items()} | packs
+        return space, BasicVariantGenerator(random_state=seed)
+    if plan.searched:
+        return {}, _searcher(plan)
+    return packs, None
 
 
-def _scheduler(plan: Plan) -> Any:
-    if plan.request.scheduler != "asha":
-        return None
+def _epochs(plan: Plan) -> int:
+    study, fixed = plan.study, plan.resolved.fixed
+    return max(split_settings(study, fixed | {FAMILY: f})[0].epochs for f in study.families)
+
+
+def _asha(plan: Plan) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
-    study, fixed = plan.study, plan.resolved.fixed
-    epochs = max(split_settings(study, fixed | {FAMILY: f})[0].epochs for f in study.families)
+    epochs = _epochs(plan)
     return ASHAScheduler(
         time_attr="epoch",
         metric="objective",
@@ -165,14 +176,42 @@ def _scheduler(plan: Plan) -> Any:
     )
 
 
+def _pbt(plan: Plan) -> Any:
+    """Synchronous PBT: every member reaches an evaluation, then the worst
+    quarter clones the best (each exploit a new MLflow run, study/trial/
+    lineage.py). Its clock is `running_epoch`, which a trial's last result
+    lacks, so no member is cloned into, or from, an end."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    return PopulationBasedTraining(
+        time_attr=RUNNING_EPOCH,
+        metric="objective",
+        mode=plan.study.mode,
+        perturbation_interval=plan.eval_every,
+        hyperparam_mutations={k: plan.resolved.axes[k].tune() for k in plan.population},
+        quantile_fraction=d.PBT_QUANTILE,
+        resample_probability=d.PBT_RESAMPLE,
+        synch=True,
+        require_attrs=False,
+    )
+
+
+SCHEDULERS: dict[str, Callable[[Plan], Any]] = {
+    "none": lambda plan: None,
+    "asha": _asha,
+    "pbt": _pbt,
+}
+
+
 def fit(plan: Plan, shipped: dict[str, bytes], callbacks: list, concurrent: int) -> Any | None:
     """Run (or continue) the plan's search; its trials' results, or None
     when interrupted (Ctrl-C: Tune stops its trials and returns early)."""
     space, search = _space(plan)
     config = {
         "search_alg": search,
-        "scheduler": _scheduler(plan),
-        "num_samples": plan.trials if search else 1,
+        "scheduler": SCHEDULERS[plan.request.scheduler](plan),
+        # a population: each of the configurations' samples expands to its packs
+        "num_samples": plan.configs if plan.population else (plan.trials if search else 1),
     }
     tuner = Tuned(plan, "search", shipped, callbacks, concurrent)
     return tuner.fit(plan.run_dir, space, config, plan.trials)
@@ -281,7 +320,9 @@ class Tuned:
         )
         tune_config = tune.TuneConfig(
             **config,
-            max_concurrent_trials=self.concurrent,
+            # PBT compares its whole population: Tune's limit would hold members
+            # back unmade; they take the CPUs in turns instead (paused at each sync)
+            max_concurrent_trials=None if self.plan.population else self.concurrent,
             # a trial process stays for the next trial: torch, the datasets,
             # the feature classifier and the MLflow client stay loaded
             reuse_actors=True,

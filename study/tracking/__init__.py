@@ -18,9 +18,14 @@ more, is exported here:
   `hopping` for a generating family). Every param of a
   child run is a setting of its configuration, plus `config_id`, `seed`,
   `family`, `device`, `threads` and the scoring provenance; metrics are
-  logged per epoch with step = epoch.
+  logged per epoch with step = epoch;
+- `PARENT`, `GENERATION`, `FROM_EPOCH`, `REPLACED_TRIAL`: under population-based
+  training, the params of a run that continues a cloned member (the run it
+  continues, its generation, the epoch it continues from) and the tag that
+  holds the trial id of a run cloned over (its `trial_id` tag is removed).
 """
 
+from study.tracking.lineage import FROM_EPOCH, GENERATION, PARENT, REPLACED_TRIAL
 from study.tracking.store import (
     COURSE_TAGS,
     FINAL_METRICS,
@@ -36,8 +41,12 @@ from study.tracking.store import (
 __all__ = [
     "COURSE_TAGS",
     "FINAL_METRICS",
+    "FROM_EPOCH",
+    "GENERATION",
     "MODE_METRICS_MAX",
     "MODE_SHARE",
+    "PARENT",
+    "REPLACED_TRIAL",
     "RUN_TAGS",
     "SHARES_ARTIFACT",
     "TrackingError",

@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from study.internals import MLFLOW_ENV
+from study.tracking.lineage import REPLACED_TRIAL
 
 FINAL_METRICS = "final_metrics.json"  # the artifact holding a trial's last result
 # a generating seed's mode histograms: metrics mode_share_<k> for up to
@@ -31,7 +32,7 @@ SHARES_ARTIFACT = "mode_shares.json"
 # its size, and `member`, the seed's place in it)
 RUN_TAGS = (
     "outcome", "outcome_reason", "trial_id", "ray_node", "restored_from_epoch", "phase", "pack",
-    "member", "collapse_epoch", "recovered", "hopping", "ended_epoch",
+    "member", "collapse_epoch", "recovered", "hopping", "ended_epoch", REPLACED_TRIAL,
 )  # fmt: skip
 # of those, the course of a seed's evaluations ("none": it never collapsed)
 COURSE_TAGS = ("collapse_epoch", "ended_epoch", "recovered", "hopping")

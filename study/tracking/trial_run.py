@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from study.tracking.lineage import PARENT, REPLACED_TRIAL, same_lineage
 from study.tracking.store import final_result, find_trial_run, log_params, param_text
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics and 100 params per log_batch
@@ -23,6 +24,17 @@ _BATCH = 900  # MLflow accepts at most 1000 metrics and 100 params per log_batch
 def _same_trial(logged: dict[str, str], params: dict[str, Any]) -> bool:
     """Same configuration and seed; where it runs (device, threads) may change."""
     return all(logged.get(k) == param_text(params.get(k)) for k in ("config_id", "seed"))
+
+
+def _cloned_over(client: MlflowClient, run: Any, trial_id: str, lineage: dict[str, Any]) -> None:
+    """End a run whose trial PBT cloned another member into: stopped there,
+    its trial id moved to a tag of its own (the trial's runs are the new ones)."""
+    source = lineage.get(PARENT, "its start")
+    reason = f"cloned over by PBT: the trial continues from run {source}"
+    tags = {"outcome": "stopped", "outcome_reason": reason, REPLACED_TRIAL: trial_id}
+    client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    client.delete_tag(run.info.run_id, "trial_id")
+    client.set_terminated(run.info.run_id, "FINISHED")
 
 
 class TrialRun:
@@ -55,11 +67,18 @@ class TrialRun:
         params: dict[str, Any],
         tags: dict[str, str],
         member: str = "",
+        lineage: dict[str, Any] | None = None,
     ) -> TrialRun:
         """The trial's run (of its `member`, a seed pack's index), with `tags`
         set: the existing one when the trial is retried or resumed (found by
-        its trial id), so no trial is ever logged twice."""
+        its trial id), so no trial is ever logged twice. `lineage`: under
+        PBT, the run's lineage params; a run of the trial from before the
+        clone they name ends there, and a new one continues (lineage.py)."""
         found = find_trial_run(client, experiment_id, parent_run_id, trial_id, member)
+        if found and lineage and not same_lineage(found.data.params, lineage):
+            _cloned_over(client, found, trial_id, lineage)
+            found = None
+        params = params | (lineage or {})
         if found and _same_trial(found.data.params, params):
             tags_found = found.data.tags
             ended = found.info.status == "FINISHED" and "outcome" in tags_found

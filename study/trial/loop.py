@@ -21,9 +21,10 @@ from datasources import Dataset
 from models import Family, main_sampler
 from models.pack import Pack
 from scoring.outcomes import RUNNING, divergence
-from study.plan import objective_key
+from study.plan import RUNNING_EPOCH, objective_key
 from study.studies import Study, TrialConfig
 from study.studies.defaults import PENALTY
+from study.tracking.lineage import Lineage
 from study.tracking.store import FINAL_METRICS, SHARES_ARTIFACT
 from study.tracking.trial_run import TrialRun
 from study.trial.clock import Clock
@@ -66,6 +67,8 @@ class Trial:
     # evaluation.evaluate: (family, data, cfg, eval seed, spectral, final) -> Evaluation
     evaluate: Evaluate
     objectives: tuple[tuple[str, str], ...] = ()  # --objectives: (metric, direction) each
+    state: dict[str, Any] | None = None  # the checkpoint it starts from (session.restore)
+    lineage: Lineage = field(default_factory=Lineage)  # under PBT: which clone it continues
     _checkpointed: float = field(default=0.0, init=False)  # monotonic time of the last
 
     def run(self, autocast: Any) -> None:
@@ -183,6 +186,8 @@ class Trial:
         if final:
             self.clock.stamp("ended_at")
         result = self.result(final) | self.clock.as_dict()
+        if not final:
+            result[RUNNING_EPOCH] = epoch
         state = None
         if final or time.monotonic() - self._checkpointed >= self.cfg.checkpoint_seconds:
             state = {
@@ -192,6 +197,9 @@ class Trial:
                 "epoch": epoch,
                 "clock": self.clock.seconds,
                 "result": result,
+                "lineage": self.lineage.saved(
+                    self.session.trial_id, [m.run.run_id for m in self.members]
+                ),
                 "members": [
                     {
                         "last_eval": m.last_eval,
@@ -221,12 +229,13 @@ class Trial:
         if all(m.ended for m in self.members):
             self.session.report(self.result(True) | self.clock.as_dict(), None)
             return None
-        state = self.session.restore(self.data.train_x.device)
+        state = self.state
         if state is None:
             self._hold_ended()
             return 1
         for m, saved in zip(self.members, state["members"], strict=True):
-            m.run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible
+            if not self.lineage.cloned:
+                m.run.set_tags({"restored_from_epoch": str(state["epoch"])})  # a retry, visible
             m.last_eval = saved["last_eval"]
             if "course" in saved:  # a checkpoint from before courses were kept has none
                 m.course.load(saved["course"])
@@ -237,7 +246,10 @@ class Trial:
                 m.run.finish(m.result["outcome"], m.reason)
             self.session.report(state["result"], None)
             return None
-        self.pack.load_state_dict(state["family"])
+        if self.lineage.cloned:  # another member's weights, under this trial's settings
+            self.pack.take_over(state["family"])
+        else:
+            self.pack.load_state_dict(state["family"])
         self._hold_ended()
         torch.set_rng_state(state["rng"])
         for g, saved_rng in zip(self.pack.data_streams(), state.get("data_rng", []), strict=True):

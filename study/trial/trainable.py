@@ -30,6 +30,7 @@ from scoring.registry import pixel_probe, provenance
 from study.internals import mlflow_environment
 from study.plan import Plan
 from study.studies import TrialConfig, axis_labels, config_id, split_settings
+from study.tracking.lineage import Lineage
 from study.tracking.trial_run import TrialRun
 from study.trial.clock import Clock
 from study.trial.course import Course
@@ -140,10 +141,13 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
         "train_samples": len(data.train_x),  # after train_size and anomaly_class
         **scored_in,
     }
+    state = session.restore(device)  # a retry's, or under PBT a clone's
+    lineage = Lineage.of(state, session.trial_id)
     with clock.phase("mlflow_seconds"):
         names = [run_name(values, plan.searched, seed) for seed in seeds]
         named = dict(zip(seeds, names, strict=True))
-        runs = open_runs(plan, phase, session, params, named, sources)
+        kept = lineage if plan.population else None
+        runs = open_runs(plan, phase, session, params, named, sources, kept)
     try:
         with clock.phase("model_seconds"):
             pack = build(family, family_cfg, data, list(sources.values()))
@@ -161,6 +165,7 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
         trial = Trial(
             study=study, cfg=trial_cfg, data=data, cid=cid, pack=pack, members=members,
             session=session, clock=clock, evaluate=evaluate, objectives=plan.objectives,
+            state=state, lineage=lineage,
         )  # fmt: skip
         trial.run(autocast)
     except MlflowException:
@@ -182,10 +187,12 @@ def open_runs(
     params: dict[str, Any],
     names: dict[int, str],
     sources: dict[int, SeedSources],
+    lineage: Lineage | None = None,
 ) -> list[TrialRun]:
     """The run of each seed the trial trains (`names`: seed -> run name;
     `params` the trial's, each run's with its seed and what it set), found
-    again on a retry by the trial's id and, in a seed pack, the member's place."""
+    again on a retry by the trial's id and, in a seed pack, the member's place;
+    under PBT (`lineage`), a new run after each clone."""
     # where this attempt runs; a retry may land elsewhere, so tags, not params
     tags = {"ray_node": session.node_id, "host": gethostname(), "phase": phase}
     tags["seed_streams"] = "split" if next(iter(sources.values())).split else "one"
@@ -201,6 +208,7 @@ def open_runs(
             params=params | {"seed": seed} | sources[seed].params(),
             tags=tags,
             member="" if len(names) == 1 else str(i),
+            lineage=lineage.params(i) if lineage else None,
         )
         for i, (seed, name) in enumerate(names.items())
     ]
