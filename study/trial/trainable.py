@@ -147,7 +147,7 @@ def run_trial(config: dict[str, Any], plan: Plan, phase: str, session: TrialSess
         names = [run_name(values, plan.searched, seed) for seed in seeds]
         named = dict(zip(seeds, names, strict=True))
         kept = lineage if plan.population else None
-        runs = open_runs(plan, phase, session, params, named, sources, kept)
+        runs = open_runs(plan, phase, session, params, named, sources, lineage=kept)
     try:
         with clock.phase("model_seconds"):
             pack = build(family, family_cfg, data, list(sources.values()))
@@ -187,6 +187,7 @@ def open_runs(
     params: dict[str, Any],
     names: dict[int, str],
     sources: dict[int, SeedSources],
+    *,
     lineage: Lineage | None = None,
 ) -> list[TrialRun]:
     """The run of each seed the trial trains (`names`: seed -> run name;
