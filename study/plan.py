@@ -73,7 +73,7 @@ class Plan:
     optuna_url: str | None = None  # the searcher's history; None when nothing is searched
     # --objectives: (metric, "min" or "max") each, searched at once; () for the study's metric
     objectives: tuple[tuple[str, str], ...] = ()
-    # --scheduler pbt: the searched settings it perturbs mid-training; () otherwise
+    # --scheduler pbt or pb2: the searched settings it changes mid-training; () otherwise
     population: tuple[str, ...] = ()
     # the driver's MLflow client settings (retries), which its trials take
     tracking_env: tuple[tuple[str, str], ...] = ()

@@ -440,9 +440,24 @@ BAD = [
         "--scheduler pbt does not combine with --objectives",
     ),
     (
+        [
+            "gan_stability",
+            "--scheduler",
+            "pb2",
+            "--set",
+            "lr_g=1e-3",
+            "--set",
+            "lr_d=1e-3",
+            "--set",
+            "beta1=0.5",
+        ],
+        _nothing,
+        "--scheduler pb2: no searched setting may change mid-training over a range (PB2)",
+    ),  # fmt: skip
+    (
         ["gan_stability", "--scheduler", "pbt", "--num-samples", "1", "--seeds", "1"],
         _nothing,
-        "needs a population of two members or more",
+        "need a population of two members or more",
     ),
     (
         ["trilemma", "--sweep", "gan.lr_g=0.001,0.002"],

@@ -155,3 +155,37 @@ def test_a_clone_takes_the_weights_and_moments_but_keeps_its_own_optimiser_setti
         for p, q in zip(opt.param_groups[0]["params"], mine.param_groups[0]["params"], strict=True):
             assert torch.equal(p, q)
             assert torch.equal(opt.state[p]["exp_avg"], mine.state[q]["exp_avg"])
+
+
+def test_pb2_takes_the_continuous_mutable_axes_as_its_bandits_bounds(tmp_path):
+    """PB2 works within bounds: of gan_stability's mutable axes it takes the
+    learning rates and beta1 (n_disc, a choice, is cloned, never picked),
+    with the axes' own ranges; PBT takes all four, with the axes as Tune
+    domains to resample from."""
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pb2 import PB2
+
+    from study.request import StudyRequest
+    from study.runner.prepare import prepare
+    from study.runner.tune_run import SCHEDULERS
+    from study.studies import STUDIES
+
+    def plan(scheduler: str):
+        return prepare(StudyRequest("gan_stability", smoke=True, scheduler=scheduler,
+                                    storage=str(tmp_path / scheduler)))  # fmt: skip
+
+    pb2 = plan("pb2")
+    assert pb2.population == ("lr_g", "lr_d", "beta1") and pb2.confirm == 0
+    scheduler = SCHEDULERS["pb2"](pb2)
+    axes = STUDIES["gan_stability"].axes
+    assert isinstance(scheduler, PB2) and scheduler._synch
+    assert scheduler._hyperparam_bounds == {
+        k: [axes[k].low, axes[k].high] for k in ("lr_g", "lr_d", "beta1")
+    }
+    pbt = plan("pbt")
+    assert pbt.population == MUTABLE and pbt.optuna_url is None
+    scheduler = SCHEDULERS["pbt"](pbt)
+    assert type(scheduler) is PopulationBasedTraining
+    assert scheduler._perturbation_interval == pbt.eval_every == 1
+    assert set(scheduler._hyperparam_mutations) == set(MUTABLE)
+    assert pbt.resolved.fixed["checkpoint_seconds"] == 0.0

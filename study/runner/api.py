@@ -254,17 +254,21 @@ def print_header(plan: Plan, concurrent: int) -> None:
         )
     print("  searched: " + ("; ".join(f"{k} {a}" for k, a in plan.resolved.axes.items()) or "-"))
     print("  fixed: " + " ".join(f"{k}={v}" for k, v in sorted(plan.resolved.fixed.items())))
-    scheduler = {"asha": lambda: f"ASHA: {asha_unit(plan)}", "pbt": lambda: pbt_line(plan)}
+    scheduler = {
+        "asha": lambda: f"ASHA: {asha_unit(plan)}",
+        "pbt": lambda: f"PBT: {pbt_line(plan, 'perturbs')}",
+        "pb2": lambda: f"PB2: {pbt_line(plan, 'picks by a GP bandit')}",
+    }
     if r.scheduler in scheduler:
         print(f"  {scheduler[r.scheduler]()}")
 
 
-def pbt_line(plan: Plan) -> str:
+def pbt_line(plan: Plan, how: str) -> str:
     p, every = plan.phase("search"), plan.eval_every
     unit = "a seed" if p.pack == 1 else f"a pack of {p.pack} seeds"
     return (
-        f"PBT: a population of {plan.trials} members ({unit} each); every {every} epoch"
-        f"{'' if every == 1 else 's'} the worst quarter clones the best quarter and perturbs "
+        f"a population of {plan.trials} members ({unit} each); every {every} epoch"
+        f"{'' if every == 1 else 's'} the worst quarter clones the best quarter and {how} "
         f"{', '.join(plan.population)}"
     )
 

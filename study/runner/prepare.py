@@ -210,9 +210,10 @@ def prepare(request: StudyRequest) -> Plan:
 
 
 def _population(r: StudyRequest, study: Study, resolved: Resolved) -> tuple[str, ...]:
-    """--scheduler pbt: the searched settings it may change mid-training;
-    one line for what cannot work with it."""
-    if r.scheduler != "pbt":
+    """--scheduler pbt or pb2: the searched settings it may change
+    mid-training (PB2: the continuous ones, its bandit's bounds); one line
+    for what cannot work with it."""
+    if r.scheduler not in d.POPULATION_SCHEDULERS:
         return ()
     clash = {
         "--confirm": bool(r.confirm),  # a member's schedule is no configuration to re-run
@@ -223,14 +224,19 @@ def _population(r: StudyRequest, study: Study, resolved: Resolved) -> tuple[str,
     }
     for flag, clashes in clash.items():
         if clashes:
-            raise UsageError(f"--scheduler pbt does not combine with {flag}: {_PBT_CLASHES[flag]}")
+            raise UsageError(
+                f"--scheduler {r.scheduler} does not combine with {flag}: {_PBT_CLASHES[flag]}"
+            )
     mutable = mutable_axes(study, resolved.axes)
+    if r.scheduler == "pb2":  # its bandit works within bounds: continuous axes
+        mutable = tuple(k for k in mutable if hasattr(resolved.axes[k], "low"))
     if not mutable:
         searched = ", ".join(resolved.axes) or "nothing"
+        ranged = " over a range (PB2)" if r.scheduler == "pb2" else ""
         raise UsageError(
-            f"--scheduler pbt: no searched setting may change mid-training (searched: "
-            f"{searched}); PBT perturbs learning rates, beta1 and what a family marks "
-            f"mutable: --sweep one of {', '.join(_mutable_settings(study))}"
+            f"--scheduler {r.scheduler}: no searched setting may change mid-training{ranged} "
+            f"(searched: {searched}); it perturbs learning rates, beta1 and what a family "
+            f"marks mutable: --sweep one of {', '.join(_mutable_settings(study))}"
         )
     return mutable
 
@@ -249,7 +255,7 @@ _PBT_CLASHES = {
 def _check_population(members: int) -> None:
     if members < 2:
         raise UsageError(
-            "--scheduler pbt needs a population of two members or more (--num-samples x "
+            "--scheduler pbt and pb2 need a population of two members or more (--num-samples x "
             f"seed packs), got {members}"
         )
 

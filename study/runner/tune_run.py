@@ -196,10 +196,32 @@ def _pbt(plan: Plan) -> Any:
     )
 
 
+def _pb2(plan: Plan) -> Any:
+    """PB2 (Parker-Holder et al. 2020): PBT whose clones take the settings a
+    Gaussian-process bandit expects to improve the population fastest,
+    within each continuous axis's bounds, instead of random scalings."""
+    from ray.tune.schedulers.pb2 import PB2
+
+    return PB2(
+        time_attr=RUNNING_EPOCH,
+        metric="objective",
+        mode=plan.study.mode,
+        perturbation_interval=plan.eval_every,
+        hyperparam_bounds={
+            k: [plan.resolved.axes[k].low, plan.resolved.axes[k].high] for k in plan.population
+        },
+        quantile_fraction=d.PBT_QUANTILE,
+        log_config=False,
+        synch=True,
+        require_attrs=False,
+    )
+
+
 SCHEDULERS: dict[str, Callable[[Plan], Any]] = {
     "none": lambda plan: None,
     "asha": _asha,
     "pbt": _pbt,
+    "pb2": _pb2,
 }
 
 

@@ -9,12 +9,13 @@ STORAGE = "runs"  # Tune state, checkpoints and summaries, a folder per invocati
 SEARCH = "optuna"
 SEARCHES = ("optuna", "random", "grid")
 SCHEDULER = "none"
-SCHEDULERS = ("none", "asha", "pbt")
+SCHEDULERS = ("none", "asha", "pbt", "pb2")
 # population-based training (Jaderberg et al. 2017), at every evaluation: the
 # worst quarter of the population clones the best quarter's weights, and each
 # mutable setting is resampled (a quarter of the time) or scaled by 0.8 or 1.2
 PBT_QUANTILE = 0.25
 PBT_RESAMPLE = 0.25
+POPULATION_SCHEDULERS = ("pbt", "pb2")  # PB2: PBT whose new settings a GP-bandit picks
 CPUS_PER_TRIAL = 1.0
 GPUS_PER_TRIAL = 0.0
 NUM_SAMPLES = 8  # configurations, where a study does not say
