@@ -40,6 +40,14 @@ process environment for one, in one module, checked at start-up.
   itself, through the group's `report`, `finished_reporting` and `scores`
   (Ray's private `_TrialGroup`).
 
+- `MeetingPBT`, `MeetingPB2` (Ray Tune, private fields; `runner.population`):
+  synchronous PBT holds a meeting once every live member has arrived; a
+  member that ends first (diverged, or failed) never arrives and the rest
+  would wait for ever. When one ends it is marked arrived, unscored
+  (`_trial_state[t].last_train_time`, `.last_score`), and the meeting is
+  replayed from a waiting member's `.last_result` once all are there
+  (`_next_perturbation_sync`).
+
 `check_internals()` runs before Ray starts: a Ray or Optuna whose internals
 moved ends the study with one line naming the workaround, not a traceback
 somewhere else.
@@ -53,6 +61,7 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -139,7 +148,9 @@ def _controller() -> Any:
 
 def keep_latest_checkpoints() -> None:
     """After each save of Tune's state in this process, delete every trial's
-    checkpoints older than its latest, the one that state names (once)."""
+    checkpoints older than its latest, the one that state names, unless it
+    is another trial's latest: under PBT a clone restarts from its donor's
+    checkpoint, which the donor may have moved past meanwhile (once)."""
     controller = _controller()
     checkpoint = controller.checkpoint
     if getattr(checkpoint, "keeps_latest", False):
@@ -151,24 +162,35 @@ def keep_latest_checkpoints() -> None:
         before = manager._last_save_time
         checkpoint(self, force=force, wait=wait)
         if manager._last_save_time != before:  # saved, not throttled
+            needed = {path for trial in self._trials if (path := _latest_path(trial))}
             for trial in self._trials:
-                drop_older_checkpoints(trial)
+                drop_older_checkpoints(trial, needed)
 
     pruning.keeps_latest = True  # type: ignore[attr-defined]
     controller.checkpoint = pruning
 
 
-def drop_older_checkpoints(trial: Any) -> None:
-    """Delete the trial's checkpoints older than its latest, and forget them."""
+def _latest_path(trial: Any) -> str | None:
+    manager = trial.run_metadata.checkpoint_manager
+    latest = manager.latest_checkpoint_result if manager else None
+    return latest.checkpoint.path if latest and latest.checkpoint else None
+
+
+def drop_older_checkpoints(trial: Any, needed: AbstractSet[str] = frozenset()) -> None:
+    """Delete the trial's checkpoints older than its latest, and forget them;
+    one that is `needed` (another trial's latest) stays, to go later."""
     from ray.train._internal.storage import _delete_fs_path
 
     manager = trial.run_metadata.checkpoint_manager
     latest = manager.latest_checkpoint_result if manager else None
     if latest is None:
         return
-    older = [r for r in manager._checkpoint_results if r.checkpoint.path != latest.checkpoint.path]
+    keep = needed | {latest.checkpoint.path}
+    older = [r for r in manager._checkpoint_results if r.checkpoint.path not in keep]
     if older:
-        manager._checkpoint_results = [latest]
+        manager._checkpoint_results = [
+            r for r in manager._checkpoint_results if r.checkpoint.path in keep
+        ]
         trial.run_metadata.invalidate_cache()
         for result in older:
             # a state saved before an earlier deletion still lists it (--resume)
@@ -247,6 +269,16 @@ def _has_optuna_trials() -> bool:
     return "self._ot_trials = " in source and "self._completed_trials = " in source
 
 
+def _has_pbt_meetings() -> bool:
+    from ray.tune.schedulers import pbt
+
+    fields = ("self.last_score", "self.last_train_time", "self.last_result")
+    state = inspect.getsource(pbt._PBTTrialState.__init__)
+    source = inspect.getsource(pbt.PopulationBasedTraining)
+    names = ("self._trial_state", "self._next_perturbation_sync")
+    return all(f in state for f in fields) and all(name in source for name in names)
+
+
 WORKAROUNDS = (
     Workaround(
         "upload_whole",
@@ -273,6 +305,13 @@ WORKAROUNDS = (
         "ray",
         "ray.tune.search.repeater.Repeater._trial_id_to_group, _TrialGroup.report/.scores",
         _has_repeater_groups,
+    ),
+    Workaround(
+        "MeetingPBT",
+        "ray",
+        "ray.tune.schedulers.pbt.PopulationBasedTraining._trial_state, "
+        "._next_perturbation_sync; _PBTTrialState.last_score/.last_train_time/.last_result",
+        _has_pbt_meetings,
     ),
     Workaround(
         "SpreadOptunaSearch",

@@ -30,7 +30,7 @@ def test_the_pinned_libraries_have_what_every_workaround_needs():
     names = {w.name for w in WORKAROUNDS}
     assert names == {
         "upload_whole", "keep_latest_checkpoints", "autoscaler_ceiling", "SeedRepeater",
-        "SpreadOptunaSearch",
+        "SpreadOptunaSearch", "MeetingPBT",
     }  # fmt: skip
 
 
@@ -165,3 +165,29 @@ def test_a_trials_older_checkpoints_go_even_where_a_resumed_state_lists_deleted_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002"]
     kept = metadata.checkpoint_manager.best_checkpoint_results
     assert [Path(r.checkpoint.path).name for r in kept] == ["checkpoint_000002"]
+
+
+def test_a_checkpoint_another_trial_restarts_from_is_kept_until_it_moves_on(tmp_path):
+    """Under PBT a clone's latest checkpoint is its donor's: the donor's
+    pruning keeps it while the clone needs it (`needed`), stays listed, and
+    goes at the first pruning after."""
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    from study.internals import drop_older_checkpoints
+
+    metadata = _TrainingRunMetadata()
+    metadata.checkpoint_manager = _CheckpointManager(CheckpointConfig())
+    folders = [tmp_path / f"checkpoint_00000{i}" for i in range(3)]
+    for folder in folders:
+        folder.mkdir()
+        metadata.checkpoint_manager.register_checkpoint(
+            _TrainingResult(Checkpoint(str(folder)), {})
+        )
+    donor = SimpleNamespace(run_metadata=metadata)
+    drop_older_checkpoints(donor, {str(folders[0])})  # a clone restarts from the first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000000", "checkpoint_000002"]
+    drop_older_checkpoints(donor)  # the clone has checkpointed on its own
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002"]
