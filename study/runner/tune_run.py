@@ -19,8 +19,9 @@ from scoring.outcomes import RUNNING, seed_results
 from scoring.pareto import on_front
 from study.errors import UsageError
 from study.internals import autoscaler_ceiling, keep_latest_checkpoints, upload_whole
-from study.plan import RUNNING_EPOCH, Plan
+from study.plan import Plan
 from study.runner.lean_start import lean_children
+from study.runner.population import pb2, pbt
 from study.runner.preflight import check_resources, resource_asks, trials_at_once
 from study.runner.summary import trial_rows
 from study.studies import FAMILY, split_settings
@@ -176,52 +177,11 @@ def _asha(plan: Plan) -> Any:
     )
 
 
-def _pbt(plan: Plan) -> Any:
-    """Synchronous PBT: every member reaches an evaluation, then the worst
-    quarter clones the best (each exploit a new MLflow run, study/trial/
-    lineage.py). Its clock is `running_epoch`, which a trial's last result
-    lacks, so no member is cloned into, or from, an end."""
-    from ray.tune.schedulers import PopulationBasedTraining
-
-    return PopulationBasedTraining(
-        time_attr=RUNNING_EPOCH,
-        metric="objective",
-        mode=plan.study.mode,
-        perturbation_interval=plan.eval_every,
-        hyperparam_mutations={k: plan.resolved.axes[k].tune() for k in plan.population},
-        quantile_fraction=d.PBT_QUANTILE,
-        resample_probability=d.PBT_RESAMPLE,
-        synch=True,
-        require_attrs=False,
-    )
-
-
-def _pb2(plan: Plan) -> Any:
-    """PB2 (Parker-Holder et al. 2020): PBT whose clones take the settings a
-    Gaussian-process bandit expects to improve the population fastest,
-    within each continuous axis's bounds, instead of random scalings."""
-    from ray.tune.schedulers.pb2 import PB2
-
-    return PB2(
-        time_attr=RUNNING_EPOCH,
-        metric="objective",
-        mode=plan.study.mode,
-        perturbation_interval=plan.eval_every,
-        hyperparam_bounds={
-            k: [plan.resolved.axes[k].low, plan.resolved.axes[k].high] for k in plan.population
-        },
-        quantile_fraction=d.PBT_QUANTILE,
-        log_config=False,
-        synch=True,
-        require_attrs=False,
-    )
-
-
 SCHEDULERS: dict[str, Callable[[Plan], Any]] = {
     "none": lambda plan: None,
     "asha": _asha,
-    "pbt": _pbt,
-    "pb2": _pb2,
+    "pbt": pbt,
+    "pb2": pb2,
 }
 
 
