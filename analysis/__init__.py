@@ -10,6 +10,7 @@ nothing below it imports analysis.
     early_warning("gan_collapse")  # which indicator warns first, how early
     variance_sources("seed_variance", "fid")  # the spread's share by seed source
     iqm(runs); probability_of_improvement(runs, "a1b2", "c3d4")  # few-run aggregates
+    schedules(runs, ["lr_g", "lr_d"])  # a PBT member's settings over epochs, from its lineage
 """
 
 from analysis.confirm import confirmation, rank_confidence, search_phase
@@ -17,6 +18,7 @@ from analysis.few_runs import iqm, performance_profiles, probability_of_improvem
 from analysis.front import family_samplers
 from analysis.importance import importance, optuna_importance
 from analysis.plots import PLOTS, View, figures, sampler_table
+from analysis.population import schedules
 from analysis.runs import AnalysisError, load_history, load_modes, load_runs
 from analysis.spaces import classifier_spaces
 from analysis.stats import budget_curve, config_stats, knobs, stability_map
@@ -47,6 +49,7 @@ __all__ = [
     "probability_of_improvement",
     "rank_confidence",
     "sampler_table",
+    "schedules",
     "family_samplers",
     "search_phase",
     "stability_map",

@@ -23,47 +23,55 @@ MUTABLE = ("lr_g", "lr_d", "beta1", "n_disc")
 FIXED = ("loss", "replay", "mbstd", "arch", "config_id")  # arch: never perturbed
 
 
-def test_pbt_through_the_cli_clones_members_into_new_runs_with_their_lineage(tmp_path, shared_ray):
-    """--smoke with PBT: a population of two members (one configuration's
-    two seeds, each drawn its own settings), synchronised at epoch 1, the
-    worse cloning the better; the clone ends the cloned-over run and opens
-    one naming its parent, no run is deleted, and every final member's
-    schedule covers epochs 1-2 once."""
+def test_a_pbt_population_of_four_at_once_on_sqlite_clones_into_new_runs(tmp_path, shared_ray):
+    """--smoke with PBT, its four members (two configurations x two seeds,
+    each drawn its own settings) at once on an sqlite store, a quarter CPU
+    each (they fit in the shared Ray's one CPU no other worker's study
+    holds). They meet at epoch 1, the worst clones the best: the clone ends
+    the cloned-over run and opens one naming its parent, no run is deleted
+    or failed, sqlite never reports itself locked, and every final member's
+    schedule covers epochs 1-2 once. (One study for both: the store's
+    concurrency check and PBT's, a study's start of CPU less.)"""
     uri = f"sqlite:///{tmp_path}/store.db"
-    args = ["gan_stability", "--smoke", "--scheduler", "pbt", "--num-samples", "1"]
+    args = ["gan_stability", "--smoke", "--scheduler", "pbt", "--cpus-per-trial", "0.25"]
     args += ["--set", "arch=mlp", "--tracking-uri", uri, "--name", "pbt"]
     out = shared_ray.run_study(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "PBT: a population of 2 members (a seed each)" in out.stdout
+    assert "database is locked" not in out.stderr
+    assert "PBT: a population of 4 members (a seed each)" in out.stdout
     assert "perturbs lr_g, lr_d, beta1, n_disc" in out.stdout
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("gan_stability").experiment_id
     every = client.search_runs([exp], run_view_type=ViewType.ALL)
     assert all(r.info.lifecycle_stage == "active" for r in every)  # none deleted
     runs = {r.info.run_id: r for r in every if "mlflow.parentRunId" in r.data.tags}
+    assert all(r.info.status == "FINISHED" and r.data.tags["outcome"] != "failed"
+               for r in runs.values())  # fmt: skip
     clones = [r for r in runs.values() if PARENT in r.data.params]
     assert clones, "the smoke run performed no exploit"
     for clone in clones:
         params, donor = clone.data.params, runs[clone.data.params[PARENT]].data.params
         start = int(params[FROM_EPOCH])
         assert int(params[GENERATION]) == int(donor[GENERATION]) + 1
-        assert steps(client, clone.info.run_id, "fid")[0] == start + 1
+        assert steps(client, clone.info.run_id, "d_loss") == [start + 1]
         assert any(params[k] != donor[k] for k in MUTABLE)  # perturbed
         assert all(params[k] == donor[k] for k in FIXED if k != "config_id")
         assert params["config_id"] != donor["config_id"]  # a new configuration, a new run
         # the run it replaced: stopped at the clone, its trial id moved aside
         (old,) = [r for r in runs.values()
-                  if r.data.tags.get(REPLACED_TRIAL) == clone.data.tags["trial_id"]
-                  and r.info.start_time < clone.info.start_time]  # fmt: skip
-        assert (
-            old.data.tags["outcome"] == "stopped"
-            and "cloned over by PBT" in (old.data.tags["outcome_reason"])
-        )
-        assert max(steps(client, old.info.run_id, "fid")) == start
+                  if r.data.tags.get(REPLACED_TRIAL) == clone.data.tags["trial_id"]]  # fmt: skip
+        assert old.data.tags["outcome"] == "stopped"
+        assert "cloned over by PBT" in old.data.tags["outcome_reason"]
+        assert steps(client, old.info.run_id, "d_loss") == [start]
+    first = [r for r in runs.values() if PARENT not in r.data.params]
+    assert len(first) == 4  # the population as drawn, each from epoch 1
+    spans = [(r.info.start_time, r.info.end_time) for r in first]
+    overlap = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert overlap >= 3, spans  # 4 at once; one may end as the last starts on 2 cores
     live = [r for r in runs.values() if "trial_id" in r.data.tags]
-    assert len(live) == 2 and all(r.data.tags["outcome"] != "stopped" for r in live)
+    assert len(live) == 4 and all(r.data.tags["outcome"] != "stopped" for r in live)
     table = schedules(load_runs("gan_stability", uri), list(MUTABLE))
-    assert table["member"].nunique() == 2
+    assert table["member"].nunique() == 4
     for _, stretches in table.groupby("member"):
         firsts, lasts = list(stretches["first_epoch"]), list(stretches["last_epoch"])
         assert firsts[0] == 1 and lasts[-1] == 2
@@ -185,7 +193,66 @@ def test_pb2_takes_the_continuous_mutable_axes_as_its_bandits_bounds(tmp_path):
     pbt = plan("pbt")
     assert pbt.population == MUTABLE and pbt.optuna_url is None
     scheduler = SCHEDULERS["pbt"](pbt)
-    assert type(scheduler) is PopulationBasedTraining
+    assert isinstance(scheduler, PopulationBasedTraining) and not isinstance(scheduler, PB2)
     assert scheduler._perturbation_interval == pbt.eval_every == 1
     assert set(scheduler._hyperparam_mutations) == set(MUTABLE)
     assert pbt.resolved.fixed["checkpoint_seconds"] == 0.0
+
+
+def _member(config: dict) -> None:
+    """A population member of Tune's own: `objective` x + step at each step,
+    a checkpoint each time; the one that `ends` leaves after its first step,
+    once the others wait at the meeting of step 2."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from ray import tune
+
+    start = 1
+    if (checkpoint := tune.get_checkpoint()) is not None:
+        with checkpoint.as_directory() as d:
+            start = int((Path(d) / "step").read_text()) + 1
+    for step in range(start, 4):
+        if config["ends"] and step == 2:
+            time.sleep(3)  # the others have reached step 2 and wait
+            return
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "step").write_text(str(step))
+            result = {"running_epoch": step, "objective": config["x"] + step}
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def test_a_member_that_ends_before_a_meeting_does_not_hold_the_others(tmp_path, shared_ray):
+    """Synchronous PBT waits at each meeting for every live member. Three
+    members on Tune, one leaving after step 1 while the other two wait at
+    step 2: with Ray's own PBT they would wait for ever (ray#12122); with
+    the harness's the meeting is held without it, one clones the other, and
+    both reach their last step, 3."""
+    import os
+
+    import ray
+    from ray import tune
+
+    from study.runner.population import MeetingPBT
+
+    os.environ.update({k: v for k, v in shared_ray.env.items() if k.startswith("RAY_AUTH")})
+    ray.init(address=shared_ray.address, log_to_driver=False, include_dashboard=False)
+    try:
+        scheduler = MeetingPBT(
+            time_attr="running_epoch", metric="objective", mode="max", perturbation_interval=2,
+            hyperparam_mutations={"x": tune.uniform(0.0, 1.0)}, synch=True,
+        )  # fmt: skip
+        tuner = tune.Tuner(
+            tune.with_resources(_member, {"cpu": 0.1}),
+            param_space={"x": tune.grid_search([0.1, 0.9, 0.5]), "ends": tune.sample_from(
+                lambda spec: spec.config["x"] == 0.5)},
+            tune_config=tune.TuneConfig(scheduler=scheduler, time_budget_s=90, reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="meeting", verbose=0),
+        )  # fmt: skip
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    steps = sorted(r.metrics.get("running_epoch", 0) for r in results)
+    assert steps == [1, 3, 3], steps
+    assert scheduler._num_perturbations >= 1
