@@ -80,6 +80,7 @@ def test_the_heartbeat_names_each_running_trials_epoch_and_the_eta():
         study=STUDIES["gan_stability"],  # fid, lower is better
         phase=lambda name: SimpleNamespace(pack=1),
         resolved=SimpleNamespace(fixed={"epochs": EPOCHS}),
+        population=(),  # a search, not a PBT population
     )
     progress = Progress(6, plan, "search", slots=2)
     now = time.time()
@@ -131,3 +132,18 @@ def test_on_a_terminal_the_heartbeat_is_a_bar_redrawn_in_place(monkeypatch):
     copy = pickle.loads(pickle.dumps(bar))
     assert copy.bar is None and copy.total == 8
     bar.close()
+
+
+def test_a_population_is_estimated_from_its_pace_in_trial_epochs():
+    """PBT: 4 members of 12 epochs took turns, 2 at a time, 10 s an epoch;
+    at 60 s they have 12 of 48 trial-epochs (two paused at 4, one at 4
+    running, one at 0), so 36 are left at 5 s each (the pair's pace):
+    180 s. An ended member's epochs are all done, however early it ended."""
+    from study.runner.eta import population
+
+    progress = [Running(0, 4, 12), Running(0, 4, 12), Running(0, 4, 12), Running(0, 0, 12)]
+    eta = population(60.0, progress, [False] * 4)
+    assert eta is not None and eta.mid == pytest.approx(180.0) and eta.trials == 3
+    ended = population(60.0, progress, [True, False, False, False])  # one diverged at 4
+    assert ended.mid == pytest.approx(60.0 / 20 * 28)
+    assert population(5.0, [Running(0, 0, 12)] * 4, [False] * 4) is None

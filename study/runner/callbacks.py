@@ -18,7 +18,7 @@ from ray import tune
 from scoring.outcomes import RUNNING, SCORED, ended, seed_results
 from study.plan import Plan
 from study.runner import live
-from study.runner.eta import Running, describe, estimate
+from study.runner.eta import Running, describe, estimate, population
 from study.studies import TrialConfig, own_settings
 from study.studies.defaults import HEARTBEAT_SECONDS
 from study.tracking.lineage import REPLACED_TRIAL
@@ -69,7 +69,12 @@ class Progress(tune.Callback):
         epochs = " ".join(f"{r.epoch}/{r.epochs}" for r in progress[:EPOCHS_SHOWN])
         epochs += " ..." if len(progress) > EPOCHS_SHOWN else ""
         queued = max(0, self.total // self.pack - self.ended_trials - len(under_way))
-        when = describe(estimate(self.durations, progress, queued, self.slots))
+        if self.plan.population:  # members pause at each meeting: the population's pace
+            ends = [t.status in ("TERMINATED", "ERROR") or t is ended for t in trials]
+            elapsed = time.monotonic() - self.start
+            when = describe(population(elapsed, [self._running(t) for t in trials], ends))
+        else:
+            when = describe(estimate(self.durations, progress, queued, self.slots))
         return done, (
             f"{f' ({counts})' if counts else ''} | {running} running"
             f"{f' (epochs {epochs})' if epochs else ''} | "

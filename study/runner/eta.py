@@ -74,6 +74,22 @@ def estimate(
     return Eta(*ends, trials=len(samples))
 
 
+def population(elapsed: float, progress: Sequence[Running], ended: Sequence[bool]) -> Eta | None:
+    """A PBT population's time left: its members pause and resume at every
+    meeting, so no member's own pace holds; the population's pace in
+    trial-epochs since the phase began does (an ended member's are done)."""
+    done = sum(
+        r.epochs if end else min(r.epoch, r.epochs) for r, end in zip(progress, ended, strict=True)
+    )
+    total = sum(r.epochs for r in progress)
+    if done < 1:
+        return None
+    left = elapsed / done * max(0, total - done)
+    return Eta(
+        left, left, left, trials=sum(r.epoch > 0 or e for r, e in zip(progress, ended, strict=True))
+    )
+
+
 def clock(seconds: float) -> str:
     """3h05m, 4m10s, 12s."""
     s = int(round(seconds))
