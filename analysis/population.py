@@ -100,7 +100,8 @@ def schedule_figure(
         axes[0].plot(path["epoch"], path["value"], color=colours[member], lw=1.2)
     clones = table[table["generation"] > 0]
     for row in clones.itertuples():
-        at = paths[(paths["member"] == row.member) & (paths["epoch"] == row.first_epoch)]
+        # the clone's epoch: the last the donor trained (evaluated there, under PBT)
+        at = paths[(paths["member"] == row.member) & (paths["epoch"] == row.first_epoch - 1)]
         axes[0].plot(at["epoch"], at["value"], "o", color=colours[row.member], ms=4)
     axes[0].set(xlabel="epoch", ylabel=metric, title=f"population {metric} (dot: a clone)")
     end = paths["epoch"].max() if len(paths) else table["first_epoch"].max()

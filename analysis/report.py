@@ -28,7 +28,7 @@ from scoring.outcomes import OUTCOMES
 from scoring.ranking import rank_table
 from scoring.registry import METRICS, split_sampler_metric
 from study.studies import STUDIES
-from study.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+from study.tracking import GENERATION, TrackingError, check_tracking_uri, resolve_tracking_uri
 
 TOP = 10  # configurations shown in the report's table
 matplotlib.use("Agg")  # figures go to files, never to a window: reports run headless
@@ -316,13 +316,18 @@ def _population_section(
 
     if not is_population(runs):
         return []
+    pbt = runs[runs[GENERATION].notna()]
+    latest = pbt.loc[pbt["start_time"].idxmax(), "parent_run_id"]  # one population a report
+    runs = runs[runs["parent_run_id"] == latest]
     table = schedules(runs, knob_cols)
     table.to_csv(out / "schedules.csv", index=False)
     changed = changed_settings(table, knob_cols)
     clones = int((table["generation"] > 0).sum())
     fig = schedule_figure(table, history, study.metric, changed)
     return [
-        f"<h2>Population-based training</h2><p>{table['member'].nunique()} final members; "
+        f"<h2>Population-based training</h2><p>The latest population "
+        f"({html.escape(str(runs['study_run'].iloc[0]))}): "
+        f"{table['member'].nunique()} final members; "
         f"{clones} stretches of their schedules began with a clone of another member. Each "
         "member's settings over epochs, walked back through the runs it continues "
         "(pbt_parent, pbt_epoch), are in schedules.csv; below, the population's "
