@@ -89,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="search several registered metrics at once, each in its registered direction "
         "(Optuna's multi-objective sampler); the end table prints the Pareto front",
     )
-    add("--scheduler", choices=d.SCHEDULERS, default=d.SCHEDULER)
+    add(
+        "--scheduler",
+        choices=d.SCHEDULERS,
+        default=d.SCHEDULER,
+        help="asha: stop poor trials early; pbt, pb2: train a population that clones its best "
+        "members and changes their learning rates mid-training (default: none)",
+    )
     add("--cpus-per-trial", type=float, default=d.CPUS_PER_TRIAL)
     add("--gpus-per-trial", type=float, default=d.GPUS_PER_TRIAL)
     add(
