@@ -199,30 +199,6 @@ def test_pb2_takes_the_continuous_mutable_axes_as_its_bandits_bounds(tmp_path):
     assert pbt.resolved.fixed["checkpoint_seconds"] == 0.0
 
 
-def _member(config: dict) -> None:
-    """A population member of Tune's own: `objective` x + step at each step,
-    a checkpoint each time; the one that `ends` leaves after its first step,
-    once the others wait at the meeting of step 2."""
-    import tempfile
-    import time
-    from pathlib import Path
-
-    from ray import tune
-
-    start = 1
-    if (checkpoint := tune.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as d:
-            start = int((Path(d) / "step").read_text()) + 1
-    for step in range(start, 4):
-        if config["ends"] and step == 2:
-            time.sleep(3)  # the others have reached step 2 and wait
-            return
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "step").write_text(str(step))
-            result = {"running_epoch": step, "objective": config["x"] + step}
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
-
-
 def test_a_member_that_ends_before_a_meeting_does_not_hold_the_others(tmp_path, shared_ray):
     """Synchronous PBT waits at each meeting for every live member. Three
     members on Tune, one leaving after step 1 while the other two wait at
@@ -235,6 +211,7 @@ def test_a_member_that_ends_before_a_meeting_does_not_hold_the_others(tmp_path, 
     from ray import tune
 
     from study.runner.population import MeetingPBT
+    from tests.pbt_member import member
 
     os.environ.update({k: v for k, v in shared_ray.env.items() if k.startswith("RAY_AUTH")})
     ray.init(address=shared_ray.address, log_to_driver=False, include_dashboard=False)
@@ -244,7 +221,7 @@ def test_a_member_that_ends_before_a_meeting_does_not_hold_the_others(tmp_path, 
             hyperparam_mutations={"x": tune.uniform(0.0, 1.0)}, synch=True,
         )  # fmt: skip
         tuner = tune.Tuner(
-            tune.with_resources(_member, {"cpu": 0.1}),
+            tune.with_resources(member, {"cpu": 0.1}),
             param_space={"x": tune.grid_search([0.1, 0.9, 0.5]), "ends": tune.sample_from(
                 lambda spec: spec.config["x"] == 0.5)},
             tune_config=tune.TuneConfig(scheduler=scheduler, time_budget_s=90, reuse_actors=True),
