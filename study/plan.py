@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study.request import StudyRequest
-from study.studies import FAMILY, Resolved, Study, split_settings
+from study.studies import FAMILY, Resolved, Study, TrialConfig, split_settings
 from study.studies.spec import SEED_SOURCES
 
 PHASES = ("search", "confirm")  # the search, then its best on fresh seeds
@@ -98,10 +98,17 @@ class Plan:
         return int(self.resolved.fixed.get("eval_classifiers", 1))
 
     @property
+    def trial_configs(self) -> list[TrialConfig]:
+        """The fixed trial settings of each family the study trains (a study
+        spanning families may set epochs or eval_every per family)."""
+        fixed = self.resolved.fixed
+        return [split_settings(self.study, fixed | {FAMILY: f})[0] for f in self.study.families]
+
+    @property
     def eval_every(self) -> int:
-        """Epochs between evaluations: population-based training's interval."""
-        first = {FAMILY: self.study.families[0]}
-        return split_settings(self.study, self.resolved.fixed | first)[0].eval_every
+        """Epochs between evaluations (the shortest, across families):
+        population-based training's interval."""
+        return min(c.eval_every for c in self.trial_configs)
 
     @property
     def threads(self) -> int:

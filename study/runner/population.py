@@ -48,20 +48,27 @@ class MeetingPBT(_Meeting, PopulationBasedTraining):
     pass
 
 
+def _meeting(plan: Plan) -> dict[str, Any]:
+    """What PBT and PB2 share: synchronous meetings at every evaluation, on
+    the study's metric, the worst quarter cloning the best."""
+    return {
+        "time_attr": RUNNING_EPOCH,
+        "metric": "objective",
+        "mode": plan.study.mode,
+        "perturbation_interval": plan.eval_every,
+        "quantile_fraction": d.PBT_QUANTILE,
+        "synch": True,
+        "require_attrs": False,
+    }
+
+
 def pbt(plan: Plan) -> MeetingPBT:
-    """Every `eval_every` epochs the worst quarter clones the best quarter;
-    each mutable setting is resampled from its axis (a quarter of the time)
-    or scaled by 0.8 or 1.2."""
+    """Each clone's mutable settings are resampled from their axes (a
+    quarter of the time) or scaled by 0.8 or 1.2."""
     return MeetingPBT(
-        time_attr=RUNNING_EPOCH,
-        metric="objective",
-        mode=plan.study.mode,
-        perturbation_interval=plan.eval_every,
         hyperparam_mutations={k: plan.resolved.axes[k].tune() for k in plan.population},
-        quantile_fraction=d.PBT_QUANTILE,
         resample_probability=d.PBT_RESAMPLE,
-        synch=True,
-        require_attrs=False,
+        **_meeting(plan),
     )
 
 
@@ -75,13 +82,5 @@ def pb2(plan: Plan) -> Any:
         pass
 
     axes = plan.resolved.axes
-    return MeetingPB2(
-        time_attr=RUNNING_EPOCH,
-        metric="objective",
-        mode=plan.study.mode,
-        perturbation_interval=plan.eval_every,
-        hyperparam_bounds={k: [axes[k].low, axes[k].high] for k in plan.population},
-        quantile_fraction=d.PBT_QUANTILE,
-        synch=True,
-        require_attrs=False,
-    )
+    bounds = {k: [axes[k].low, axes[k].high] for k in plan.population}
+    return MeetingPB2(hyperparam_bounds=bounds, **_meeting(plan))

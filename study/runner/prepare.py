@@ -166,7 +166,6 @@ def prepare(request: StudyRequest) -> Plan:
     search = "random" if population else search  # PBT draws its first population itself
     if population:  # every report a checkpoint: a member is cloned from its latest
         resolved = replace(resolved, fixed=resolved.fixed | {"checkpoint_seconds": 0.0})
-        _check_population(configs * math.ceil(seeds / max(1, min(r.pack, seeds))))
     # a population's members are schedules of settings: none is confirmed
     confirm, confirm_seeds = (0, 0) if population else _confirm_budget(r, study, configs)
     objectives = _objectives(r)
@@ -205,6 +204,8 @@ def prepare(request: StudyRequest) -> Plan:
         tracking_env=mlflow_settings(),
         objectives=objectives,
     )
+    if population:
+        _check_population(plan.trials)
     _check_model(plan, r.data_dir)
     return plan
 

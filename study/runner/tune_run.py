@@ -24,7 +24,6 @@ from study.runner.lean_start import lean_children
 from study.runner.population import pb2, pbt
 from study.runner.preflight import check_resources, resource_asks, trials_at_once
 from study.runner.summary import trial_rows
-from study.studies import FAMILY, split_settings
 from study.studies import defaults as d
 from study.tracking import optuna_store
 from study.tracking.store import recorded_ends
@@ -159,15 +158,10 @@ def _space(plan: Plan) -> tuple[dict[str, Any], Any]:
     return packs, None
 
 
-def _epochs(plan: Plan) -> int:
-    study, fixed = plan.study, plan.resolved.fixed
-    return max(split_settings(study, fixed | {FAMILY: f})[0].epochs for f in study.families)
-
-
 def _asha(plan: Plan) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
-    epochs = _epochs(plan)
+    epochs = max(c.epochs for c in plan.trial_configs)
     return ASHAScheduler(
         time_attr="epoch",
         metric="objective",
