@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from analysis.spaces import classifier_spaces
-from datasources import load_dataset
+from datasources import DataError, load_dataset
 from scoring.arithmetic import (
     feature_stats,
     fid_inf_sizes,
@@ -66,6 +66,10 @@ def test_vendi_counts_distinct_samples_and_matches_the_eigenvalue_definition():
     eig = torch.linalg.eigvalsh(unit @ unit.T / len(x)).clamp(min=0)  # K/n, n x n: the primal form
     eig = eig[eig > 1e-12]
     assert vendi_score(x) == pytest.approx(float(torch.exp(-(eig * eig.log()).sum())), rel=1e-9)
+    from vendi_score import vendi  # the package's own number, a zero row included
+
+    x[3] = 0
+    assert vendi_score(x) == vendi.score_dual(x.numpy(), q=1, normalize=True)
 
 
 def test_z_u_is_the_pair_count_z_scored_as_the_authors_do():
@@ -74,6 +78,11 @@ def test_z_u_is_the_pair_count_z_scored_as_the_authors_do():
     u = sum((x > y) + 0.5 * (x == y) for x in a for y in b)
     m, n = len(a), len(b)
     assert z_u(a, b) == pytest.approx((u - (m * n / 2 - 0.5)) / np.sqrt(m * n * (m + n + 1) / 12))
+    from scipy.stats import mannwhitneyu  # the authors' code calls it; ties included here
+
+    a, b = np.round(a, 1), np.round(b, 1)
+    u = mannwhitneyu(a, b, alternative="less").statistic
+    assert z_u(a, b) == (u - (m * n / 2 - 0.5)) / np.sqrt(m * n * (m + n + 1) / 12)
 
 
 def test_ct_score_is_strongly_negative_for_copies_and_near_zero_for_held_out_images():
@@ -84,6 +93,42 @@ def test_ct_score_is_strongly_negative_for_copies_and_near_zero_for_held_out_ima
     assert ct_score(cells, train[:500]) < -5  # copies: at distance 0 from the training set
     assert abs(ct_score(cells, test[500:])) < 2  # fresh draws of the data
     assert np.isnan(ct_score(cells, test[500:510]))  # no cell holds 20 samples
+
+
+def test_copy_cells_assign_as_kmeans_does_and_are_read_from_the_disk_cache(tmp_path, monkeypatch):
+    """A cell is the nearest k-means centre (scikit-learn's predict); the
+    registry's cells are built once per classifier and read back whole."""
+    from sklearn.cluster import KMeans
+
+    from scoring import registry
+
+    monkeypatch.setenv("GENSTUDY_CACHE", str(tmp_path))  # a cache of its own to spoil
+    registry.copy_cells.cache_clear()
+
+    data = load_dataset("digits")
+    ext = extractor_for("digits")
+    train, test = ext.features(data.train_x), ext.features(data.test_x)
+    cells = build_cells(train, test[:200])
+    kmeans = KMeans(n_clusters=len(cells.train), n_init=3, random_state=0)
+    predicted = kmeans.fit(train.double().numpy()).predict(test.double().numpy())
+    assert (cells.assign(test) == predicted).all()
+    built = registry.copy_cells("digits")
+    (path,) = tmp_path.glob(f"cells-digits-*-{ext.weights_sha256[:16]}-*-cpu.pt")
+    registry.copy_cells.cache_clear()  # as in a new process, which must not build them
+
+    def no_build(*_):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(registry, "build_cells", no_build)
+    again = registry.copy_cells("digits")
+    assert all(torch.equal(a, b) for a, b in zip(built.train, again.train, strict=True))
+    assert (again.heldout_dist == built.heldout_dist).all()
+    assert ct_score(again, test[200:]) == ct_score(built, test[200:])
+    path.write_bytes(b"not a tensor file")
+    registry.copy_cells.cache_clear()
+    with pytest.raises(DataError, match="unreadable.*delete the file"):
+        registry.copy_cells("digits")
+    registry.copy_cells.cache_clear()  # later tests read the machine's cache
 
 
 def test_the_registry_scores_the_new_metrics_on_images():
